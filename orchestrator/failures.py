@@ -1,0 +1,29 @@
+"""The closed set of outcome classes (see docs/contracts.md)."""
+
+OK = "ok"
+EXTRACT_ERROR = "extract_error"
+SYNTAX_ERROR = "syntax_error"
+CONTRACT_ERROR = "contract_error"
+INSTANTIATE_ERROR = "instantiate_error"
+SHAPE_ERROR = "shape_error"
+RUNTIME_ERROR = "runtime_error"
+NAN_LOSS = "nan_loss"
+TIMEOUT = "timeout"
+OOM = "oom"
+CUDA_OOM = "cuda_oom"
+OUTPUT_LIMIT = "output_limit"
+SANDBOX_ERROR = "sandbox_error"
+LLM_ERROR = "llm_error"
+
+FAILURE_CLASSES = frozenset(
+    {
+        EXTRACT_ERROR, SYNTAX_ERROR, CONTRACT_ERROR, INSTANTIATE_ERROR, SHAPE_ERROR,
+        RUNTIME_ERROR, NAN_LOSS, TIMEOUT, OOM, CUDA_OOM, OUTPUT_LIMIT, SANDBOX_ERROR, LLM_ERROR,
+    }
+)
+# Classes a runner may report in result.json; anything else there is not trusted.
+RUNNER_CLASSES = frozenset(
+    {OK, CONTRACT_ERROR, INSTANTIATE_ERROR, SHAPE_ERROR, RUNTIME_ERROR, NAN_LOSS, OOM, CUDA_OOM}
+)
+# Not the candidate's fault: the Prompt Improver is not told the candidate caused them.
+INFRASTRUCTURE_CLASSES = frozenset({SANDBOX_ERROR, LLM_ERROR})

@@ -1,0 +1,1 @@
+"""Sandboxes that run one untrusted candidate each."""

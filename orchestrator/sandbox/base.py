@@ -1,0 +1,81 @@
+"""The sandbox interface the search loop uses; implementations live beside it."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RUNNER_PATH = Path(__file__).resolve().parents[2] / "sandbox-image" / "runner.py"
+
+# What the host reads back from a sandbox's output directory, at most.
+RESULT_MAX_BYTES = 1 << 20
+PREDICTIONS_MAX_BYTES = 64 << 20
+LOG_TAIL_CHARS = 4000
+
+
+@dataclass
+class Limits:
+    timeout: float = 1800.0  # wall-clock seconds per candidate, start-up included
+    memory: str = "8g"  # host memory (docker-style size string)
+    output_bytes: int = 4 << 20  # stdout+stderr cap; beyond it the sandbox is killed
+    cpus: float | None = None  # CPU quota (docker); None: no quota
+    pids: int = 512
+    tmpfs: str = "1g"
+
+
+@dataclass
+class Execution:
+    """Raw, untrusted result of running one candidate.
+
+    `killed` is set when the host ended the sandbox: "timeout", "oom" or "output_limit".
+    `sandbox_error` is set for infrastructure faults that are not the candidate's doing.
+    """
+
+    exit_code: int | None
+    seconds: float
+    log_tail: str = ""
+    result_bytes: bytes | None = None
+    predictions_bytes: bytes | None = None
+    killed: str | None = None
+    sandbox_error: str | None = None
+    info: dict = field(default_factory=dict)  # e.g. image id, runtime, overhead timings
+
+
+class Sandbox(abc.ABC):
+    """Runs each candidate in a fresh, confined environment, destroyed afterwards."""
+
+    kind: str = "abstract"
+
+    def __init__(self, data_dir: Path, limits: Limits, device: str = "auto") -> None:
+        self.data_dir = Path(data_dir)  # a dataset cache's sandbox/ folder: no test labels
+        self.limits = limits
+        self.device = device
+
+    @abc.abstractmethod
+    def run(self, code: str, job: dict) -> Execution:
+        """Run `code` (candidate.py) with `job` (job.json contents) and return its output."""
+
+    def describe(self) -> dict:
+        """What the journal records about this sandbox."""
+        return {"kind": self.kind}
+
+    def close(self) -> None:
+        """Release anything kept between candidates (e.g. a pre-warmed sandbox)."""
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def parse_size(text: str | int) -> int:
+    """'8g' / '512m' / '1024' -> bytes."""
+    if isinstance(text, int):
+        return text
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    s = text.strip().lower().removesuffix("b")
+    if s and s[-1] in units:
+        return int(float(s[:-1]) * units[s[-1]])
+    return int(s)
