@@ -60,7 +60,7 @@ class Sandbox(abc.ABC):
         """What the journal records about this sandbox."""
         return {"kind": self.kind}
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release anything kept between candidates (e.g. a pre-warmed sandbox)."""
 
     def __enter__(self) -> Sandbox:

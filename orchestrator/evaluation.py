@@ -1,0 +1,155 @@
+"""Turn a sandbox's untrusted output into a classified outcome, scored on the host."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from . import failures as fc
+from .sandbox.base import Execution
+
+MESSAGE_CHARS = 2000
+TRACEBACK_CHARS = 4000
+
+
+@dataclass
+class Outcome:
+    status: str
+    accuracy: float | None = None
+    error: dict | None = None  # {type, message, traceback}
+    metrics: dict = field(default_factory=dict)
+    phase: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == fc.OK
+
+    def to_dict(self) -> dict:
+        return {"status": self.status, "accuracy": self.accuracy, "error": self.error,
+                "phase": self.phase}
+
+
+def failure(status: str, message: str, type_: str | None = None, traceback: str = "",
+            phase: str | None = None) -> Outcome:
+    """An outcome for a failure of class `status`."""
+    error = {"type": type_ or status, "message": message[:MESSAGE_CHARS],
+             "traceback": traceback[-TRACEBACK_CHARS:]}
+    return Outcome(status=status, error=error, phase=phase)
+
+
+def key_traceback_line(traceback: str) -> str:
+    """The most telling line of a traceback: the last frame in the candidate, else the last."""
+    lines = [ln.strip() for ln in traceback.strip().splitlines() if ln.strip()]
+    frames = [i for i, ln in enumerate(lines) if ln.startswith("File ") and "candidate" in ln]
+    if frames and frames[-1] + 1 < len(lines):
+        i = frames[-1]
+        return f"{lines[i]}: {lines[i + 1]}"
+    return lines[-1] if lines else ""
+
+
+def score(execution: Execution, test_labels: np.ndarray, num_classes: int) -> Outcome:
+    """Classify what came back from the sandbox; compute accuracy from predictions only."""
+    outcome = _classify(execution, test_labels, num_classes)
+    if execution.seconds:
+        outcome.metrics.setdefault("sandbox_seconds", round(execution.seconds, 3))
+    return outcome
+
+
+def _classify(execution: Execution, labels: np.ndarray, num_classes: int) -> Outcome:
+    if execution.sandbox_error:
+        return failure(fc.SANDBOX_ERROR, execution.sandbox_error)
+    if execution.killed:
+        return _killed(execution)
+    result = _parse_result(execution.result_bytes)
+    if result is None:
+        return _no_result(execution)
+    status, phase = result.get("status"), result.get("phase")
+    metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
+    if status not in fc.RUNNER_CLASSES:
+        return failure(fc.RUNTIME_ERROR, f"runner reported an unknown status {status!r}")
+    if status != fc.OK:
+        outcome = _runner_failure(status, result.get("error"), phase)
+        outcome.metrics = _clean_metrics(metrics)
+        return outcome
+    try:
+        predictions = load_predictions(execution.predictions_bytes, len(labels), num_classes)
+    except ValueError as exc:
+        return failure(fc.RUNTIME_ERROR, f"invalid predictions: {exc}", phase="predict")
+    accuracy = float(np.mean(predictions == labels.astype(np.int64)))
+    return Outcome(fc.OK, accuracy=accuracy, metrics=_clean_metrics(metrics), phase=phase)
+
+
+def _killed(execution: Execution) -> Outcome:
+    reason = {
+        fc.TIMEOUT: "the candidate ran past the wall-clock limit and was killed",
+        fc.OOM: "the candidate exceeded the memory limit and was killed",
+        fc.OUTPUT_LIMIT: "the candidate printed more than the output limit and was killed",
+    }.get(execution.killed, f"killed: {execution.killed}")
+    status = execution.killed if execution.killed in fc.FAILURE_CLASSES else fc.RUNTIME_ERROR
+    return failure(status, reason, traceback=execution.log_tail)
+
+
+def _no_result(execution: Execution) -> Outcome:
+    code = execution.exit_code
+    tail = execution.log_tail.strip().splitlines()[-1:] or [""]
+    if code is not None and code < 0 or (code or 0) > 128:
+        message = f"the interpreter died (exit code {code}) without writing a result"
+    else:
+        message = f"the runner exited with code {code} without a valid result"
+    if tail[0]:
+        message += f"; last output: {tail[0][:300]}"
+    return failure(fc.RUNTIME_ERROR, message, traceback=execution.log_tail)
+
+
+def _parse_result(data: bytes | None) -> dict | None:
+    if not data:
+        return None
+    try:
+        result = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def _runner_failure(status: str, error: object, phase: object) -> Outcome:
+    error = error if isinstance(error, dict) else {}
+    return failure(
+        status,
+        str(error.get("message", ""))[:MESSAGE_CHARS] or status,
+        type_=str(error.get("type", status))[:200],
+        traceback=str(error.get("traceback", "")),
+        phase=phase if isinstance(phase, str) else None,
+    )
+
+
+def _clean_metrics(metrics: dict) -> dict:
+    """Keep only numeric or short string metrics: the runner's output is untrusted."""
+    clean = {}
+    for key, value in list(metrics.items())[:50]:
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int | float) and np.isfinite(value):
+            clean[str(key)[:64]] = value
+        elif isinstance(value, str):
+            clean[str(key)[:64]] = value[:200]
+    return clean
+
+
+def load_predictions(data: bytes | None, count: int, num_classes: int) -> np.ndarray:
+    """Validate the predictions file: an integer .npy of shape [count] within [0, classes)."""
+    if not data:
+        raise ValueError("no predictions file")
+    try:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"not a .npy array ({exc})") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "iu":
+        raise ValueError(f"expected an integer array, got {getattr(array, 'dtype', type(array))}")
+    if array.shape != (count,):
+        raise ValueError(f"expected shape ({count},), got {array.shape}")
+    if count and (array.min() < 0 or array.max() >= num_classes):
+        raise ValueError(f"class indices outside [0, {num_classes})")
+    return array.astype(np.int64)

@@ -1,0 +1,138 @@
+"""Read a run's journal (results/<name>/) for reports, exports and inspection.
+
+Read-only and tolerant: a run still in progress may have a torn last line in
+`iterations.jsonl` (the writer was interrupted mid-record); such lines are skipped and noted
+in `Run.warnings`, never fatal.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+CONFIG_FILE = "config.json"
+ITERATIONS_FILE = "iterations.jsonl"
+SUMMARY_FILE = "summary.json"
+BEST_FILE = "best.py"
+
+
+@dataclass
+class Run:
+    """One run's journal: its directory, config, iteration records and summary (if finished)."""
+
+    path: Path
+    config: dict
+    records: list[dict]
+    summary: dict | None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name") or self.path.name)
+
+    @property
+    def dataset(self) -> str:
+        return str(self.config.get("dataset") or "unknown")
+
+    def record(self, iteration: int, chain: int | None = None) -> dict:
+        """The record of `iteration` (and `chain`, when given); KeyError if absent."""
+        for rec in self.records:
+            if rec.get("iteration") == iteration and (chain is None or record_chain(rec) == chain):
+                return rec
+        raise KeyError(f"run {self.name!r} has no record for iteration {iteration}")
+
+    def code_path(self, rec: dict) -> Path | None:
+        """The candidate file a record points to, if it exists inside the run directory."""
+        rel = rec.get("code_file")
+        if not isinstance(rel, str) or not rel:
+            return None
+        root = self.path.resolve()
+        target = (root / rel).resolve()
+        if root not in target.parents or not target.is_file():
+            return None
+        return target
+
+    def code(self, rec: dict) -> str | None:
+        """The candidate code of a record, or None when its file is missing."""
+        path = self.code_path(rec)
+        return path.read_text(encoding="utf-8", errors="replace") if path else None
+
+
+def record_chain(rec: dict) -> int:
+    """The chain of a record (absent means 0)."""
+    chain = rec.get("chain", 0)
+    return chain if isinstance(chain, int) else 0
+
+
+def accuracy_of(rec: dict) -> float | None:
+    """The accuracy of a successful record as a float, else None."""
+    if rec.get("status") != "ok":
+        return None
+    acc = rec.get("accuracy")
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+        return None
+    return float(acc)
+
+
+def resolve_run_dir(path_or_name: str | Path, results_dir: Path = Path("results")) -> Path:
+    """A run directory given as a path or as a name under `results_dir`."""
+    candidates = [Path(path_or_name), Path(results_dir) / str(path_or_name)]
+    for cand in candidates:
+        if cand.is_dir() and ((cand / CONFIG_FILE).exists() or (cand / ITERATIONS_FILE).exists()):
+            return cand
+    tried = ", ".join(str(c) for c in dict.fromkeys(candidates))
+    raise FileNotFoundError(
+        f"no run found for {str(path_or_name)!r}: tried {tried} "
+        f"(a run directory holds {CONFIG_FILE} and {ITERATIONS_FILE})"
+    )
+
+
+def _read_json(path: Path, warnings: list[str]) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        data = orjson.loads(path.read_bytes())
+    except orjson.JSONDecodeError as exc:
+        warnings.append(f"{path.name}: unreadable JSON ({exc})")
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_records(path: Path, warnings: list[str] | None = None) -> list[dict]:
+    """Parse iterations.jsonl; unparsable lines (a torn tail) are skipped with a warning."""
+    warnings = warnings if warnings is not None else []
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    records: list[dict] = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec: Any = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            last = all(not rest.strip() for rest in lines[lineno:])
+            where = "torn last line" if last else "unparsable line"
+            warnings.append(f"{path.name}:{lineno}: {where} skipped")
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+        else:
+            warnings.append(f"{path.name}:{lineno}: not a JSON object, skipped")
+    return records
+
+
+def read_run(path_or_name: str | Path, results_dir: Path = Path("results")) -> Run:
+    """Load a run from its directory or from its name under `results_dir`."""
+    run_dir = resolve_run_dir(path_or_name, results_dir)
+    warnings: list[str] = []
+    config = _read_json(run_dir / CONFIG_FILE, warnings) or {}
+    if not (run_dir / CONFIG_FILE).exists():
+        warnings.append(f"{CONFIG_FILE} missing")
+    records = read_records(run_dir / ITERATIONS_FILE, warnings)
+    summary = _read_json(run_dir / SUMMARY_FILE, warnings)
+    return Run(path=run_dir, config=config, records=records, summary=summary, warnings=warnings)

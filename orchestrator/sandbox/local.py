@@ -1,0 +1,224 @@
+"""The `local` sandbox: one supervised process group per candidate, on this machine.
+
+It isolates less than Docker: the candidate runs as the user, so a determined candidate can
+read the user's files. Limits: wall clock, resident memory (whole process tree), output size,
+a minimal environment, and fresh temporary directories removed afterwards. Every process the
+candidate starts is killed when it ends (see reaper.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from .base import (
+    LOG_TAIL_CHARS,
+    PREDICTIONS_MAX_BYTES,
+    RESULT_MAX_BYTES,
+    RUNNER_PATH,
+    Execution,
+    Limits,
+    Sandbox,
+    parse_size,
+)
+
+REAPER_PATH = Path(__file__).with_name("reaper.py")
+KILL_GRACE_SECONDS = 10.0
+
+
+class _Slot:
+    """One started runner process (waiting for its job) and its private directories."""
+
+    def __init__(self, data_dir: Path, limits: Limits, device: str) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="orchestrator-local-"))
+        self.job_dir, self.out_dir, home = (self.root / n for n in ("job", "out", "home"))
+        for d in (self.job_dir, self.out_dir, home):
+            d.mkdir()
+        self.limits = limits
+        self.status_file = self.root / "reaper.json"
+        self.output = bytearray()
+        self.output_bytes = 0
+        self.over_limit = threading.Event()
+        self.ready = threading.Event()
+        command = [
+            sys.executable, str(REAPER_PATH), str(self.status_file),
+            str(parse_size(limits.memory)), "--",
+            sys.executable, "-I", str(RUNNER_PATH), "--job", str(self.job_dir),
+            "--data", str(data_dir), "--out", str(self.out_dir), "--device", device, "--wait",
+        ]
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=_minimal_env(home, limits), cwd=self.root,
+            start_new_session=True, preexec_fn=_rlimits(limits, device),
+        )
+        self.reader = threading.Thread(target=self._read_output, daemon=True)
+        self.reader.start()
+
+    def _read_output(self) -> None:
+        """Keep a tail of stdout+stderr; past the byte cap, kill the sandbox."""
+        for chunk in iter(lambda: self.proc.stdout.read1(1 << 16), b""):
+            if not self.ready.is_set() and b"READY\n" in self.output + chunk:
+                self.ready.set()
+            self.output_bytes += len(chunk)
+            self.output += chunk[-LOG_TAIL_CHARS:]
+            del self.output[:-LOG_TAIL_CHARS]
+            if self.output_bytes > self.limits.output_bytes and not self.over_limit.is_set():
+                self.over_limit.set()
+                threading.Thread(target=self.stop, daemon=True).start()
+        self.ready.set()  # the process ended: nobody waits for READY any more
+
+    def submit(self, code: str, job: dict) -> None:
+        """Hand the candidate to the waiting runner; job.json last, atomically."""
+        (self.job_dir / "candidate.py").write_text(code)
+        tmp = self.job_dir / "job.json.tmp"
+        tmp.write_bytes(orjson.dumps(job))
+        tmp.rename(self.job_dir / "job.json")
+
+    def wait(self, timeout: float) -> str | None:
+        """Wait for the runner; returns why the host killed it, if it did."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            return "timeout"
+        self.reader.join(timeout=KILL_GRACE_SECONDS)
+        if self.over_limit.is_set():
+            return "output_limit"
+        return "oom" if self._reaper_status().get("oom") else None
+
+    def stop(self) -> None:
+        """Ask the reaper to kill everything; force it if it does not comply."""
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=KILL_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def _reaper_status(self) -> dict:
+        try:
+            return orjson.loads(self.status_file.read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return {}
+
+    def collect(self, seconds: float, killed: str | None) -> Execution:
+        status = self._reaper_status()
+        return Execution(
+            exit_code=status.get("exit_code", self.proc.returncode),
+            seconds=seconds,
+            log_tail=self.output.decode("utf-8", "replace")[-LOG_TAIL_CHARS:],
+            result_bytes=read_capped(self.out_dir / "result.json", RESULT_MAX_BYTES),
+            predictions_bytes=read_capped(self.out_dir / "predictions.npy", PREDICTIONS_MAX_BYTES),
+            killed=killed,
+        )
+
+    def destroy(self) -> None:
+        """Kill whatever is left of the process tree and remove the directories."""
+        if self.proc.poll() is None:
+            self.stop()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.stdout.close()
+        remove_tree(self.root)
+
+
+class LocalSandbox(Sandbox):
+    """Runs each candidate in a fresh supervised process; the next one is started early."""
+
+    kind = "local"
+
+    def __init__(self, data_dir: Path, limits: Limits, device: str = "auto",
+                 prewarm: bool = True) -> None:
+        super().__init__(data_dir, limits, device)
+        self.prewarm = prewarm
+        self._warm: _Slot | None = _Slot(self.data_dir, limits, device) if prewarm else None
+
+    def run(self, code: str, job: dict) -> Execution:
+        slot, self._warm = self._warm or _Slot(self.data_dir, self.limits, self.device), None
+        try:
+            slot.submit(code, job)
+            started = time.monotonic()
+            killed = slot.wait(self.limits.timeout)
+            execution = slot.collect(time.monotonic() - started, killed)
+        except OSError as exc:
+            execution = Execution(None, 0.0, sandbox_error=f"local sandbox failed: {exc}")
+        finally:
+            slot.destroy()
+            if self.prewarm:
+                self._warm = _Slot(self.data_dir, self.limits, self.device)
+        return execution
+
+    def close(self) -> None:
+        if self._warm is not None:
+            self._warm.destroy()
+            self._warm = None
+
+
+def _minimal_env(home: Path, limits: Limits) -> dict[str, str]:
+    """No host secrets: only what Python and torch need."""
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home),
+        "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+    }
+    if limits.cpus:
+        env["OMP_NUM_THREADS"] = str(max(1, int(limits.cpus)))
+    for name in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def _rlimits(limits: Limits, device: str):
+    """Kernel limits set in the child before exec: file size always, data size on CPU.
+
+    RLIMIT_DATA would break CUDA's large address-space reservations, so on a GPU the
+    reaper's resident-memory watch is the memory limit.
+    """
+    memory = parse_size(limits.memory)
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 << 30, 2 << 30))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if device == "cpu" or (device == "auto" and not os.path.exists("/dev/nvidiactl")):
+            resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
+
+    return apply
+
+
+def read_capped(path: Path, limit: int) -> bytes | None:
+    """Read a regular file the candidate may have tampered with: no symlinks, size-capped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+            return None
+        return f.read(limit + 1)[:limit]
+
+
+def remove_tree(root: Path) -> None:
+    """Remove a directory tree the candidate may have made read-only."""
+    with contextlib.suppress(OSError):
+        os.chmod(root, 0o700)
+    for dirpath, dirnames, _ in os.walk(root):
+        for name in dirnames:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.join(dirpath, name), 0o700, follow_symlinks=False)
+    shutil.rmtree(root, ignore_errors=True)

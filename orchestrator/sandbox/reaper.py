@@ -1,0 +1,103 @@
+"""Supervisor for the local sandbox: `python reaper.py STATUS_FILE MEMORY_BYTES -- CMD...`.
+
+Standard library only. It becomes a child subreaper, so every process the candidate starts,
+even one that detached into its own session, stays its descendant; it watches their total
+resident memory, and when the runner ends or SIGTERM arrives it kills and reaps them all.
+It writes {"exit_code", "oom"} to STATUS_FILE and exits with the runner's code.
+"""
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+PR_SET_CHILD_SUBREAPER = 36
+POLL_SECONDS = 0.05
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def children_map() -> dict[int, list[int]]:
+    """pid -> child pids, from /proc."""
+    tree: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
+        tree.setdefault(ppid, []).append(int(name))
+    return tree
+
+
+def descendants(root: int) -> list[int]:
+    tree, found, stack = children_map(), [], [root]
+    while stack:
+        for child in tree.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found
+
+
+def resident_bytes(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                total += int(f.read().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def kill_all() -> None:
+    """SIGKILL every descendant and reap until none is left."""
+    while True:
+        pids = descendants(os.getpid())
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        reap()
+        if not pids:
+            return
+
+
+def reap() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def main() -> int:
+    status_file, memory = sys.argv[1], int(sys.argv[2])
+    command = sys.argv[sys.argv.index("--") + 1 :]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append("term"))
+    runner = subprocess.Popen(command)
+    oom = False
+    while runner.poll() is None and not stop:
+        if memory and resident_bytes(descendants(os.getpid())) > memory:
+            oom = True
+            break
+        time.sleep(POLL_SECONDS)
+    kill_all()  # reaps the runner too when it was still running
+    code = runner.returncode if runner.returncode is not None else -signal.SIGKILL
+    with open(status_file, "w") as f:
+        json.dump({"exit_code": code, "oom": oom, "stopped": bool(stop)}, f)
+    return 0 if code is None else (code if code >= 0 else 128 - code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
