@@ -379,16 +379,16 @@ def _locate(
     source: Path, stems: Sequence[str], suffixes: Sequence[str], extra: Sequence[str], what: str
 ) -> list[Path]:
     """Paths of all ``stems`` in the first candidate folder that holds any of them."""
+    ends = "".join(suffixes) if len(suffixes) == 1 else f"[{'|'.join(s for s in suffixes if s)}]"
     for folder in _candidate_dirs(source, extra):
         found = [_find_in(folder, s, suffixes) for s in stems]
         if any(found):
-            missing = [s for s, p in zip(stems, found, strict=True) if p is None]
+            missing = [s + ends for s, p in zip(stems, found, strict=True) if p is None]
             if missing:
                 raise DatasetError(f"missing file {', '.join(missing)} in {folder} ({what})")
             return [p for p in found if p is not None]
-    raise DatasetError(
-        f"no {what} files in {source} or one folder below; expected {', '.join(stems)}"
-    )
+    raise DatasetError(f"no {what} files in {source} or one folder below; expected "
+                       f"{', '.join(s + ends for s in stems)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,7 +531,8 @@ def _cifar_dir(
                 return d
     tgz = source if source.is_file() else source / archive
     if not tgz.is_file():
-        raise DatasetError(f"no {folder}/ folder or {archive} in {source}")
+        raise DatasetError(f"no CIFAR files in {source}: expected {folder}/ holding "
+                           f"{', '.join(files)}, or {archive}")
     dest = Path(tempfile.mkdtemp(dir=work, prefix="extract-"))
     _safe_extract(tgz, dest)
     d = dest / folder
@@ -699,6 +700,9 @@ def _download(spec: DatasetSpec, dest: Path, progress: bool) -> Path:
             f"downloading {spec.name} needs torchvision: {PIP_HINT}, "
             f"or pass a folder of the original files with --from DIR"
         ) from e
+    if spec.name == "imagenette" and not hasattr(tv, "Imagenette"):
+        raise DatasetError(f"downloading imagenette needs torchvision >= 0.17: {PIP_HINT} -U, "
+                           "or pass an extracted imagenette2-160 folder with --from DIR")
     dest.mkdir(parents=True, exist_ok=True)
     root = str(dest)
     try:
