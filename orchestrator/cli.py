@@ -1,0 +1,222 @@
+"""The `orchestrator` command line."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from . import __version__, datasets
+from .config import ConfigError, RunConfig, build, for_resume, load_toml
+from .journal import Journal
+from .llm import GenerationOptions, LLMError, OllamaClient
+from .loop import Search
+from .progress import Reporter
+from .prompts import PromptBook
+from .roles import Roles
+from .sandbox.base import Limits, Sandbox
+
+app = typer.Typer(help="LLM-driven neural architecture search with feedback memory.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Prepare datasets into the local cache.", no_args_is_help=True)
+sandbox_app = typer.Typer(help="The Docker sandbox image.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(sandbox_app, name="sandbox")
+console = Console(stderr=True)
+
+
+class UserError(Exception):
+    """An error the user can fix; printed as one line, exit code 2."""
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    console.print(f"[red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+Opt = typer.Option
+
+
+@app.command()
+def run(
+    dataset: Annotated[str | None, Opt(help="cifar10, cifar100, svhn, mnist, fashionmnist, "
+                                            "imagenette")] = None,
+    iterations: Annotated[int | None, Opt(help="Iterations in total (default 100).")] = None,
+    generator_model: Annotated[str | None, Opt(help="Ollama model of the Code Generator.")] = None,
+    improver_model: Annotated[str | None, Opt(help="Ollama model of the Prompt Improver.")] = None,
+    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST",
+                                           help="Ollama server URL.")] = None,
+    sandbox: Annotated[str | None, Opt(help="docker (default) or local.")] = None,
+    data_dir: Annotated[str | None, Opt(help="Dataset cache directory.")] = None,
+    results_dir: Annotated[str | None, Opt(help="Where runs are written.")] = None,
+    name: Annotated[str | None, Opt(help="Run name (directory under results).")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue the stopped run --name.")] = False,
+    seed: Annotated[int | None, Opt(help="Run seed (LLM seed = seed + call counter).")] = None,
+    history_size: Annotated[int | None, Opt(help="Feedback memory window K.")] = None,
+    timeout: Annotated[float | None, Opt(help="Seconds per candidate.")] = None,
+    memory: Annotated[str | None, Opt(help="Memory limit per candidate, e.g. 8g.")] = None,
+    cpus: Annotated[float | None, Opt(help="CPU quota per candidate (docker).")] = None,
+    gpus: Annotated[str | None, Opt(help="all, none or device ids like 0,1 (docker).")] = None,
+    runtime: Annotated[str | None, Opt(help="Docker runtime, e.g. runsc (gVisor).")] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu or cuda.")] = None,
+    precision: Annotated[str | None, Opt(help="fp32 (TF32 allowed) or bf16.")] = None,
+    train_samples: Annotated[int | None, Opt(help="Seeded training subset size.")] = None,
+    test_samples: Annotated[int | None, Opt(help="Seeded test subset size.")] = None,
+    extended_prompt: Annotated[bool, Opt("--extended-prompt",
+                                         help="Add top-k and recent attempts.")] = False,
+    no_history: Annotated[bool, Opt("--no-history", help="Ablation: no memory.")] = False,
+    no_reference: Annotated[bool, Opt("--no-reference", help="Ablation: no best code.")] = False,
+    no_improver: Annotated[bool, Opt("--no-improver", help="Ablation: no improver.")] = False,
+    no_pull: Annotated[bool, Opt("--no-pull", help="Fail if a model is missing.")] = False,
+    config: Annotated[Path | None, Opt(help="TOML file with any of these settings.")] = None,
+) -> None:
+    """Run (or --resume) a search."""
+    cli = {k: v for k, v in locals().items() if k not in ("resume", "config")}
+    try:
+        settings = load_toml(config) if config else {}
+        summary = start(settings, cli, resume)
+    except (ConfigError, datasets.DatasetError, LLMError, UserError) as exc:
+        raise fail(str(exc)) from None
+    except _sandbox_unavailable() as exc:
+        raise fail(str(exc)) from None
+    console.print(f"done: {summary['successful']}/{summary['iterations']} successful, "
+                  f"best accuracy {_pct(summary['best_accuracy'])} "
+                  f"(iteration {summary['best_iteration']})", highlight=False)
+
+
+def start(settings: dict, cli: dict, resume: bool) -> dict:
+    """Set up every part from the config, then run the loop; returns the summary."""
+    cfg, journal = _run_config(settings, cli, resume)
+    dataset = _dataset(cfg)
+    reporter = Reporter(cfg.iterations, console)
+    client = OllamaClient(cfg.ollama_host, GenerationOptions(
+        temperature=cfg.temperature, top_p=cfg.top_p, num_predict=cfg.num_predict,
+        num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout), on_warning=reporter.warn)
+    client.check_server()
+    digests = client.ensure_models([cfg.generator_model, cfg.improver_model],
+                                   pull=not cfg.no_pull)
+    with _sandbox(cfg, dataset) as box:
+        stored = {**cfg.to_dict(), "models": digests, "sandbox_info": box.describe(),
+                  "dataset_fingerprint": dataset.fingerprint, "version": __version__,
+                  "python": platform.python_version()}
+        if resume:
+            journal.update_config({**journal.config(), **stored})
+        else:
+            journal.create(stored)
+        reporter.note(f"run {cfg.name}: {journal.root}")
+        search = Search(cfg, journal, Roles(client, cfg.generator_model, cfg.improver_model,
+                                            cfg.seed), box, dataset,
+                        PromptBook(cfg.prompts_dir), reporter)
+        try:
+            return search.run()
+        except KeyboardInterrupt:
+            console.print(f"\nstopped; {len(search.state.records)} iterations are saved. "
+                          f"Continue with: orchestrator run --name {cfg.name} --resume")
+            raise typer.Exit(130) from None
+
+
+def _run_config(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Journal]:
+    if resume:
+        name = cli.get("name") or settings.get("name")
+        if not name:
+            raise UserError("--resume needs --name of the run to continue")
+        journal = Journal(Path(cli.get("results_dir") or settings.get("results_dir")
+                               or "results") / name)
+        if not journal.exists:
+            raise UserError(f"no run to resume at {journal.root}")
+        cfg, ignored = for_resume(journal.config(), {**settings, **cli})
+        if ignored:
+            console.print(f"[yellow]note:[/] a resumed run keeps its settings; ignored: "
+                          f"{', '.join(ignored)}")
+        return cfg, journal
+    cfg = build(settings, cli)
+    cfg.name = cfg.name or f"{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
+    journal = Journal(Path(cfg.results_dir) / cfg.name)
+    if journal.exists:
+        raise UserError(f"run {cfg.name} already exists in {cfg.results_dir}: pass --resume "
+                        "to continue it, or choose another --name")
+    return cfg, journal
+
+
+def _dataset(cfg: RunConfig) -> datasets.PreparedDataset:
+    try:
+        prepared = datasets.load(cfg.dataset, cfg.data_dir)
+    except datasets.DatasetError:
+        console.print(f"dataset {cfg.dataset} is not prepared yet: preparing it now")
+        prepared = datasets.prepare(cfg.dataset, cfg.data_dir)
+    if cfg.train_samples or cfg.test_samples:
+        prepared = datasets.subset(prepared, cfg.train_samples, cfg.test_samples, cfg.seed)
+    return prepared
+
+
+def _sandbox(cfg: RunConfig, dataset: datasets.PreparedDataset) -> Sandbox:
+    limits = Limits(timeout=cfg.timeout, memory=cfg.memory, cpus=cfg.cpus)
+    if cfg.sandbox == "local":
+        from .sandbox.local import LocalSandbox
+
+        return LocalSandbox(dataset.sandbox_dir, limits, cfg.device)
+    from .sandbox.docker import DockerSandbox
+    from .sandbox.image import ensure_image
+
+    box = DockerSandbox(dataset.sandbox_dir, limits, cfg.device, gpus=cfg.gpus,
+                        runtime=cfg.runtime)
+    ensure_image(box.client, offline=cfg.offline_build)
+    return box
+
+
+def _sandbox_unavailable() -> type[Exception]:
+    try:
+        from .sandbox.docker import SandboxUnavailable
+    except ImportError:
+        return UserError
+    return SandboxUnavailable
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: Annotated[str, typer.Argument(help="Dataset name.")],
+    source: Annotated[Path | None, Opt("--from", help="Folder with the original files.")] = None,
+    data_dir: Annotated[str | None, Opt(help="Dataset cache directory.")] = None,
+    force: Annotated[bool, Opt("--force", help="Rebuild an existing cache.")] = False,
+) -> None:
+    """Prepare NAME into the uint8 cache (download via torchvision, or --from DIR)."""
+    try:
+        prepared = datasets.prepare(name, data_dir, source, force=force)
+    except datasets.DatasetError as exc:
+        raise fail(str(exc)) from None
+    console.print(f"{prepared.name}: {prepared.train_count} train, {prepared.test_count} test "
+                  f"images in {prepared.root} (fingerprint {prepared.fingerprint})")
+
+
+@sandbox_app.command("build")
+def sandbox_build(
+    offline: Annotated[bool, Opt("--offline", help="Build the base from Debian, no registry.")]
+    = False,
+    rebuild: Annotated[bool, Opt("--rebuild", help="Rebuild even if up to date.")] = False,
+) -> None:
+    """Build the sandbox image (from a PyTorch CUDA image, or --offline)."""
+    from .sandbox.docker import SandboxUnavailable, engine
+    from .sandbox.image import ensure_image
+
+    try:
+        image_id = ensure_image(engine(), offline=offline, rebuild=rebuild)
+    except SandboxUnavailable as exc:
+        raise fail(str(exc)) from None
+    console.print(f"sandbox image ready: {image_id}")
+
+
+def main() -> None:  # pragma: no cover - console entry for `python -m orchestrator`
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

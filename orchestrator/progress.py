@@ -1,0 +1,50 @@
+"""What the user sees while a search runs: a spinner per phase, one line per iteration."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+from rich.console import Console
+
+from . import failures as fc
+
+
+class Reporter:
+    def __init__(self, total: int, console: Console | None = None) -> None:
+        self.total = total
+        self.console = console or Console(stderr=True)
+        self.last_error: str | None = None
+
+    @contextlib.contextmanager
+    def phase(self, iteration: int, name: str) -> Iterator[None]:
+        """A live spinner while a slow phase runs (only on a terminal)."""
+        if not self.console.is_terminal:
+            yield
+            return
+        with self.console.status(f"[{iteration}/{self.total}] {name}…"):
+            yield
+
+    def iteration(self, record: dict, summary: dict) -> None:
+        status, accuracy = record["status"], record["accuracy"]
+        if status != fc.OK:
+            self.last_error = status
+        style = "green" if status == fc.OK else "red"
+        acc = f"{accuracy:6.2%}" if accuracy is not None else "   -  "
+        best = summary["best_accuracy"]
+        best_text = f"{best:6.2%} (it {summary['best_iteration']})" if best is not None else "-"
+        t = record["timings"]
+        self.console.print(
+            f"[{record['iteration']:>4}/{self.total}] [{style}]{status:<17}[/] acc {acc}  "
+            f"best {best_text}  success {summary['success_rate']:6.1%}  "
+            f"last error {self.last_error or '-'}  "
+            f"[dim]gen {t['generate']:.1f}s eval {t['evaluate']:.1f}s "
+            f"improve {t['improve']:.1f}s[/]",
+            highlight=False,
+        )
+
+    def note(self, message: str) -> None:
+        self.console.print(message, highlight=False)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}", highlight=False)

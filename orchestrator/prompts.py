@@ -1,0 +1,110 @@
+"""Prompt templates from prompts/ (plain text a user can edit), rendered for each role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+from .memory import Triple
+
+PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
+TEMPLATES = ("generator_system", "generator", "improver_system", "improver")
+
+
+@dataclass
+class Attempt:
+    """One evaluated architecture, as the prompts show it."""
+
+    iteration: int
+    code: str
+    outcome: str  # e.g. "accuracy 81.20%" or "shape_error: ..."
+    accuracy: float | None = None
+
+
+@dataclass
+class Task:
+    dataset: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    protocol: dict  # epochs, lr, momentum, weight_decay, batch_size
+    max_params: int | None = None
+
+    def fields(self) -> dict:
+        channels, height, width = self.input_shape
+        budget = (f"- Parameter budget: at most {self.max_params:,} parameters.\n"
+                  if self.max_params else "")
+        return {"dataset": self.dataset, "channels": channels, "height": height, "width": width,
+                "num_classes": self.num_classes, "budget": budget, **self.protocol}
+
+
+@dataclass
+class GeneratorInput:
+    reference: Attempt | None = None  # the best architecture so far
+    current: Attempt | None = None  # this iteration's predecessor
+    suggestions: str | None = None  # the Prompt Improver's advice
+    top: list[Attempt] = field(default_factory=list)  # extended prompt: top-k
+    previous: list[Attempt] = field(default_factory=list)  # extended prompt: recent attempts
+
+
+class PromptBook:
+    """Loads the templates once; renders chat messages for both roles."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = Path(directory or PROMPTS_DIR)
+        missing = [n for n in TEMPLATES if not (self.directory / f"{n}.txt").is_file()]
+        if missing:
+            raise FileNotFoundError(f"prompt templates missing in {self.directory}: {missing}")
+        self.templates = {n: (self.directory / f"{n}.txt").read_text() for n in TEMPLATES}
+
+    def generator(self, task: Task, given: GeneratorInput) -> list[dict]:
+        sections = {
+            "reference": _code_section(
+                "Best architecture so far (the reference to improve on)", given.reference),
+            "current": _code_section("Architecture of the last iteration", given.current),
+            "suggestions": (f"\nSuggested improvements for this iteration:\n"
+                            f"{given.suggestions.strip()}\n" if given.suggestions else ""),
+            "extended": _extended(given.top, given.previous),
+        }
+        user = self._render("generator", task.fields(), sections)
+        return _messages(self.templates["generator_system"], user)
+
+    def improver(self, task: Task, best: Attempt | None, current: Attempt,
+                 history: list[Triple]) -> list[dict]:
+        sections = {
+            "best": _code_section("Best architecture so far", best),
+            "current": _code_section("Current architecture", current),
+            "history": _history(history),
+        }
+        user = self._render("improver", task.fields(), sections)
+        return _messages(self.templates["improver_system"], user)
+
+    def _render(self, name: str, fields: dict, sections: dict) -> str:
+        return Template(self.templates[name]).safe_substitute({**fields, **sections})
+
+
+def _messages(system: str, user: str) -> list[dict]:
+    return [{"role": "system", "content": system.strip()}, {"role": "user", "content": user}]
+
+
+def _code_section(title: str, attempt: Attempt | None) -> str:
+    if attempt is None:
+        return ""
+    return (f"\n{title} (iteration {attempt.iteration}, result: {attempt.outcome}):\n"
+            f"```python\n{attempt.code.strip()}\n```\n")
+
+
+def _extended(top: list[Attempt], previous: list[Attempt]) -> str:
+    parts = [_code_section(f"Top architecture #{i}", a) for i, a in enumerate(top, 1)]
+    parts += [_code_section("Earlier attempt", a) for a in previous]
+    return "".join(parts)
+
+
+def _history(triples: list[Triple]) -> str:
+    if not triples:
+        return ""
+    lines = ["\nRecent improvement attempts, oldest first (problem -> suggestion -> outcome):"]
+    for i, t in enumerate(triples, 1):
+        lines.append(f"{i}. Problem: {t.problem.strip()}\n   Suggestion: {t.suggestion.strip()}"
+                     f"\n   Outcome: {t.outcome.strip()}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,59 @@
+"""The two LLM roles: Code Generator and Prompt Improver, over one Ollama client."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .diagnosis import DIAGNOSIS_SCHEMA, Diagnosis, DiagnosisError, parse_diagnosis
+from .llm import ChatResult, LLMError, OllamaClient
+
+
+@dataclass
+class RoleCall:
+    """What one role call produced, and what the journal keeps of it."""
+
+    messages: list[dict]
+    text: str = ""
+    error: str | None = None  # set when the call failed after retries
+    info: dict = field(default_factory=dict)  # model, seed, tokens, seconds
+
+
+class Roles:
+    """Calls both roles with seed = run seed + call counter (the paper's scheme)."""
+
+    def __init__(self, client: OllamaClient, generator_model: str, improver_model: str,
+                 seed: int, calls: int = 0) -> None:
+        self.client = client
+        self.models = {"generator": generator_model, "improver": improver_model}
+        self.seed = seed
+        self.calls = calls  # restored from the journal on resume
+
+    def generate(self, messages: list[dict]) -> RoleCall:
+        return self._call("generator", messages)
+
+    def improve(self, messages: list[dict]) -> tuple[RoleCall, Diagnosis | None]:
+        """Ask for a diagnosis; an unusable reply becomes an error, never an exception."""
+        call = self._call("improver", messages, schema=DIAGNOSIS_SCHEMA)
+        if call.error:
+            return call, None
+        try:
+            return call, parse_diagnosis(call.text)
+        except DiagnosisError as exc:
+            call.error = f"unusable diagnosis: {exc}"
+            return call, None
+
+    def _call(self, role: str, messages: list[dict], schema: dict | None = None) -> RoleCall:
+        model, seed = self.models[role], self.seed + self.calls
+        self.calls += 1
+        call = RoleCall(messages=messages, info={"model": model, "seed": seed})
+        try:
+            result: ChatResult = self.client.chat(model, messages, seed=seed, format=schema)
+        except LLMError as exc:
+            call.error = str(exc)
+            return call
+        call.text = result.text
+        call.info.update(prompt_tokens=result.prompt_tokens,
+                         completion_tokens=result.completion_tokens,
+                         seconds=round(result.seconds, 3), num_ctx=result.num_ctx,
+                         truncated=result.truncated)
+        return call
