@@ -1,0 +1,39 @@
+"""Small builders shared by tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def write_tiny_cache(root: Path, train: int = 512, test: int = 256, seed: int = 0) -> Path:
+    """A learnable 1x28x28, 10-class dataset in the cache layout; returns its sandbox/ dir."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", train), ("test", test)):
+        y = rng.integers(0, 10, n).astype(np.uint8)
+        x = rng.integers(0, 30, (n, 1, 28, 28)).astype(np.uint8)
+        corners = rng.integers(4, 14, (n, 2))
+        for i, label in enumerate(y):  # a block whose brightness encodes the class
+            r, c = corners[i]
+            x[i, 0, r : r + 10, c : c + 10] = 60 + 19 * label
+        arrays[split] = (x, y)
+    (root / "sandbox").mkdir(parents=True)
+    (root / "labels").mkdir()
+    np.save(root / "sandbox" / "train_x.npy", arrays["train"][0])
+    np.save(root / "sandbox" / "train_y.npy", arrays["train"][1])
+    np.save(root / "sandbox" / "test_x.npy", arrays["test"][0])
+    np.save(root / "labels" / "test_y.npy", arrays["test"][1])
+    (root / "meta.json").write_text(json.dumps({"name": "tiny", "test_count": test}))
+    return root / "sandbox"
+
+
+def tiny_job(**overrides: object) -> dict:
+    job = {"input_shape": [1, 28, 28], "num_classes": 10, "mean": [0.2], "std": [0.35],
+           "crop_padding": 4, "flip": False, "epochs": 1, "batch_size": 32, "lr": 0.05,
+           "momentum": 0.9, "weight_decay": 5e-4, "seed": 0, "device": "cpu",
+           "precision": "fp32", "validate_batch": 2}
+    job.update(overrides)
+    return job

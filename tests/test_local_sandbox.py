@@ -1,0 +1,143 @@
+"""Hostile candidates in the local sandbox: each is classified, and nothing survives it."""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator import failures as fc
+from orchestrator.evaluation import score
+from orchestrator.sandbox.base import Limits
+from orchestrator.sandbox.local import LocalSandbox
+from tests import replies
+from tests.helpers import tiny_job
+
+CANARY = "orchestrator-canary-7f3a9c"
+
+
+def leftover_dirs() -> set[str]:
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "orchestrator-local-*")))
+
+
+def alive(pid: int) -> bool:
+    """True when pid runs (a zombie awaiting its parent does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def evaluate(tiny_cache: Path):
+    """Run code in a fresh LocalSandbox and score it; checks no temp dir is left behind."""
+    labels = np.load(tiny_cache.parent / "labels" / "test_y.npy")
+    before = leftover_dirs()
+
+    def run(code: str, **limits: object):
+        with LocalSandbox(tiny_cache, Limits(**{"timeout": 60, "memory": "2g", **limits}),
+                          device="cpu") as box:
+            execution = box.run(code, tiny_job())
+        return execution, score(execution, labels, 10)
+
+    yield run
+    assert leftover_dirs() <= before
+
+
+def test_valid_candidate_is_scored_on_the_host(evaluate, tiny_cache):
+    labels = np.load(tiny_cache.parent / "labels" / "test_y.npy")
+    execution, outcome = evaluate(replies.VALID_NET)
+    assert outcome.status == fc.OK, outcome.error
+    predictions = np.load(io.BytesIO(execution.predictions_bytes))
+    assert outcome.accuracy == pytest.approx(float(np.mean(predictions == labels)))
+    assert outcome.accuracy > 0.18  # learned: chance is 0.1 (4 standard errors above)
+    assert outcome.metrics["params"] > 0
+
+
+def test_infinite_loop_is_killed_at_the_timeout(evaluate):
+    code = replies.VALID_NET.replace("def forward(self, x):", "def forward(self, x):\n"
+                                     "        while True:\n            pass\n", 1)
+    execution, outcome = evaluate(code, timeout=8)
+    assert execution.killed == "timeout"
+    assert outcome.status == fc.TIMEOUT
+
+
+def test_memory_bomb_is_classified_oom(evaluate):
+    code = "blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))\n"
+    _, outcome = evaluate(code, memory="1g")
+    assert outcome.status == fc.OOM
+
+
+def test_output_flood_is_killed(evaluate):
+    code = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
+    execution, outcome = evaluate(code, output_bytes=1 << 20)
+    assert execution.killed == "output_limit"
+    assert outcome.status == fc.OUTPUT_LIMIT
+    assert len(execution.log_tail) <= 4000
+
+
+def test_detached_children_do_not_survive(evaluate):
+    code = (
+        "import os, subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)'],\n"
+        "                     start_new_session=True)\n"
+        "print('CHILD', p.pid, flush=True)\n"
+        "if os.fork() == 0:\n"  # a classic double-fork daemon
+        "    os.setsid()\n"
+        "    if os.fork() == 0:\n"
+        "        print('DAEMON', os.getpid(), flush=True)\n"
+        "        import time; time.sleep(1000)\n"
+        "    os._exit(0)\n"
+        "raise RuntimeError('done spawning')\n"
+    )
+    execution, outcome = evaluate(code)
+    pids = [int(p) for p in re.findall(r"(?:CHILD|DAEMON) (\d+)", execution.log_tail)]
+    assert len(pids) == 2, execution.log_tail
+    assert outcome.status == fc.INSTANTIATE_ERROR
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_environment_secrets_and_labels_are_not_given(evaluate, monkeypatch):
+    monkeypatch.setenv("ORCHESTRATOR_TEST_SECRET", CANARY)
+    code = (
+        "import os, sys\n"
+        "print(sorted(os.environ.items()))\n"
+        "roots = [p for p in sys.argv if os.path.isdir(p)] + [os.getcwd(), os.environ['HOME']]\n"
+        "for root in roots:\n"
+        "    for d, _, files in os.walk(root):\n"
+        "        print('FILES', d, files)\n"
+        "        assert not any('test_y' in f for f in files), 'found test labels'\n"
+        + replies.VALID_NET
+    )
+    execution, outcome = evaluate(code)
+    assert outcome.status == fc.OK, outcome.error
+    assert CANARY not in execution.log_tail
+    assert "FILES" in execution.log_tail and "train_x.npy" in execution.log_tail
+
+
+def test_forged_result_cannot_raise_its_score(evaluate):
+    code = (
+        "import atexit, json, os, sys\n"
+        "out = sys.argv[sys.argv.index('--out') + 1]\n"
+        "def forge():\n"
+        "    json.dump({'status': 'ok', 'accuracy': 0.99, 'phase': 'predict', 'metrics': {}},\n"
+        "              open(os.path.join(out, 'result.json'), 'w'))\n"
+        "atexit.register(forge)\n"
+        "raise SystemExit(0)\n"
+    )
+    _, outcome = evaluate(code)
+    assert outcome.status == fc.RUNTIME_ERROR  # 'ok' without predictions is not trusted
+    assert outcome.accuracy is None
+
+
+def test_interpreter_crash_is_a_runtime_error(evaluate):
+    execution, outcome = evaluate("import os\nos.abort()\n")
+    assert outcome.status == fc.RUNTIME_ERROR
+    assert execution.result_bytes is None
