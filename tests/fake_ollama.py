@@ -1,0 +1,394 @@
+"""A scripted Ollama-API server on loopback, speaking enough of the wire protocol for `ollama`.
+
+Replies to /api/chat come from a script (consumed in order), then from a default. The server
+records every request and shuts down promptly even while a delayed handler is waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import re
+import socket
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+FAKE_VERSION = "0.6.5"
+MODIFIED_AT = "2025-01-15T10:20:30.123456789Z"
+POLL_SECONDS = 0.02  # how often serve_forever checks for shutdown: keeps close() quick
+UNPULLABLE_ERROR = "pull model manifest: file does not exist"
+
+
+@dataclass
+class Reply:
+    """One scripted /api/chat answer.
+
+    `status >= 400` answers that HTTP error with `{"error": error}`. With status 200 and `error`
+    set, a streamed reply sends the content and then an `{"error": ...}` line (a mid-stream
+    failure, as Ollama does when the runner dies); a non-streamed one answers 500.
+    """
+
+    content: str = ""
+    status: int = 200
+    delay: float = 0.0
+    prompt_eval_count: int | None = None
+    error: str | None = None
+
+
+ScriptItem = Reply | Callable[[dict[str, Any]], Reply]
+EXHAUSTED = Reply(status=500, error="FakeOllama: script exhausted")
+
+
+def full_name(name: str) -> str:
+    """Add the default ':latest' tag when the last path component has none."""
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def fake_digest(name: str) -> str:
+    """A stable sha256 hex digest for a model name."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _as_digests(models: dict[str, str] | Iterable[str] | None) -> dict[str, str]:
+    if models is None:
+        return {}
+    if isinstance(models, dict):
+        return {full_name(k): v for k, v in models.items()}
+    return {full_name(m): fake_digest(full_name(m)) for m in models}
+
+
+def _tokens(text: str) -> list[str]:
+    """Split text into word-ish pieces, like a tokenizer streaming one token per chunk."""
+    return re.findall(r"\s*\S+|\s+", text)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def __init__(self, fake: FakeOllama) -> None:
+        self.fake = fake
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts, shutdown) are normal here: stay quiet."""
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.fake._track(self.connection, add=True)
+
+    def finish(self) -> None:
+        self.server.fake._track(self.connection, add=False)
+        super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Silence the default stderr access log."""
+
+    def do_GET(self) -> None:
+        self.server.fake._dispatch(self, "GET", None)
+
+    def do_HEAD(self) -> None:
+        self.server.fake._dispatch(self, "HEAD", None)
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {"_raw": raw.decode("utf-8", "replace")}
+        self.server.fake._dispatch(self, "POST", body)
+
+    # -- writing ---------------------------------------------------------------------------
+    def send_json(self, status: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_text(self, status: int, text: str) -> None:
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def send_ndjson(self, lines: Iterable[Any]) -> None:
+        """Stream objects as NDJSON with chunked transfer encoding (as Ollama does)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for obj in lines:
+            data = json.dumps(obj).encode() + b"\n"
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+
+class FakeOllama:
+    """Scripted Ollama server on 127.0.0.1 (random port) in a daemon thread."""
+
+    def __init__(
+        self,
+        models: dict[str, str] | Iterable[str] | None = None,
+        script: Iterable[ScriptItem] = (),
+        default: ScriptItem | None = None,
+        pullable: dict[str, str] | Iterable[str] | None = None,
+        version: str = FAKE_VERSION,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._models = _as_digests(models)
+        self._pullable = _as_digests(pullable)
+        self._script: list[ScriptItem] = list(script)
+        self._default: ScriptItem = default if default is not None else EXHAUSTED
+        self._requests: list[tuple[str, Any]] = []
+        self._connections: set[socket.socket] = set()
+        self.version = version
+        self._server = _Server(self)
+        port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": POLL_SECONDS}, daemon=True
+        )
+        self._thread.start()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def __enter__(self) -> FakeOllama:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Wake delayed handlers, stop accepting, drop open connections. Idempotent."""
+        if self._closing.is_set():
+            return
+        self._closing.set()
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            conns = list(self._connections)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join()
+
+    def _track(self, conn: socket.socket, add: bool) -> None:
+        with self._lock:
+            (self._connections.add if add else self._connections.discard)(conn)
+
+    # -- inspection ------------------------------------------------------------------------
+    @property
+    def requests(self) -> list[tuple[str, Any]]:
+        """Every request seen so far as (path, json_body), body None for GET."""
+        with self._lock:
+            return list(self._requests)
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        """The bodies of the /api/chat requests, in arrival order."""
+        return [body for path, body in self.requests if path == "/api/chat"]
+
+    def paths(self) -> list[str]:
+        """The paths requested, in arrival order."""
+        return [path for path, _ in self.requests]
+
+    @property
+    def models(self) -> dict[str, str]:
+        """Models currently on the server: full name -> digest."""
+        with self._lock:
+            return dict(self._models)
+
+    def add_script(self, *items: ScriptItem) -> None:
+        """Append replies to the script."""
+        with self._lock:
+            self._script.extend(items)
+
+    # -- routing ---------------------------------------------------------------------------
+    def _dispatch(self, h: _Handler, method: str, body: Any) -> None:
+        with self._lock:
+            self._requests.append((h.path, body))
+        routes: dict[tuple[str, str], Callable[[_Handler, Any], None]] = {
+            ("GET", "/"): lambda h, b: h.send_text(200, "Ollama is running"),
+            ("HEAD", "/"): lambda h, b: h.send_text(200, "Ollama is running"),
+            ("GET", "/api/version"): lambda h, b: h.send_json(200, {"version": self.version}),
+            ("GET", "/api/tags"): self._tags,
+            ("POST", "/api/show"): self._show,
+            ("POST", "/api/pull"): self._pull,
+            ("POST", "/api/chat"): self._chat,
+        }
+        route = routes.get((method, h.path))
+        if route is None:
+            h.send_text(404, "404 page not found")
+            return
+        route(h, body)
+
+    def _lookup(self, name: str) -> str | None:
+        with self._lock:
+            return self._models.get(full_name(name or ""))
+
+    def _tags(self, h: _Handler, body: Any) -> None:
+        h.send_json(200, {"models": [_tag_entry(n, d) for n, d in self.models.items()]})
+
+    def _show(self, h: _Handler, body: dict[str, Any]) -> None:
+        name = body.get("model") or body.get("name") or ""
+        if self._lookup(name) is None:
+            h.send_json(404, {"error": f"model '{name}' not found"})
+            return
+        h.send_json(200, _show_body(full_name(name)))
+
+    # -- pull ------------------------------------------------------------------------------
+    def _pull(self, h: _Handler, body: dict[str, Any]) -> None:
+        name = full_name(body.get("model") or body.get("name") or "")
+        with self._lock:
+            digest = self._models.get(name) or self._pullable.get(name)
+        stream = body.get("stream", True)
+        if digest is None:
+            if stream:
+                h.send_ndjson([{"status": "pulling manifest"}, {"error": UNPULLABLE_ERROR}])
+            else:
+                h.send_json(500, {"error": UNPULLABLE_ERROR})
+            return
+        lines = list(self._pull_progress(name, digest))
+        if stream:
+            h.send_ndjson(lines)
+        else:
+            h.send_json(200, lines[-1])
+
+    def _pull_progress(self, name: str, digest: str) -> Iterator[dict[str, Any]]:
+        yield {"status": "pulling manifest"}
+        for layer, total in ((digest, 4_000_000), (fake_digest(digest), 12_000)):
+            layer_digest = f"sha256:{layer}"
+            for completed in (0, total // 4, total // 2, total):
+                yield {
+                    "status": f"pulling {layer[:12]}",
+                    "digest": layer_digest,
+                    "total": total,
+                    "completed": completed,
+                }
+        yield {"status": "verifying sha256 digest"}
+        yield {"status": "writing manifest"}
+        with self._lock:
+            self._models[name] = digest
+        yield {"status": "success"}
+
+    # -- chat ------------------------------------------------------------------------------
+    def _next_reply(self, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            item = self._script.pop(0) if self._script else self._default
+        return item(body) if callable(item) else item
+
+    def _chat(self, h: _Handler, body: dict[str, Any]) -> None:
+        model = body.get("model") or ""
+        if self._lookup(model) is None:
+            h.send_json(404, {"error": f"model '{model}' not found"})
+            return
+        reply = self._next_reply(body)
+        if reply.delay > 0 and self._closing.wait(reply.delay):
+            h.close_connection = True
+            return
+        stream = body.get("stream", True)
+        if reply.status >= 400 or (reply.error and not stream):
+            status = reply.status if reply.status >= 400 else 500
+            h.send_json(status, {"error": reply.error or f"fake server error {status}"})
+            return
+        if stream:
+            h.send_ndjson(_chat_stream(model, body, reply))
+        else:
+            final = _chat_final(model, body, reply, len(_tokens(reply.content)))
+            final["message"]["content"] = reply.content
+            h.send_json(200, final)
+
+
+def _estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    messages = body.get("messages") or []
+    return sum(len(str(m.get("content") or "")) for m in messages) // 4
+
+
+def _chat_chunk(model: str, content: str, done: bool) -> dict[str, Any]:
+    return {
+        "model": model,
+        "created_at": MODIFIED_AT,
+        "message": {"role": "assistant", "content": content},
+        "done": done,
+    }
+
+
+def _chat_final(model: str, body: dict[str, Any], reply: Reply, eval_count: int) -> dict[str, Any]:
+    prompt_tokens = reply.prompt_eval_count
+    if prompt_tokens is None:
+        prompt_tokens = _estimate_prompt_tokens(body)
+    final = _chat_chunk(model, "", True)
+    final.update(
+        done_reason="stop",
+        total_duration=1_500_000_000,
+        load_duration=100_000_000,
+        prompt_eval_count=prompt_tokens,
+        prompt_eval_duration=200_000_000,
+        eval_count=eval_count,
+        eval_duration=1_200_000_000,
+    )
+    return final
+
+
+def _chat_stream(model: str, body: dict[str, Any], reply: Reply) -> Iterator[dict[str, Any]]:
+    tokens = _tokens(reply.content)
+    for token in tokens:
+        yield _chat_chunk(model, token, False)
+    if reply.error:
+        yield {"error": reply.error}
+        return
+    yield _chat_final(model, body, reply, len(tokens))
+
+
+def _tag_entry(name: str, digest: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": MODIFIED_AT,
+        "size": 4_683_087_332,
+        "digest": digest,
+        "details": _details(),
+    }
+
+
+def _details() -> dict[str, Any]:
+    return {
+        "parent_model": "",
+        "format": "gguf",
+        "family": "qwen2",
+        "families": ["qwen2"],
+        "parameter_size": "7.6B",
+        "quantization_level": "Q4_K_M",
+    }
+
+
+def _show_body(name: str) -> dict[str, Any]:
+    return {
+        "license": "Apache License 2.0",
+        "modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {name}\n",
+        "parameters": 'stop "<|im_end|>"',
+        "template": "{{ .Prompt }}",
+        "details": _details(),
+        "model_info": {
+            "general.architecture": "qwen2",
+            "general.parameter_count": 7_615_616_512,
+            "qwen2.context_length": 32768,
+        },
+        "capabilities": ["completion", "tools"],
+        "modified_at": MODIFIED_AT,
+    }

@@ -1,0 +1,263 @@
+"""OllamaClient against a scripted Ollama server over real loopback HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from orchestrator.diagnosis import DIAGNOSIS_SCHEMA
+from orchestrator.llm import (
+    ChatResult,
+    GenerationOptions,
+    LLMError,
+    ModelMissing,
+    OllamaClient,
+    ServerUnreachable,
+    auto_num_ctx,
+    default_host,
+    full_model_name,
+    normalize_host,
+)
+from tests.fake_ollama import FakeOllama, Reply
+from tests.replies import VALID_NET, diagnosis_json, prose_wrapped
+
+CODER = "qwen2.5-coder:7b"
+IMPROVER = "llama3.1"
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOllama]:
+    with FakeOllama(models={CODER: "a" * 64, IMPROVER: "b" * 64}) as fake:
+        yield fake
+
+
+def make_client(
+    fake: FakeOllama, warnings: list[str] | None = None, retries: int = 4, **opts: object
+) -> OllamaClient:
+    options = GenerationOptions(**opts)  # type: ignore[arg-type]
+    sink = warnings.append if warnings is not None else None
+    return OllamaClient(fake.url, options, retries=retries, on_warning=sink, backoff=0.0)
+
+
+# -- chat ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("stream", [True, False])
+def test_chat_round_trip(server: FakeOllama, stream: bool) -> None:
+    reply = prose_wrapped(VALID_NET)
+    server.add_script(Reply(content=reply, prompt_eval_count=321))
+    progress: list[int] = []
+    with make_client(server) as client:
+        result = client.chat(
+            CODER, "Write a CNN.", seed=7, stream=stream, on_progress=progress.append
+        )
+    assert isinstance(result, ChatResult)
+    assert result.text == reply
+    assert (result.model, result.seed, result.prompt_tokens) == (CODER, 7, 321)
+    assert result.completion_tokens and result.completion_tokens > 10
+    assert result.done_reason == "stop" and not result.truncated
+    assert server.chat_requests()[0]["stream"] is stream
+    if stream:
+        assert progress == list(range(1, len(progress) + 1)) and len(progress) > 10
+    else:
+        assert progress == []
+
+
+def test_options_and_format_reach_the_server(server: FakeOllama) -> None:
+    server.add_script(Reply(content=diagnosis_json("r", "i", "s")))
+    messages = [{"role": "system", "content": "You diagnose."}, {"role": "user", "content": "Hi"}]
+    client = make_client(server, temperature=0.2, top_p=0.5, num_predict=512, num_ctx=8192)
+    client.chat(IMPROVER, messages, seed=1234, format=DIAGNOSIS_SCHEMA)
+    body = server.chat_requests()[0]
+    assert body["model"] == IMPROVER
+    assert body["messages"] == messages
+    assert body["format"] == DIAGNOSIS_SCHEMA
+    assert body["options"] == {
+        "temperature": 0.2, "top_p": 0.5, "num_predict": 512, "num_ctx": 8192, "seed": 1234,
+    }
+
+
+def test_num_ctx_is_sized_from_the_prompt(server: FakeOllama) -> None:
+    server.add_script(Reply(content="ok"), Reply(content="ok"))
+    client = make_client(server, num_predict=2048)
+    client.chat(CODER, "short")
+    big = "x" * 20_000
+    result = client.chat(CODER, big)
+    small_ctx, big_ctx = (b["options"]["num_ctx"] for b in server.chat_requests())
+    assert small_ctx == 4096
+    assert big_ctx == result.num_ctx == 9216  # ceil(20000/3) + 2048 = 8715 -> 9216
+    assert "seed" not in server.chat_requests()[0]["options"]
+    assert "format" not in server.chat_requests()[0]
+
+
+def test_auto_num_ctx_rule() -> None:
+    assert auto_num_ctx(0, 2048) == 4096
+    assert auto_num_ctx(3 * 3000, 1096) == 4096
+    assert auto_num_ctx(3 * 3000 + 3, 1096) == 5120
+    assert auto_num_ctx(30_000, 2048) % 1024 == 0
+
+
+def test_callable_script_item_sees_the_request(server: FakeOllama) -> None:
+    server.add_script(lambda body: Reply(content=f"seed={body['options']['seed']}"))
+    assert make_client(server).chat(CODER, "go", seed=99).text == "seed=99"
+
+
+# -- retries ---------------------------------------------------------------------------------
+def test_5xx_burst_then_success(server: FakeOllama) -> None:
+    server.add_script(Reply(status=503), Reply(status=500), Reply(content="finally"))
+    warnings: list[str] = []
+    result = make_client(server, warnings, retries=4).chat(CODER, "go")
+    assert result.text == "finally"
+    assert len(server.chat_requests()) == 3
+    assert len([w for w in warnings if "attempt" in w]) == 2
+
+
+def test_5xx_forever_gives_up_after_retries() -> None:
+    forever = Reply(status=500, error="CUDA error: out of memory")
+    with FakeOllama(models=[CODER], default=forever) as fake:
+        with pytest.raises(LLMError, match="CUDA error: out of memory") as info:
+            make_client(fake, retries=3).chat(CODER, "go")
+        assert len(fake.chat_requests()) == 3
+    assert not isinstance(info.value, ServerUnreachable)
+
+
+def test_mid_stream_error_is_retried(server: FakeOllama) -> None:
+    server.add_script(
+        Reply(content="import torch", error="model runner has unexpectedly stopped"),
+        Reply(content="recovered"),
+    )
+    assert make_client(server).chat(CODER, "go").text == "recovered"
+    assert len(server.chat_requests()) == 2
+
+
+def test_slow_reply_times_out_then_fails() -> None:
+    with FakeOllama(models=[CODER], default=Reply(content="late", delay=30.0)) as fake:
+        client = make_client(fake, retries=2, request_timeout=0.2)
+        with pytest.raises(LLMError, match="within 0.2s"):
+            client.chat(CODER, "go")
+        assert len(fake.chat_requests()) == 2
+
+
+def test_slow_reply_then_fast_one_succeeds(server: FakeOllama) -> None:
+    server.add_script(Reply(content="late", delay=30.0), Reply(content="on time"))
+    client = make_client(server, retries=2, request_timeout=1.0, num_predict=64)
+    assert client.chat(CODER, "go", stream=False).text == "on time"
+
+
+def test_unknown_model_fails_at_once(server: FakeOllama) -> None:
+    with pytest.raises(LLMError, match="ollama pull nope") as info:
+        make_client(server).chat("nope", "go")
+    assert isinstance(info.value, ModelMissing)
+    assert len(server.chat_requests()) == 1
+
+
+def test_4xx_is_not_retried(server: FakeOllama) -> None:
+    server.add_script(Reply(status=400, error="invalid format schema"))
+    with pytest.raises(LLMError, match="invalid format schema"):
+        make_client(server).chat(CODER, "go")
+    assert len(server.chat_requests()) == 1
+
+
+# -- server reachability ---------------------------------------------------------------------
+def test_check_server_returns_version(server: FakeOllama) -> None:
+    assert make_client(server).check_server() == server.version
+
+
+def dead_url() -> str:
+    fake = FakeOllama()
+    fake.close()
+    return fake.url
+
+
+def test_dead_server_is_unreachable() -> None:
+    url = dead_url()
+    client = OllamaClient(url, GenerationOptions(request_timeout=2.0), retries=2, backoff=0.0)
+    for call in (client.check_server, lambda: client.chat(CODER, "go")):
+        with pytest.raises(ServerUnreachable) as info:
+            call()
+        text = str(info.value)
+        assert url in text and "ollama serve" in text and "docker compose up -d ollama" in text
+        assert "OLLAMA_HOST" in text
+
+
+# -- models ----------------------------------------------------------------------------------
+def test_ensure_models_present_does_not_pull(server: FakeOllama) -> None:
+    digests = make_client(server).ensure_models([CODER, IMPROVER], pull=True, progress=False)
+    assert digests == {CODER: "a" * 64, IMPROVER: "b" * 64}
+    assert "/api/pull" not in server.paths()
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_missing_model_is_pulled(progress: bool) -> None:
+    with FakeOllama(models=[IMPROVER], pullable={CODER: "c" * 64}) as fake:
+        digests = make_client(fake).ensure_models([CODER, IMPROVER], pull=True, progress=progress)
+        assert digests[CODER] == "c" * 64
+        pulls = [body for path, body in fake.requests if path == "/api/pull"]
+        assert [(b["model"], b["stream"]) for b in pulls] == [(CODER, True)]
+        assert full_model_name(CODER) in fake.models
+
+
+def test_missing_model_without_pull(server: FakeOllama) -> None:
+    with pytest.raises(ModelMissing, match="ollama pull mistral") as info:
+        make_client(server).ensure_models(["mistral"], pull=False)
+    assert "--no-pull" in str(info.value) and server.url in str(info.value)
+    assert "/api/pull" not in server.paths()
+
+
+def test_unpullable_model(server: FakeOllama) -> None:
+    with pytest.raises(LLMError, match="file does not exist") as info:
+        make_client(server).ensure_models(["no-such-model:1b"], pull=True, progress=False)
+    assert not isinstance(info.value, ModelMissing)
+
+
+def test_latest_tag_rule() -> None:
+    assert full_model_name("llama3.1") == "llama3.1:latest"
+    assert full_model_name("qwen2.5-coder:7b") == "qwen2.5-coder:7b"
+    registry = "registry.local:5000/team/model"
+    assert full_model_name(registry) == f"{registry}:latest"
+
+
+# -- warnings --------------------------------------------------------------------------------
+def test_truncation_warning_when_few_prompt_tokens_were_evaluated(server: FakeOllama) -> None:
+    server.add_script(Reply(content="ok", prompt_eval_count=12))
+    warnings: list[str] = []
+    result = make_client(server, warnings).chat(CODER, "describe the results\n" * 1000)
+    assert result.truncated
+    assert any(CODER in w and "num_ctx" in w for w in warnings)
+
+
+def test_truncation_warning_when_prompt_exceeds_fixed_num_ctx(server: FakeOllama) -> None:
+    server.add_script(Reply(content="ok"))
+    warnings: list[str] = []
+    result = make_client(server, warnings, num_ctx=2048).chat(CODER, "y " * 10_000)
+    assert result.truncated and any("num_ctx" in w for w in warnings)
+
+
+def test_no_truncation_warning_for_a_realistic_count(server: FakeOllama) -> None:
+    server.add_script(Reply(content="ok"))
+    warnings: list[str] = []
+    result = make_client(server, warnings).chat(CODER, "describe the results\n" * 1000)
+    assert not result.truncated and warnings == []
+
+
+# -- hosts -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", "http://127.0.0.1:11434"),
+        ("gpu-box", "http://gpu-box:11434"),
+        ("gpu-box:8080", "http://gpu-box:8080"),
+        (":9999", "http://127.0.0.1:9999"),
+        ("https://ollama.example.com", "https://ollama.example.com:443"),
+        ("http://10.0.0.5:11434/", "http://10.0.0.5:11434"),
+        ("[::1]:5000", "http://[::1]:5000"),
+    ],
+)
+def test_normalize_host(raw: str, expected: str) -> None:
+    assert normalize_host(raw) == expected
+
+
+def test_default_host_reads_ollama_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OLLAMA_HOST", raising=False)
+    assert default_host() == "http://127.0.0.1:11434"
+    monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0")
+    assert default_host() == "http://0.0.0.0:11434"
