@@ -1,0 +1,517 @@
+"""Reports over one or more runs: Table 2-style summary, windows, failures, time, trajectory plot.
+
+`build_report` writes `report.md`, `trajectory.png` and a self-contained `report.html` (the plot
+embedded as a data URI, all journal text escaped) and returns the same content plus a
+JSON-serialisable `metrics` dict. `render_show` renders one iteration as plain text.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import itertools
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from orchestrator import stats
+from orchestrator.failures import FAILURE_CLASSES
+from orchestrator.runlog import Run, accuracy_of, record_chain
+
+FIG_SIZE = (10.0, 5.5)  # inches; at FIG_DPI the PNG is 1000 x 550 pixels
+FIG_DPI = 100
+MESSAGE_CHARS = 200
+
+
+@dataclass
+class Table:
+    """A titled table of already formatted cells."""
+
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Report:
+    """What `build_report` produced: metrics (JSON-ready), markdown, html and written files."""
+
+    metrics: dict
+    markdown: str
+    html: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- formatting helpers
+
+
+def pct(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def pp(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:+.1f} pp"
+
+
+def num(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def pval(p: float | None) -> str:
+    if p is None:
+        return "n/a"
+    if p == 0:
+        return "< 1e-300"  # below float range
+    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
+
+
+def interval(ci: tuple[float, float] | list[float] | None) -> str:
+    return "n/a" if ci is None else f"[{pct(ci[0])}, {pct(ci[1])}]"
+
+
+def secs(x: float, total: float | None = None) -> str:
+    share = f" ({100 * x / total:.0f}%)" if total else ""
+    return f"{x:,.1f} s{share}"
+
+
+def error_text(err: object, limit: int = MESSAGE_CHARS) -> str:
+    """A one-line `Type: message` summary of a record's error (dict or string)."""
+    if isinstance(err, dict):
+        kind, msg = err.get("type") or "", err.get("message") or ""
+        text = f"{kind}: {msg}" if kind and msg else str(kind or msg)
+    else:
+        text = "" if err is None else str(err)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run_labels(runs: list[Run]) -> list[str]:
+    """Column labels: run names, made unique."""
+    labels: list[str] = []
+    for run in runs:
+        label = run.name
+        while label in labels:
+            label += "'"
+        labels.append(label)
+    return labels
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def _examples(records: list[dict]) -> dict[str, dict]:
+    """Per failure class: count, first and last iteration, last error message."""
+    out: dict[str, dict] = {}
+    for i, rec in enumerate(stats.ordered(records)):
+        status = str(rec.get("status") or "unknown")
+        if status == "ok":
+            continue
+        it = stats.iteration_of(rec, i + 1)
+        entry = out.setdefault(status, {"count": 0, "first_iteration": it})
+        entry["count"] += 1
+        entry["last_iteration"] = it
+        if rec.get("error"):
+            entry["last_error"] = error_text(rec.get("error"))
+    return out
+
+
+def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
+                tau: float = 0.90) -> dict:
+    """All statistics of one run, JSON-serialisable."""
+    thr = threshold if threshold is not None else stats.default_threshold(run.dataset)
+    overall = stats.window_summary(run.records, thr, tau)
+    return {
+        "name": run.name,
+        "path": str(run.path),
+        "dataset": run.dataset,
+        "generator_model": run.config.get("generator_model"),
+        "improver_model": run.config.get("improver_model"),
+        "seed": run.config.get("seed"),
+        "planned_iterations": run.config.get("iterations"),
+        "finished": run.summary is not None,
+        "threshold": thr,
+        "table2": stats.table2(run.records),
+        "overall": overall,
+        "windows": stats.windows(run.records, window, thr, tau),
+        "failures": stats.failure_breakdown(run.records),
+        "failure_examples": _examples(run.records),
+        "times": stats.time_breakdown(run.records),
+        "warnings": list(run.warnings),
+    }
+
+
+# ---------------------------------------------------------------- tables
+
+
+def summary_table(ms: list[dict], labels: list[str]) -> Table:
+    """The paper's Table 2, one column per run."""
+    t2 = [m["table2"] for m in ms]
+
+    def best(t: dict) -> str:
+        return pct(t["best_accuracy"]) + (f" (it. {t['best_iteration']})"
+                                          if t["best_iteration"] is not None else "")
+
+    rows = [
+        ["Dataset"] + [m["dataset"] for m in ms],
+        ["Generator"] + [str(m["generator_model"] or "n/a") for m in ms],
+        ["Improver"] + [str(m["improver_model"] or "n/a") for m in ms],
+        ["Total iterations"] + [str(t["iterations"]) for t in t2],
+        ["Successful evaluations"] + [str(t["successful"]) for t in t2],
+        ["Success rate"] + [pct(t["success_rate"]) for t in t2],
+        ["First accuracy"] + [pct(t["first_accuracy"]) for t in t2],
+        ["Best accuracy"] + [best(t) for t in t2],
+        ["Improvement"] + [pp(t["improvement"]) for t in t2],
+        ["Spearman ρ"] + [num(t["spearman_rho"]) for t in t2],
+        ["Spearman p"] + [pval(t["spearman_p"]) for t in t2],
+        ["Kendall τ"] + [num(t["kendall_tau"]) for t in t2],
+        ["Kendall p"] + [pval(t["kendall_p"]) for t in t2],
+        ["Mean accuracy [95% CI]"]
+        + [f"{pct(m['overall']['mean_acc'])} {interval(m['overall']['acc_ci'])}" for m in ms],
+        ["Above threshold"] + [_above(m["overall"], m["threshold"]) for m in ms],
+    ]
+    return Table("Search summary (Table 2)", ["Metric", *labels], rows)
+
+
+def _above(summary: dict, thr: float | None) -> str:
+    if thr is None:
+        return "n/a (no threshold)"
+    return (f"{pct(summary['above_threshold_fraction'])} of successes ≥ {pct(thr, 0)} "
+            f"({summary['above_threshold']})")
+
+
+def windows_table(m: dict, label: str, window: int) -> Table:
+    """NNGPT-style per-window statistics of one run."""
+    thr = m["threshold"]
+    rows = [
+        [
+            f"{w['start']}–{w['end']}", str(w["n"]), str(w["valid"]),
+            f"{pct(w['valid_rate'])} {interval(w['valid_ci'])}",
+            f"{pct(w['mean_acc'])} ± {pct(w['std_acc'])}", interval(w["acc_ci"]),
+            pct(w["best_acc"]),
+            "n/a" if thr is None else pct(w["above_threshold_fraction"]),
+            "n/a" if w["novel"] is None else str(w["novel"]),
+        ]
+        for w in m["windows"]
+    ]
+    header = ["Iterations", "n", "Valid", "Valid rate [95% CI]", "Mean acc ± std",
+              "Mean 95% CI", "Best", f"≥ {pct(thr, 0) if thr is not None else 'thr'}", "Novel"]
+    return Table(f"Windows of {window} iterations: {label}", header, rows)
+
+
+def failure_table(ms: list[dict], labels: list[str]) -> Table:
+    """Counts of each failure class per run (share of the run's iterations)."""
+    classes = sorted({c for m in ms for c in m["failures"]},
+                     key=lambda c: (-sum(m["failures"].get(c, 0) for m in ms), c))
+    rows = []
+    for cls in classes:
+        cells = []
+        for m in ms:
+            count, total = m["failures"].get(cls, 0), m["table2"]["iterations"]
+            cells.append(f"{count} ({pct(count / total if total else None)})")
+        rows.append([cls, *cells])
+    if not rows:
+        rows.append(["(no failures)", *["0" for _ in ms]])
+    return Table("Failures", ["Class", *labels], rows)
+
+
+def error_table(ms: list[dict], labels: list[str]) -> Table:
+    """The last error message of each failure class, per run."""
+    rows = [
+        [label, cls, str(ex["count"]), f"{ex['first_iteration']}–{ex['last_iteration']}",
+         ex.get("last_error", "")]
+        for m, label in zip(ms, labels, strict=True)
+        for cls, ex in m["failure_examples"].items()
+    ]
+    return Table("Latest error per class", ["Run", "Class", "Count", "Iterations", "Error"], rows)
+
+
+def time_table(ms: list[dict], labels: list[str]) -> Table:
+    """Wall-clock seconds per phase and LLM usage per role."""
+    ts = [m["times"] for m in ms]
+    rows = [[phase.capitalize()] + [secs(t["seconds"][phase], t["seconds"]["total"]) for t in ts]
+            for phase in stats.PHASES]
+    rows.append(["Total"] + [secs(t["seconds"]["total"]) for t in ts])
+    rows.append(["Training (runner)"] + [secs(t["train_seconds"]) for t in ts])
+    rows.append(["Evaluating failures"] + [secs(_failed_eval(t), t["seconds"]["evaluate"])
+                                           for t in ts])
+    for role in stats.ROLES:
+        rows.append([f"{role.capitalize()} calls"] + [str(t["llm"][role]["calls"]) for t in ts])
+        rows.append([f"{role.capitalize()} tokens (prompt / completion)"]
+                    + [f"{t['llm'][role]['prompt_tokens']:,} / "
+                       f"{t['llm'][role]['completion_tokens']:,}" for t in ts])
+    return Table("Time and tokens", ["", *labels], rows)
+
+
+def _failed_eval(times: dict) -> float:
+    return sum(s for k, s in times["evaluate_by_status"].items() if k != "ok")
+
+
+def time_notes(ms: list[dict], labels: list[str]) -> list[str]:
+    """One sentence per run on where the time went."""
+    notes = []
+    for m, label in zip(ms, labels, strict=True):
+        sec = m["times"]["seconds"]
+        if not sec["total"]:
+            notes.append(f"{label}: no timings recorded.")
+            continue
+        phase = max(stats.PHASES, key=lambda p: sec[p])
+        failed = _failed_eval(m["times"])
+        share = f"{100 * failed / sec['evaluate']:.0f}%" if sec["evaluate"] else "0%"
+        notes.append(f"{label}: {phase} took most of the time "
+                     f"({100 * sec[phase] / sec['total']:.0f}% of {sec['total']:,.0f} s); "
+                     f"{share} of evaluation time went to failed candidates.")
+    return notes
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _md_cell(text: str) -> str:
+    text = " ".join(str(text).split())
+    return html.escape(text, quote=False).replace("|", "\\|")
+
+
+def table_markdown(table: Table) -> str:
+    lines = [f"## {table.title}", "", "| " + " | ".join(map(_md_cell, table.header)) + " |",
+             "|" + "|".join(" --- " for _ in table.header) + "|"]
+    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows]
+    return "\n".join(lines) + "\n"
+
+
+def table_html(table: Table) -> str:
+    esc = html.escape
+    head = "".join(f"<th>{esc(h)}</th>" for h in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
+                   for row in table.rows)
+    return (f"<h2>{esc(table.title)}</h2>\n<table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{body}</tbody></table>\n")
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f3f3f3}tr:nth-child(even) td{background:#fafafa}
+img{max-width:100%;border:1px solid #ddd}.note{color:#555}"""
+
+
+def render_markdown(title: str, tables: list[Table], notes: list[str], warnings: list[str],
+                    image: str | None) -> str:
+    parts = [f"# {_md_cell(title)}", ""]
+    if image:
+        parts += [f"![accuracy trajectory]({image})", ""]
+    parts += [table_markdown(t) for t in tables]
+    parts += ["## Where the time went", ""] + [f"- {_md_cell(n)}" for n in notes] + [""]
+    if warnings:
+        parts += ["## Journal warnings", ""] + [f"- {_md_cell(w)}" for w in warnings] + [""]
+    return "\n".join(parts)
+
+
+def render_html(title: str, tables: list[Table], notes: list[str], warnings: list[str],
+                png: bytes | None) -> str:
+    esc = html.escape
+    img = ""
+    if png:
+        data = base64.b64encode(png).decode("ascii")
+        img = f'<img alt="accuracy trajectory" src="data:image/png;base64,{data}">\n'
+    items = "".join(f"<li>{esc(n)}</li>" for n in notes)
+    warn = "".join(f"<li>{esc(w)}</li>" for w in warnings)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>\n"
+        f"<h1>{esc(title)}</h1>\n{img}"
+        + "".join(table_html(t) for t in tables)
+        + f'<h2>Where the time went</h2><ul class="note">{items}</ul>\n'
+        + (f'<h2>Journal warnings</h2><ul class="note">{warn}</ul>\n' if warnings else "")
+        + "</body></html>\n"
+    )
+
+
+# ---------------------------------------------------------------- plot
+
+
+def _class_colours() -> dict[str, tuple]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return {cls: cmap(i % 20) for i, cls in enumerate(sorted(FAILURE_CLASSES))}
+
+
+def _failures_by_class(records: list[dict]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for j, rec in enumerate(stats.ordered(records)):
+        if rec.get("status") != "ok":
+            out.setdefault(str(rec.get("status") or "unknown"), []).append(
+                stats.iteration_of(rec, j + 1))
+    return out
+
+
+def _plain(text: str) -> str:
+    """Journal text for matplotlib: `$` would start mathtext."""
+    return text.replace("$", r"\$")
+
+
+def plot_trajectory(runs: list[Run], labels: list[str], thresholds: list[float | None]) -> bytes:
+    """Accuracy per iteration (points), best so far (steps), failures (x by class); PNG bytes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIG_SIZE, dpi=FIG_DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colours, seen_classes = _class_colours(), set()
+    top = 0.1
+    for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
+        colour, label = f"C{i % 10}", _plain(label)
+        pairs = stats.successes(run.records)
+        if pairs:
+            its, accs = zip(*pairs, strict=True)
+            best = list(itertools.accumulate(accs, max))
+            last = max(stats.iteration_of(r, 0) for r in run.records)
+            ax.scatter(its, accs, s=16, alpha=0.6, color=colour, linewidths=0)
+            ax.step([*its, last], [*best, best[-1]], where="post", color=colour, lw=2,
+                    label=f"{label} (best so far)")
+            top = max(top, max(accs))
+        else:
+            ax.plot([], [], color=colour, lw=2, label=f"{label} (no success)")
+        y_fail = -0.04 - 0.03 * i
+        for cls, its in _failures_by_class(run.records).items():
+            ax.scatter(its, [y_fail] * len(its), marker="x", s=22,
+                       color=colours.get(cls, "black"),
+                       label=None if cls in seen_classes else cls)
+            seen_classes.add(cls)
+    uniq = {t for t in thresholds if t is not None}
+    if len(uniq) == 1:
+        ax.axhline(uniq.pop(), color="grey", ls=":", lw=1, label="threshold")
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_ylim(-0.06 - 0.03 * len(runs), min(1.02, top * 1.15 + 0.02))
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("test accuracy after 1 epoch")
+    datasets = _plain(", ".join(dict.fromkeys(r.dataset for r in runs)))
+    ax.set_title(f"Accuracy trajectory: {datasets}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8, ncol=2, framealpha=0.85)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=FIG_DPI)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------- entry points
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_report(runs: list[Run], window: int = 50, threshold: float | None = None,
+                 out_dir: Path | None = None, tau: float = 0.90, write: bool = True) -> Report:
+    """Compute, render and (unless write=False) write the report of one or more runs."""
+    if not runs:
+        raise ValueError("build_report needs at least one run")
+    labels = run_labels(runs)
+    ms = [run_metrics(r, window, threshold, tau) for r in runs]
+    tables = [summary_table(ms, labels)]
+    tables += [windows_table(m, label, window) for m, label in zip(ms, labels, strict=True)]
+    tables += [failure_table(ms, labels), error_table(ms, labels), time_table(ms, labels)]
+    notes = time_notes(ms, labels)
+    warnings = [f"{label}: {w}" for m, label in zip(ms, labels, strict=True) for w in m["warnings"]]
+    title = f"Report: {', '.join(labels)}"
+    png = plot_trajectory(runs, labels, [m["threshold"] for m in ms])
+    metrics = {"generated_at": datetime.now().astimezone().isoformat(timespec="seconds"),
+               "window": window, "tau": tau, "runs": ms}
+    report = Report(metrics=metrics, html=render_html(title, tables, notes, warnings, png),
+                    markdown=render_markdown(title, tables, notes, warnings, "trajectory.png"))
+    if write:
+        out = Path(out_dir) if out_dir is not None else runs[0].path
+        out.mkdir(parents=True, exist_ok=True)
+        report.files = {"markdown": out / "report.md", "png": out / "trajectory.png",
+                        "html": out / "report.html"}
+        _write(report.files["png"], png)
+        _write(report.files["markdown"], report.markdown.encode("utf-8"))
+        _write(report.files["html"], report.html.encode("utf-8"))
+    return report
+
+
+def _block(title: str, body: object) -> list[str]:
+    if body is None or body == "" or body == {} or body == []:
+        return []
+    if isinstance(body, str):
+        text = body
+    elif isinstance(body, list):
+        text = "\n".join(f"- {item}" for item in body)
+    else:
+        text = json.dumps(body, indent=2, ensure_ascii=False, default=str)
+    return [f"--- {title} ---", text.rstrip(), ""]
+
+
+def _fields(d: object, keys: tuple[str, ...]) -> list[str]:
+    if not isinstance(d, dict):
+        return [] if d is None else [str(d)]
+    return [f"{k}: {_block_text(d.get(k))}" for k in keys if d.get(k) not in (None, "", [])]
+
+
+def _block_text(v: object) -> str:
+    if isinstance(v, list):
+        return "\n" + "\n".join(f"  - {item}" for item in v)
+    return str(v)
+
+
+def _prompt_text(prompt: object) -> object:
+    """Chat messages as `[role]` blocks; anything else unchanged."""
+    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
+        return "\n\n".join(f"[{m.get('role')}]\n{m.get('content')}" for m in prompt)
+    return prompt
+
+
+def render_show(run: Run, iteration: int, chain: int | None = None, prompts: bool = True) -> str:
+    """One iteration as plain text: outcome, error, triple, suggestions, code and prompts."""
+    rec = run.record(iteration, chain)
+    acc = accuracy_of(rec)
+    head = [
+        f"=== {run.name} · iteration {iteration} (chain {record_chain(rec)}) · {run.dataset} ===",
+        f"status: {rec.get('status')}"
+        + (f" (phase {rec['phase']})" if rec.get("phase") else "")
+        + f"   accuracy: {pct(acc, 2)}",
+    ]
+    if isinstance(rec.get("best_accuracy"), (int, float)):
+        head[-1] += (f"   best so far: {pct(rec['best_accuracy'], 2)} "
+                     f"(iteration {rec.get('best_iteration')})")
+    if isinstance(rec.get("novelty"), dict):
+        nov = rec["novelty"]
+        head.append(f"novelty: max similarity {nov.get('max_similarity')} "
+                    f"(nearest iteration {nov.get('nearest_iteration')})")
+    for name in ("metrics", "timings"):
+        if isinstance(rec.get(name), dict) and rec[name]:
+            head.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in rec[name].items()))
+    llm = rec.get("llm") if isinstance(rec.get("llm"), dict) else {}
+    for role, call in llm.items():
+        if isinstance(call, dict):
+            head.append(f"{role}: {call.get('model')} seed={call.get('seed')} "
+                        f"tokens={call.get('prompt_tokens')}+{call.get('completion_tokens')} "
+                        f"{call.get('seconds')} s")
+    lines = [*head, ""]
+    err = rec.get("error")
+    if isinstance(err, dict):
+        lines += _block("error", "\n".join(
+            [f"{err.get('type')}: {err.get('message')}", str(err.get("traceback") or "")]))
+    else:
+        lines += _block("error", err)
+    lines += _block("improver error", rec.get("improver_error"))
+    lines += _block("triple", "\n".join(_fields(rec.get("triple"),
+                                                ("problem", "suggestion", "outcome"))))
+    lines += _block("suggestions", "\n".join(
+        _fields(rec.get("suggestions"), ("reason", "inspiration", "suggestions"))))
+    code = run.code(rec)
+    lines += _block(f"code ({rec.get('code_file')})",
+                    code if code is not None else "(no candidate file)")
+    if rec.get("reply_file"):
+        lines += [f"raw LLM reply: {run.path / str(rec['reply_file'])}", ""]
+    ps = rec.get("prompts") if isinstance(rec.get("prompts"), dict) else {}
+    if prompts:
+        for role in stats.ROLES:
+            lines += _block(f"{role} prompt", _prompt_text(ps.get(role)))
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,222 @@
+"""Statistics over a run's iteration records (pure functions, no I/O).
+
+- `table2`: the search summary of the feedback-memory NAS paper (iterations, successes, success
+  rate, first/best accuracy, improvement, Spearman rho and Kendall tau between iteration number
+  and accuracy over successful evaluations, with p-values).
+- `windows`: NNGPT-style per-window summaries (valid rate with a Wilson 95% interval, mean/std
+  accuracy with a t-based 95% interval, fraction above a quality threshold, novel count).
+- `failure_breakdown`, `time_breakdown`: where iterations failed and where the time went.
+
+A record is a *success* when its status is "ok" and its accuracy is a finite number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+from orchestrator.runlog import accuracy_of, record_chain
+
+# First-epoch accuracy thresholds for "above threshold" (NNGPT uses 40/20/70 % for
+# CIFAR-10/CIFAR-100/SVHN; the others are this project's choices for easier/harder sets).
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "cifar10": 0.40,
+    "cifar100": 0.20,
+    "svhn": 0.70,
+    "mnist": 0.90,
+    "fashionmnist": 0.80,
+    "imagenette": 0.40,
+}
+PHASES = ("generate", "evaluate", "improve")
+ROLES = ("generator", "improver")
+
+
+def default_threshold(dataset: str | None) -> float | None:
+    """The default accuracy threshold of a dataset name ("CIFAR-10" -> 0.40), or None."""
+    key = "".join(ch for ch in str(dataset or "").lower() if ch.isalnum())
+    return DEFAULT_THRESHOLDS.get(key)
+
+
+def _num(value: object) -> float:
+    """A finite float from a journal value, 0.0 for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0.0
+    return float(value) if math.isfinite(value) else 0.0
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def iteration_of(rec: dict, default: int = 0) -> int:
+    """The iteration number of a record (its position when the field is missing)."""
+    it = rec.get("iteration")
+    return it if isinstance(it, int) and not isinstance(it, bool) else default
+
+
+def ordered(records: Iterable[dict]) -> list[dict]:
+    """Records in (iteration, chain) order; stable for equal keys."""
+    indexed = [(iteration_of(r, i + 1), record_chain(r), i, r) for i, r in enumerate(records)]
+    return [r for *_, r in sorted(indexed, key=lambda t: t[:3])]
+
+
+def successes(records: Iterable[dict]) -> list[tuple[int, float]]:
+    """(iteration, accuracy) of the successful records, in iteration order."""
+    pairs = []
+    for i, rec in enumerate(ordered(records)):
+        acc = accuracy_of(rec)
+        if acc is not None:
+            pairs.append((iteration_of(rec, i + 1), acc))
+    return pairs
+
+
+def _correlations(pairs: Sequence[tuple[int, float]]) -> dict[str, float | None]:
+    out: dict[str, float | None] = dict.fromkeys(
+        ("spearman_rho", "spearman_p", "kendall_tau", "kendall_p")
+    )
+    xs = np.array([p[0] for p in pairs], dtype=float)
+    ys = np.array([p[1] for p in pairs], dtype=float)
+    if len(pairs) < 2 or np.ptp(ys) == 0 or np.ptp(xs) == 0:
+        return out
+    rho = sps.spearmanr(xs, ys)
+    tau = sps.kendalltau(xs, ys)
+    out["spearman_rho"], out["spearman_p"] = _finite(rho.statistic), _finite(rho.pvalue)
+    out["kendall_tau"], out["kendall_p"] = _finite(tau.statistic), _finite(tau.pvalue)
+    return out
+
+
+def table2(records: Sequence[dict]) -> dict:
+    """The paper's Table 2 numbers for one run (None where undefined)."""
+    pairs = successes(records)
+    total = len(records)
+    first = pairs[0][1] if pairs else None
+    best_it, best = max(pairs, key=lambda p: (p[1], -p[0])) if pairs else (None, None)
+    return {
+        "iterations": total,
+        "successful": len(pairs),
+        "success_rate": len(pairs) / total if total else None,
+        "first_accuracy": first,
+        "first_iteration": pairs[0][0] if pairs else None,
+        "best_accuracy": best,
+        "best_iteration": best_it,
+        "improvement": best - first if pairs else None,
+        **_correlations(pairs),
+    }
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
+    """Wilson score interval for k successes out of n (None when n == 0)."""
+    if n <= 0:
+        return None
+    if not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def t_interval(values: Sequence[float], conf: float = 0.95) -> tuple[float, float] | None:
+    """Student-t confidence interval for the mean (None with fewer than two values)."""
+    arr = np.asarray(values, dtype=float)
+    if arr.size < 2:
+        return None
+    mean = float(arr.mean())
+    sem = float(arr.std(ddof=1)) / math.sqrt(arr.size)
+    half = float(sps.t.ppf((1 + conf) / 2, arr.size - 1)) * sem
+    return mean - half, mean + half
+
+
+def _novel_count(records: Sequence[dict], tau: float) -> int | None:
+    sims = [
+        r["novelty"].get("max_similarity")
+        for r in records
+        if isinstance(r.get("novelty"), dict)
+    ]
+    sims = [s for s in sims if isinstance(s, (int, float)) and not isinstance(s, bool)]
+    return sum(s < tau for s in sims) if sims else None
+
+
+def window_summary(
+    records: Sequence[dict], threshold: float | None = None, tau: float = 0.90
+) -> dict:
+    """NNGPT per-cycle statistics over one group of records."""
+    accs = [a for a in (accuracy_of(r) for r in records) if a is not None]
+    n, valid = len(records), len(accs)
+    above = sum(a >= threshold for a in accs) if threshold is not None else None
+    return {
+        "n": n,
+        "valid": valid,
+        "valid_rate": valid / n if n else None,
+        "valid_ci": wilson_interval(valid, n),
+        "mean_acc": float(np.mean(accs)) if accs else None,
+        "std_acc": float(np.std(accs, ddof=1)) if valid > 1 else None,
+        "acc_ci": t_interval(accs),
+        "best_acc": max(accs) if accs else None,
+        "above_threshold": above,
+        "above_threshold_fraction": above / valid if above is not None and valid else None,
+        "above_threshold_ci": wilson_interval(above, valid) if above is not None else None,
+        "novel": _novel_count(records, tau),
+    }
+
+
+def windows(
+    records: Sequence[dict], size: int = 50, threshold: float | None = None, tau: float = 0.90
+) -> list[dict]:
+    """Summaries of iterations 1..size, size+1..2*size, ... (windows without records skipped)."""
+    if size < 1:
+        raise ValueError("window size must be >= 1")
+    groups: dict[int, list[dict]] = {}
+    for i, rec in enumerate(ordered(records)):
+        groups.setdefault((iteration_of(rec, i + 1) - 1) // size, []).append(rec)
+    out = []
+    for idx in sorted(groups):
+        start = idx * size + 1
+        end = max(iteration_of(r, start) for r in groups[idx])
+        out.append({"start": start, "end": end, **window_summary(groups[idx], threshold, tau)})
+    return out
+
+
+def failure_breakdown(records: Iterable[dict]) -> dict[str, int]:
+    """Count of each failure class (status other than "ok"), most frequent first."""
+    counts = Counter(str(r.get("status") or "unknown") for r in records)
+    counts.pop("ok", None)
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def time_breakdown(records: Sequence[dict]) -> dict:
+    """Seconds per phase, evaluation seconds per outcome, and LLM usage per role."""
+    seconds = dict.fromkeys(PHASES, 0.0)
+    by_status: Counter[str] = Counter()
+    llm = {role: {"calls": 0, "prompt_tokens": 0, "completion_tokens": 0, "seconds": 0.0}
+           for role in ROLES}
+    train = 0.0
+    for rec in records:
+        timings = rec.get("timings") if isinstance(rec.get("timings"), dict) else {}
+        for phase in PHASES:
+            seconds[phase] += _num(timings.get(phase))
+        by_status[str(rec.get("status") or "unknown")] += _num(timings.get("evaluate"))
+        metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
+        train += _num(metrics.get("train_seconds"))
+        llm_rec = rec.get("llm") if isinstance(rec.get("llm"), dict) else {}
+        for role in ROLES:
+            call = llm_rec.get(role)
+            if not isinstance(call, dict):
+                continue
+            llm[role]["calls"] += 1
+            llm[role]["prompt_tokens"] += int(_num(call.get("prompt_tokens")))
+            llm[role]["completion_tokens"] += int(_num(call.get("completion_tokens")))
+            llm[role]["seconds"] += _num(call.get("seconds"))
+    seconds["total"] = sum(seconds[p] for p in PHASES)
+    return {
+        "seconds": seconds,
+        "evaluate_by_status": dict(sorted(by_status.items(), key=lambda kv: -kv[1])),
+        "train_seconds": train,
+        "llm": llm,
+    }

@@ -1,0 +1,206 @@
+"""Journal reading and run statistics, checked against independently computed values."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy import stats as sps
+
+from orchestrator import stats
+from orchestrator.runlog import read_run
+
+NET = "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    pass\n"
+
+
+def rec(it: int, status: str = "ok", acc: float | None = None, **extra) -> dict:
+    """One journal record with the contract's fields."""
+    base = {
+        "iteration": it, "status": status, "accuracy": acc if status == "ok" else None,
+        "error": None if status == "ok" else {"type": "RuntimeError", "message": f"boom {it}"},
+        "code_file": f"candidates/iter_{it:04d}.py",
+        "triple": {"problem": "p", "suggestion": "s", "outcome": "o"},
+        "suggestions": {"reason": "r", "inspiration": "i", "suggestions": "s"},
+        "llm": {role: {"model": f"{role}-m", "seed": 42 + it, "prompt_tokens": 100,
+                       "completion_tokens": 10, "seconds": 1.5} for role in ("generator",
+                                                                               "improver")},
+        "timings": {"generate": 2.0, "evaluate": 10.0, "improve": 1.0},
+        "best_accuracy": None, "best_iteration": None,
+        "metrics": {"params": 1000, "train_seconds": 8.0} if status == "ok" else {},
+        "prompts": {"generator": f"gen prompt {it}", "improver": f"imp prompt {it}"},
+    }
+    base.update(extra)
+    return base
+
+
+def write_run(root: Path, name: str, records: list[dict], dataset: str = "cifar10",
+              tail: str = "") -> Path:
+    """A run directory with config.json, iterations.jsonl (+ raw `tail`) and candidates."""
+    run = root / name
+    (run / "candidates").mkdir(parents=True)
+    config = {"name": name, "dataset": dataset, "generator_model": "gen-7b",
+              "improver_model": "imp-7b", "seed": 42, "iterations": len(records)}
+    (run / "config.json").write_text(json.dumps(config))
+    for r in records:
+        if r["code_file"].startswith("candidates/"):
+            (run / r["code_file"]).write_text(NET)
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    (run / "iterations.jsonl").write_text(lines + tail)
+    return run
+
+
+ACCS = {1: 0.30, 2: None, 3: 0.35, 4: 0.33, 5: None, 6: 0.50, 7: 0.45, 8: 0.61, 9: None}
+
+
+def mixed_records() -> list[dict]:
+    return [rec(it, "ok", acc) if acc is not None else rec(it, "timeout")
+            for it, acc in ACCS.items()]
+
+
+def test_read_run_by_path_and_name(tmp_path: Path) -> None:
+    path = write_run(tmp_path, "r1", mixed_records())
+    by_path, by_name = read_run(path), read_run("r1", results_dir=tmp_path)
+    assert by_path.path == by_name.path == path
+    assert by_path.name == "r1" and by_path.dataset == "cifar10"
+    assert len(by_path.records) == 9 and by_path.summary is None and by_path.warnings == []
+    assert by_path.code(by_path.records[0]) == NET
+
+
+def test_read_run_missing_is_clear(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no run found for 'nope'"):
+        read_run("nope", results_dir=tmp_path)
+
+
+def test_torn_last_line_is_ignored(tmp_path: Path) -> None:
+    path = write_run(tmp_path, "torn", mixed_records(), tail='{"iteration": 10, "stat')
+    run = read_run(path)
+    assert [r["iteration"] for r in run.records] == list(range(1, 10))
+    assert any("torn last line" in w for w in run.warnings)
+
+
+def test_code_file_outside_run_is_not_read(tmp_path: Path) -> None:
+    (tmp_path / "outside.py").write_text(NET)
+    path = write_run(tmp_path, "esc", [rec(1, "ok", 0.5, code_file="../outside.py")])
+    run = read_run(path)
+    assert (run.path / "../outside.py").is_file()
+    assert run.code(run.records[0]) is None
+
+
+def test_table2_against_scipy() -> None:
+    t = stats.table2(mixed_records())
+    pairs = [(it, a) for it, a in ACCS.items() if a is not None]
+    xs, ys = zip(*pairs, strict=True)
+    rho, tau = sps.spearmanr(xs, ys), sps.kendalltau(xs, ys)
+    assert t["iterations"] == 9 and t["successful"] == 6
+    assert t["success_rate"] == pytest.approx(6 / 9)
+    assert t["first_accuracy"] == 0.30 and t["best_accuracy"] == 0.61
+    assert t["best_iteration"] == 8
+    assert t["improvement"] == pytest.approx(0.31)
+    assert t["spearman_rho"] == pytest.approx(rho.statistic)
+    assert t["spearman_p"] == pytest.approx(rho.pvalue)
+    assert t["kendall_tau"] == pytest.approx(tau.statistic)
+    assert t["kendall_p"] == pytest.approx(tau.pvalue)
+
+
+def test_table2_all_failures() -> None:
+    t = stats.table2([rec(i, "syntax_error") for i in range(1, 6)])
+    assert t["iterations"] == 5 and t["successful"] == 0 and t["success_rate"] == 0.0
+    for key in ("first_accuracy", "best_accuracy", "improvement", "spearman_rho",
+                "spearman_p", "kendall_tau", "kendall_p"):
+        assert t[key] is None
+    empty = stats.table2([])
+    assert empty["iterations"] == 0 and empty["success_rate"] is None
+
+
+def test_table2_single_success() -> None:
+    t = stats.table2([rec(1, "timeout"), rec(2, "ok", 0.42), rec(3, "nan_loss")])
+    assert t["successful"] == 1 and t["first_accuracy"] == t["best_accuracy"] == 0.42
+    assert t["improvement"] == 0.0 and t["first_iteration"] == 2
+    assert t["spearman_rho"] is None and t["kendall_tau"] is None
+
+
+def test_table2_ties() -> None:
+    records = [rec(1, "ok", 0.4), rec(2, "ok", 0.6), rec(3, "ok", 0.4), rec(4, "ok", 0.6),
+               rec(5, "ok", 0.5)]
+    t = stats.table2(records)
+    xs, ys = [1, 2, 3, 4, 5], [0.4, 0.6, 0.4, 0.6, 0.5]
+    assert t["best_iteration"] == 2  # earliest of the tied best
+    assert t["spearman_rho"] == pytest.approx(sps.spearmanr(xs, ys).statistic)
+    assert t["kendall_tau"] == pytest.approx(sps.kendalltau(xs, ys).statistic)
+    constant = stats.table2([rec(i, "ok", 0.5) for i in range(1, 5)])
+    assert constant["spearman_rho"] is None and constant["kendall_p"] is None
+    assert constant["improvement"] == 0.0
+
+
+def test_ok_without_accuracy_is_not_a_success() -> None:
+    t = stats.table2([rec(1, "ok", None), rec(2, "ok", float("nan")), rec(3, "ok", 0.2)])
+    assert t["successful"] == 1 and t["first_accuracy"] == 0.2
+
+
+def test_wilson_interval_by_hand() -> None:
+    k, n, z = 7, 10, 1.96
+    p = k / n
+    centre = (k + z**2 / 2) / (n + z**2)
+    half = z * math.sqrt(n) / (n + z**2) * math.sqrt(p * (1 - p) + z**2 / (4 * n))
+    lo, hi = stats.wilson_interval(k, n)
+    assert lo == pytest.approx(centre - half) and hi == pytest.approx(centre + half)
+    assert (round(lo, 4), round(hi, 4)) == (0.3968, 0.8922)
+    assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == 1.0
+    assert stats.wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        stats.wilson_interval(11, 10)
+
+
+def test_t_interval_against_scipy() -> None:
+    values = [0.31, 0.45, 0.52, 0.38, 0.61, 0.47]
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    expected = sps.t.interval(0.95, n - 1, loc=mean, scale=sd / math.sqrt(n))
+    assert stats.t_interval(values) == pytest.approx(expected)
+    assert stats.t_interval(values, 0.9) == pytest.approx(
+        sps.t.interval(0.9, n - 1, loc=mean, scale=sd / math.sqrt(n)))
+    assert stats.t_interval([0.5]) is None and stats.t_interval([]) is None
+    assert stats.t_interval([0.5, 0.5]) == (0.5, 0.5)
+
+
+def test_windows() -> None:
+    records = mixed_records()
+    records[0]["novelty"] = {"max_similarity": 0.95, "nearest_iteration": None}
+    records[2]["novelty"] = {"max_similarity": 0.40, "nearest_iteration": 1}
+    ws = stats.windows(records, size=4, threshold=0.40)
+    assert [(w["start"], w["end"], w["n"], w["valid"]) for w in ws] == [
+        (1, 4, 4, 3), (5, 8, 4, 3), (9, 9, 1, 0)]
+    first = ws[0]
+    assert first["valid_rate"] == 0.75 and first["valid_ci"] == stats.wilson_interval(3, 4)
+    assert first["mean_acc"] == pytest.approx((0.30 + 0.35 + 0.33) / 3)
+    assert first["acc_ci"] == pytest.approx(stats.t_interval([0.30, 0.35, 0.33]))
+    assert first["above_threshold_fraction"] == 0.0 and first["novel"] == 1
+    second = ws[1]
+    assert second["above_threshold_fraction"] == 1.0 and second["novel"] is None
+    last = ws[2]
+    assert last["mean_acc"] is None and last["std_acc"] is None
+    assert last["above_threshold_fraction"] is None and last["valid_rate"] == 0.0
+    assert stats.windows(records, size=50)[0]["above_threshold_fraction"] is None
+    assert stats.windows([], size=50) == []
+
+
+def test_failure_and_time_breakdown() -> None:
+    records = mixed_records() + [rec(10, "syntax_error", timings={"generate": 4.0})]
+    assert stats.failure_breakdown(records) == {"timeout": 3, "syntax_error": 1}
+    t = stats.time_breakdown(records)
+    assert t["seconds"]["generate"] == pytest.approx(9 * 2.0 + 4.0)
+    assert t["seconds"]["evaluate"] == pytest.approx(90.0)
+    assert t["seconds"]["total"] == pytest.approx(22.0 + 90.0 + 9.0)
+    assert t["evaluate_by_status"] == {"ok": 60.0, "timeout": 30.0, "syntax_error": 0.0}
+    assert t["train_seconds"] == pytest.approx(48.0)
+    assert t["llm"]["generator"] == {"calls": 10, "prompt_tokens": 1000,
+                                     "completion_tokens": 100, "seconds": 15.0}
+
+
+def test_default_thresholds() -> None:
+    assert stats.default_threshold("CIFAR-10") == 0.40
+    assert stats.default_threshold("fashion_mnist") == 0.80
+    assert stats.default_threshold("other") is None
