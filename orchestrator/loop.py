@@ -95,6 +95,7 @@ class Search:
         improve_call, diagnosis = self._improve(i, code, generation.text, outcome, triple, timings)
         record = self._record(i, generation, improve_call, diagnosis, code, outcome, triple,
                               timings)
+        self.journal.append(record)
         self.state.add(record, code, diagnosis)
         if record["best_iteration"] == i:
             self.journal.write_best(code)

@@ -54,7 +54,7 @@ class _Slot:
         self.ready = threading.Event()
         command = [
             sys.executable, str(REAPER_PATH), str(self.status_file),
-            str(parse_size(limits.memory)), "--",
+            str(parse_size(limits.memory)), str(os.getpid()), "--",
             sys.executable, "-I", str(RUNNER_PATH), "--job", str(self.job_dir),
             "--data", str(data_dir), "--out", str(self.out_dir), "--device", device, "--wait",
         ]

@@ -1,20 +1,23 @@
-"""Supervisor for the local sandbox: `python reaper.py STATUS_FILE MEMORY_BYTES -- CMD...`.
+"""Supervisor for the local sandbox: `python reaper.py STATUS_FILE MEMORY_BYTES HOST_PID -- CMD`.
 
 Standard library only. It becomes a child subreaper, so every process the candidate starts,
 even one that detached into its own session, stays its descendant; it watches their total
 resident memory, and when the runner ends or SIGTERM arrives it kills and reaps them all.
-It writes {"exit_code", "oom"} to STATUS_FILE and exits with the runner's code.
+It writes {"exit_code", "oom"} to STATUS_FILE and exits with the runner's code. If the host
+dies (even by SIGKILL), the kernel sends it SIGTERM and it also removes the sandbox's folder.
 """
 
 import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 POLL_SECONDS = 0.05
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -78,13 +81,25 @@ def reap() -> None:
             return
 
 
+def orphaned(status_file: str) -> int:
+    """The host is gone and nobody will collect the result: remove the sandbox's folder.
+
+    (The death signal follows the host thread that started us; the loop starts sandboxes
+    from the thread that runs the search.)"""
+    shutil.rmtree(os.path.dirname(os.path.abspath(status_file)), ignore_errors=True)
+    return 1
+
+
 def main() -> int:
-    status_file, memory = sys.argv[1], int(sys.argv[2])
+    status_file, memory, host = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     command = sys.argv[sys.argv.index("--") + 1 :]
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     stop = []
     signal.signal(signal.SIGTERM, lambda *_: stop.append("term"))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != host:  # the host died before the death signal was armed
+        return orphaned(status_file)
     runner = subprocess.Popen(command)
     oom = False
     while runner.poll() is None and not stop:
@@ -94,6 +109,8 @@ def main() -> int:
         time.sleep(POLL_SECONDS)
     kill_all()  # reaps the runner too when it was still running
     code = runner.returncode if runner.returncode is not None else -signal.SIGKILL
+    if os.getppid() != host:
+        return orphaned(status_file)
     with open(status_file, "w") as f:
         json.dump({"exit_code": code, "oom": oom, "stopped": bool(stop)}, f)
     return 0 if code is None else (code if code >= 0 else 128 - code)

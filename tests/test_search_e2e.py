@@ -1,0 +1,176 @@
+"""`orchestrator run --sandbox local` end to end on real Fashion-MNIST with a scripted LLM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from orchestrator import failures as fc
+from orchestrator.journal import summarize
+from tests import replies
+from tests.fake_ollama import Reply
+
+pytestmark = pytest.mark.slow
+DIAGNOSIS = [replies.diagnosis_json(f"problem {i}", f"idea {i}", f"suggestion number {i}")
+             for i in range(20)]
+
+
+def by_role(generator: list, improver: list) -> Callable[[dict], Reply]:
+    """Answer generator and improver calls from their own scripts (the improver asks JSON)."""
+    queues = {"generator": list(generator), "improver": list(improver)}
+
+    def respond(body: dict) -> Reply:
+        item = queues["improver" if body.get("format") else "generator"].pop(0)
+        return item(body) if callable(item) else (
+            item if isinstance(item, Reply) else Reply(content=item))
+
+    return respond
+
+
+def orchestrator(*args: str, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+def run_args(server, data_dir: Path, results: Path, name: str, iterations: int) -> list[str]:
+    return ["--dataset", "fashionmnist", "--iterations", str(iterations), "--sandbox", "local",
+            "--generator-model", "coder:test", "--improver-model", "improver:test",
+            "--ollama-host", server.url, "--data-dir", str(data_dir), "--results-dir",
+            str(results), "--name", name, "--train-samples", "6000", "--test-samples", "500",
+            "--device", "cpu", "--timeout", "300", "--memory", "4g", "--seed", "42"]
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "iterations.jsonl").read_text().splitlines()]
+
+
+def sandbox_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("orchestrator-local-*"))
+
+
+def user_message(body: dict) -> str:
+    return body["messages"][-1]["content"]
+
+
+GENERATED = [
+    (replies.VALID_NET, fc.OK),
+    (replies.SHAPE_MISMATCH_NET, fc.SHAPE_ERROR),
+    (replies.SYNTAX_ERROR_REPLY, fc.SYNTAX_ERROR),
+    (replies.NO_CODE_REPLY, fc.EXTRACT_ERROR),
+    (replies.NO_NET_CLASS, fc.CONTRACT_ERROR),
+    (replies.NAN_NET, fc.NAN_LOSS),
+    (replies.RUNTIME_ERROR_NET, fc.RUNTIME_ERROR),
+    (replies.prose_wrapped(replies.VALID_NET_WIDER), fc.OK),
+    (replies.WRONG_OUTPUT_NET, fc.SHAPE_ERROR),
+]
+
+
+def test_full_run_journals_every_outcome(fake_ollama, fashion_data_dir, tmp_path):
+    generator = [code for code, _ in GENERATED]
+    generator[7:7] = [Reply(status=503, error="overloaded")] * 2  # a 5xx burst, retried
+    improver = [DIAGNOSIS[0], replies.DIAGNOSIS_PROSE_WRAPPED, replies.DIAGNOSIS_LIST_SUGGESTIONS,
+                DIAGNOSIS[3], replies.DIAGNOSIS_GARBAGE, *DIAGNOSIS[5:9]]
+    server = fake_ollama(default=by_role(generator, improver))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "e2e", len(GENERATED)))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    run_dir = tmp_path / "e2e"
+    records = read_records(run_dir)
+
+    assert [r["iteration"] for r in records] == list(range(1, 10)), output
+    assert [r["status"] for r in records] == [status for _, status in GENERATED]
+    ok = [r for r in records if r["status"] == fc.OK]
+    assert all(r["accuracy"] > 0.15 for r in ok), [r["accuracy"] for r in ok]  # chance: 0.1
+    assert all(r["accuracy"] is None and r["error"]["message"] for r in records
+               if r["status"] != fc.OK)
+    best = max(ok, key=lambda r: r["accuracy"])
+    assert records[-1]["best_iteration"] == best["iteration"]
+    assert (run_dir / "best.py").read_text() == (run_dir / best["code_file"]).read_text()
+    assert json.loads((run_dir / "summary.json").read_text()) == summarize(records)
+    assert records[3]["code_file"] is None  # no code in the reply, but the reply is kept
+    assert (run_dir / records[3]["reply_file"]).read_text() == replies.NO_CODE_REPLY
+    for r in records:
+        assert set(r["timings"]) == {"generate", "evaluate", "improve"}
+        assert r["llm"]["generator"]["completion_tokens"] > 0
+
+    # The unusable diagnosis (iteration 5) is an llm_error of the improver, not a crash.
+    assert "unusable diagnosis" in records[4]["improver_error"]
+    assert records[4]["suggestions"] is None
+    assert records[5]["triple"]["problem"] == "no diagnosis available"
+
+    chats = server.chat_requests()
+    improver_calls = [b for b in chats if b.get("format")]
+    generator_calls = [b for b in chats if not b.get("format")]
+    assert len(improver_calls) == 9 and len(generator_calls) == 9 + 2  # two retried 5xx
+    # Every Improver prompt carries this iteration's outcome and the earlier ones (K = 5).
+    for i, body in enumerate(improver_calls):
+        prompt = user_message(body)
+        assert records[i]["triple"]["outcome"] in prompt
+        for earlier in records[max(0, i - 4):i]:
+            assert earlier["triple"]["outcome"] in prompt
+        if i >= 5:
+            assert records[i - 5]["triple"]["outcome"] not in prompt  # slid out of the window
+    # The Generator of iteration i+1 gets the Improver's suggestions of iteration i.
+    assert "suggestion number 0" in user_message(generator_calls[1])
+    assert "inspiration" not in records[0]["triple"]
+    # LLM seed = run seed + call counter; a retried request keeps its seed.
+    seeds = [b["options"]["seed"] for b in chats]
+    assert sorted(set(seeds)) == list(range(42, 42 + 18))
+
+
+def test_kill_and_resume_loses_and_repeats_nothing(fake_ollama, fashion_data_dir, tmp_path):
+    reached, release = threading.Event(), threading.Event()
+    generated = {"count": 0}
+
+    def generate(body: dict) -> Reply:
+        generated["count"] += 1
+        if generated["count"] == 3:  # iteration 3, first attempt: the run dies here
+            reached.set()
+            release.wait(60)
+        return Reply(content=replies.VALID_NET if generated["count"] % 2 else
+                     replies.SHAPE_MISMATCH_NET)
+
+    def respond(body: dict) -> Reply:
+        if body.get("format"):
+            return Reply(content=DIAGNOSIS[len(server.chat_requests()) % 20])
+        return generate(body)
+
+    server = fake_ollama(default=respond)
+    dirs_before = sandbox_dirs()
+    args = run_args(server, fashion_data_dir, tmp_path, "crash", 4)
+    first = orchestrator(*args)
+    try:
+        assert reached.wait(300), "the run never reached iteration 3"
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(60)
+    finally:
+        release.set()
+    run_dir = tmp_path / "crash"
+    assert [r["iteration"] for r in read_records(run_dir)] == [1, 2]
+    before = read_records(run_dir)
+
+    second = orchestrator(*args, "--resume")
+    output, _ = second.communicate(timeout=600)
+    assert second.returncode == 0, output
+    records = read_records(run_dir)
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4]
+    assert records[:2] == before
+    # The call counter continues from the journal: iteration 3 uses the seeds it would have.
+    assert records[2]["llm"]["generator"]["seed"] == 42 + records[1]["llm_calls"]
+    assert records[3]["llm_calls"] == 8
+    # The memory window survived: iteration 3's Improver saw iterations 1 and 2.
+    improver_prompts = [user_message(b) for b in server.chat_requests() if b.get("format")]
+    resumed = improver_prompts[2]
+    assert records[0]["triple"]["outcome"] in resumed and records[1]["triple"]["outcome"] in resumed
+    # The killed run's pre-warmed sandbox cleaned up after itself.
+    assert sandbox_dirs() <= dirs_before
