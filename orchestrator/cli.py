@@ -8,6 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -15,7 +16,7 @@ from rich.markup import escape
 from . import __version__, datasets
 from .config import ConfigError, RunConfig, build, for_resume, load_toml
 from .journal import Journal
-from .llm import GenerationOptions, LLMError, OllamaClient
+from .llm import GenerationOptions, LLMError, OllamaClient, full_model_name
 from .loop import Search
 from .progress import Reporter
 from .prompts import PromptBook
@@ -213,6 +214,112 @@ def sandbox_build(
     except SandboxUnavailable as exc:
         raise fail(str(exc)) from None
     console.print(f"sandbox image ready: {image_id}")
+
+
+@app.command()
+def report(
+    runs: Annotated[list[str], typer.Argument(help="Run directories or names.")],
+    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    window: Annotated[int, Opt(help="Iterations per statistics window.")] = 50,
+    threshold: Annotated[float | None, Opt(help="Accuracy counted as good "
+                                                "(default per dataset).")] = None,
+    out_dir: Annotated[Path | None, Opt(help="Where to write the files "
+                                            "(default: the first run).")] = None,
+    as_json: Annotated[bool, Opt("--json", help="Print the metrics as JSON.")] = False,
+) -> None:
+    """Table 2 statistics, per-window statistics, plot, Markdown and HTML for runs."""
+    from .report import build_report
+    from .runlog import read_run
+
+    try:
+        loaded = [read_run(r, results_dir) for r in runs]
+    except FileNotFoundError as exc:
+        raise fail(str(exc)) from None
+    result = build_report(loaded, window=window, threshold=threshold, out_dir=out_dir)
+    if as_json:
+        print(orjson.dumps(result.metrics, option=orjson.OPT_INDENT_2).decode())
+        return
+    Console().print(result.markdown, markup=False, highlight=False)
+    for kind, path in result.files.items():
+        console.print(f"{kind}: {path}", highlight=False)
+
+
+@app.command()
+def show(
+    run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")],
+    iteration: Annotated[int, typer.Argument(help="Iteration number.")],
+    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+) -> None:
+    """One iteration: code, outcome, triple, suggestions and prompts."""
+    from .report import render_show
+    from .runlog import read_run
+
+    try:
+        text = render_show(read_run(run_name, results_dir), iteration)
+    except (FileNotFoundError, KeyError) as exc:
+        raise fail(f"cannot show iteration {iteration} of {run_name}: {exc}") from None
+    Console().print(text, markup=False, highlight=False)
+
+
+@app.command()
+def export(
+    runs: Annotated[list[str], typer.Argument(help="Run directories or names.")],
+    best: Annotated[Path | None, Opt(help="Write the best Net as a standalone module.")] = None,
+    corpus: Annotated[Path | None, Opt(help="Write the prompt/code corpus (JSONL).")] = None,
+    threshold: Annotated[float | None, Opt(help="Corpus accuracy threshold.")] = None,
+    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+) -> None:
+    """Export the best architecture (--best) or a fine-tuning corpus (--corpus)."""
+    from .export import export_best, export_corpus
+    from .runlog import read_run
+
+    if not best and not corpus:
+        raise fail("say what to export: --best OUT.py and/or --corpus OUT.jsonl")
+    try:
+        loaded = [read_run(r, results_dir) for r in runs]
+        if best:
+            console.print(f"best Net: {export_best(loaded[0], best)}", highlight=False)
+        if corpus:
+            count = export_corpus(loaded, corpus, threshold=threshold)
+            console.print(f"corpus: {count} examples in {corpus}", highlight=False)
+    except (FileNotFoundError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+models_app = typer.Typer(help="Models on the Ollama server.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models(
+    ctx: typer.Context,
+    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Server URL.")] = None,
+    config: Annotated[Path | None, Opt(help="TOML run config (marks its roles).")] = None,
+) -> None:
+    """List the server's models and mark the configured roles."""
+    ctx.obj = ollama_host
+    if ctx.invoked_subcommand:
+        return
+    try:
+        cfg = build(load_toml(config) if config else {}, {})
+        rows = OllamaClient(ollama_host).describe_models()
+    except (ConfigError, LLMError) as exc:
+        raise fail(str(exc)) from None
+    roles = {cfg.generator_model: "generator", cfg.improver_model: "improver"}
+    for row in rows:
+        role = ", ".join(r for m, r in roles.items() if full_model_name(m) == row["name"])
+        print(f"{row['name']:<40} {row['size'] / 1e9:6.1f} GB  {row['quantization']:<8} "
+              f"{row['family']:<12} {role}")
+
+
+@models_app.command("pull")
+def models_pull(ctx: typer.Context,
+                name: Annotated[str, typer.Argument(help="Model to pull.")]) -> None:
+    """Pull a model onto the server, with progress."""
+    try:
+        OllamaClient(ctx.obj).pull(name)
+    except LLMError as exc:
+        raise fail(str(exc)) from None
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m orchestrator`

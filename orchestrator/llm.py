@@ -291,6 +291,19 @@ class OllamaClient:
             if m.model
         }
 
+    def describe_models(self) -> list[dict[str, Any]]:
+        """Models on the server with size, quantization and family, for `orchestrator models`."""
+        try:
+            listing = self._retrying("listing models")(self.client.list)
+        except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
+            raise self._fail(exc, "listing models") from exc
+        return [
+            {"name": full_model_name(m.model), "digest": m.digest or "", "size": m.size or 0,
+             "quantization": (m.details.quantization_level if m.details else None) or "?",
+             "family": (m.details.family if m.details else None) or "?"}
+            for m in listing.models if m.model
+        ]
+
     def ensure_models(
         self, models: Sequence[str], pull: bool, progress: bool = True
     ) -> dict[str, str]:

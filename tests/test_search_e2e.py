@@ -174,3 +174,36 @@ def test_kill_and_resume_loses_and_repeats_nothing(fake_ollama, fashion_data_dir
     assert records[0]["triple"]["outcome"] in resumed and records[1]["triple"]["outcome"] in resumed
     # The killed run's pre-warmed sandbox cleaned up after itself.
     assert sandbox_dirs() <= dirs_before
+
+
+def test_report_show_and_export_on_a_real_run(fake_ollama, fashion_data_dir, tmp_path):
+    generator = [replies.VALID_NET, replies.SHAPE_MISMATCH_NET, replies.VALID_NET_WIDER]
+    server = fake_ollama(default=by_role(generator, DIAGNOSIS[:3]))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "rep", 3))
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output
+    run_dir = tmp_path / "rep"
+    cli = [sys.executable, "-m", "orchestrator"]
+
+    metrics = json.loads(subprocess.run([*cli, "report", str(run_dir), "--json"], check=True,
+                                        capture_output=True, text=True).stdout)
+    table = metrics["runs"][0]["table2"] if "runs" in metrics else next(iter(metrics.values()))
+    assert json.dumps(table)  # serialisable
+    text = subprocess.run([*cli, "report", str(run_dir)], check=True, capture_output=True,
+                          text=True).stdout
+    assert "Success rate" in text and "66.7%" in text
+    assert (run_dir / "report.html").read_text().count("<table") >= 1
+    assert (run_dir / "trajectory.png").stat().st_size > 1000
+
+    shown = subprocess.run([*cli, "show", str(run_dir), "2"], check=True, capture_output=True,
+                           text=True).stdout
+    assert "shape_error" in shown and "suggestion number 0" in shown
+
+    out = tmp_path / "best_net.py"
+    subprocess.run([*cli, "export", str(run_dir), "--best", str(out)], check=True)
+    built = subprocess.run([sys.executable, "-c", "import importlib.util, torch; "
+                            f"s = importlib.util.spec_from_file_location('b', {str(out)!r}); "
+                            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); "
+                            "print(tuple(m.Net()(torch.zeros(2, 1, 28, 28)).shape))"],
+                           check=True, capture_output=True, text=True).stdout
+    assert built.strip() == "(2, 10)"
