@@ -187,8 +187,10 @@ def test_report_show_and_export_on_a_real_run(fake_ollama, fashion_data_dir, tmp
 
     metrics = json.loads(subprocess.run([*cli, "report", str(run_dir), "--json"], check=True,
                                         capture_output=True, text=True).stdout)
-    table = metrics["runs"][0]["table2"] if "runs" in metrics else next(iter(metrics.values()))
-    assert json.dumps(table)  # serialisable
+    table = metrics["runs"][0]["table2"]
+    assert (table["iterations"], table["successful"]) == (3, 2)
+    assert table["best_iteration"] == json.loads((run_dir / "summary.json").read_text())[
+        "best_iteration"]
     text = subprocess.run([*cli, "report", str(run_dir)], check=True, capture_output=True,
                           text=True).stdout
     assert "Success rate" in text and "66.7%" in text
