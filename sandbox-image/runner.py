@@ -176,9 +176,14 @@ def configure_torch() -> None:
 def warm_libraries(device: torch.device, optimizer: bool) -> None:
     """Load lazily loaded machinery now rather than in the first training step: on CUDA the
     context, cuBLAS and cuDNN; with `optimizer`, torch.optim's import of torch._dynamo (about
-    1 s of CPU, worth moving off the critical path only when the job has not arrived yet)."""
+    1 s of CPU, worth moving off the critical path only when the job has not arrived yet),
+    and the FLOP counter's first use (about 1 s)."""
     if optimizer:
         torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0)
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False):
+            torch.zeros(2, 2) @ torch.zeros(2, 2)
     if device.type != "cuda":
         return
     x = torch.randn(2, 3, 8, 8, device=device, requires_grad=True)
@@ -316,6 +321,20 @@ def validate(model: nn.Module, run: Run) -> None:
     check_output(out, batch, int(job["num_classes"]))
 
 
+def count_flops(model: nn.Module, run: Run) -> int | None:
+    """FLOPs of one forward of one input in eval mode (None where the counter cannot follow
+    the model)."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        x = torch.randn(1, *run.job["input_shape"], device=run.data.device)
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+        return int(counter.get_total_flops())
+    except Exception:
+        return None
+
+
 def train(model: nn.Module, run: Run) -> None:
     """SGD with momentum and weight decay, cosine per step over all epochs, augmentation."""
     job, data, device = run.job, run.data, run.data.device
@@ -399,13 +418,18 @@ def execute(run: Run, job_dir: Path) -> np.ndarray:
     module = timed(run, "import_seconds", import_candidate, job_dir / "candidate.py")
     run.phase = "instantiate"
     model = instantiate(net_class(module), run.data.device)
-    run.metrics["params"] = sum(p.numel() for p in model.parameters())
+    run.metrics["params"] = params = sum(p.numel() for p in model.parameters())
+    budget = run.job.get("max_params")
+    if budget and params > budget:
+        raise ContractError(f"`Net` has {params:,} parameters; the budget is {budget:,}")
     run.phase = "validate"
     validate(model, run)
     run.phase = "train"
     timed(run, "train_seconds", train, model, run)
     run.phase = "predict"
-    return timed(run, "predict_seconds", predict, model, run)
+    predictions = timed(run, "predict_seconds", predict, model, run)
+    run.metrics["flops"] = count_flops(model, run)  # last: the model's state no longer matters
+    return predictions
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -516,6 +540,9 @@ def prepare(args: argparse.Namespace) -> Run:
             warm_libraries(wanted, optimizer=False)
             data = data.to(wanted)
     check_job(job, data)
+    share = job.get("gpu_memory_fraction")
+    if share and data.device.type == "cuda":  # neighbours on the same GPU keep their part
+        torch.cuda.set_per_process_memory_fraction(float(share), data.device)
     return Run(job, data, metrics={"device": str(data.device), "warmup_seconds": warmup})
 
 

@@ -198,6 +198,7 @@ def test_valid_cnn_learns(
     assert metrics["params"] == sum(
         n for n in (8 * 9 + 8, 16, 16 * 8 * 9 + 16, 32, 64 * 4 + 4)
     )
+    assert metrics["flops"] > 0
     for key in ("final_loss", "warmup_seconds", "train_seconds", "predict_seconds",
                 "import_seconds"):
         assert isinstance(metrics[key], float) and metrics[key] >= 0, key
@@ -223,6 +224,7 @@ def outcomes(
     name -> (output dir, result)."""
     jobs = [(name, case[0], {"epochs": 1, "batch_size": 128}) for name, case in CASES.items()]
     jobs.append(("bf16", TINY, {"epochs": 1, "precision": "bf16"}))
+    jobs.append(("budget", TINY, {"max_params": 3000}))
 
     def one(name: str, code: str, overrides: dict) -> tuple[str, tuple[Path, dict]]:
         job_dir, out_dir = make_job(tmp_path_factory.mktemp(name), code, **overrides)
@@ -252,6 +254,13 @@ def test_train_failure_records_progress(outcomes: dict[str, tuple[Path, dict]]) 
     assert result["metrics"]["params"] == 28 * 28 * 4 + 4
     assert result["error"]["type"] == "ValueError"
     assert "boom on call 3" in result["error"]["traceback"]
+
+
+def test_parameter_budget_fails_before_training(outcomes: dict[str, tuple[Path, dict]]) -> None:
+    result = outcomes["budget"][1]
+    assert (result["status"], result["phase"]) == ("contract_error", "instantiate")
+    assert "3,140 parameters; the budget is 3,000" in result["error"]["message"]
+    assert "train_seconds" not in result["metrics"]
 
 
 def test_bf16_precision_runs(outcomes: dict[str, tuple[Path, dict]]) -> None:
