@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import sys
 from datetime import datetime
@@ -14,10 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import __version__, datasets
+from . import failures as fc
 from .config import ConfigError, RunConfig, build, for_resume, load_toml
 from .journal import Journal
 from .llm import GenerationOptions, LLMError, OllamaClient, full_model_name
-from .loop import Search
+from .loop import CHAIN_SEED_STRIDE, NoveltyGate, Search, run_chains
 from .progress import Reporter
 from .prompts import PromptBook
 from .roles import Roles
@@ -75,6 +77,11 @@ def run(
     no_reference: Annotated[bool, Opt("--no-reference", help="Ablation: no best code.")] = False,
     no_improver: Annotated[bool, Opt("--no-improver", help="Ablation: no improver.")] = False,
     no_pull: Annotated[bool, Opt("--no-pull", help="Fail if a model is missing.")] = False,
+    parallel: Annotated[int | None, Opt(help="Independent search chains sharing the GPU.")]
+    = None,
+    novelty: Annotated[str | None, Opt(help="record (default) or reject near-duplicates.")]
+    = None,
+    max_params: Annotated[int | None, Opt(help="Parameter budget per candidate.")] = None,
     config: Annotated[Path | None, Opt(help="TOML file with any of these settings.")] = None,
 ) -> None:
     """Run (or --resume) a search."""
@@ -92,34 +99,46 @@ def run(
 
 
 def start(settings: dict, cli: dict, resume: bool) -> dict:
-    """Set up every part from the config, then run the loop; returns the summary."""
+    """Set up every part from the config, then run the chains; returns the summary."""
     cfg, journal = _run_config(settings, cli, resume)
     dataset = _dataset(cfg)
-    reporter = Reporter(cfg.iterations, console)
+    reporter = Reporter(cfg.iterations, console, chains=cfg.parallel)
     client = OllamaClient(cfg.ollama_host, GenerationOptions(
         temperature=cfg.temperature, top_p=cfg.top_p, num_predict=cfg.num_predict,
         num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout), on_warning=reporter.warn)
     client.check_server()
     digests = client.ensure_models([cfg.generator_model, cfg.improver_model],
                                    pull=not cfg.no_pull)
-    with _sandbox(cfg, dataset) as box:
-        stored = {**cfg.to_dict(), "models": digests, "sandbox_info": box.describe(),
+    with contextlib.ExitStack() as stack:
+        boxes = [stack.enter_context(_sandbox(cfg, dataset)) for _ in range(cfg.parallel)]
+        stored = {**cfg.to_dict(), "models": digests, "sandbox_info": boxes[0].describe(),
                   "dataset_fingerprint": dataset.fingerprint, "version": __version__,
                   "python": platform.python_version()}
         if resume:
             journal.update_config({**journal.config(), **stored})
         else:
             journal.create(stored)
+        records = journal.load()
         reporter.note(f"run {cfg.name}: {journal.root}")
-        search = Search(cfg, journal, Roles(client, cfg.generator_model, cfg.improver_model,
-                                            cfg.seed), box, dataset,
-                        PromptBook(cfg.prompts_dir), reporter)
+        novelty = NoveltyGate(cfg.novelty_tau)
+        for record in records:
+            if record.get("code_file") and record["status"] != fc.DUPLICATE:
+                novelty.add(record.get("chain", 0), record["iteration"],
+                            (journal.root / record["code_file"]).read_text())
+        prompts = PromptBook(cfg.prompts_dir)
+        searches = [
+            Search(cfg, journal, Roles(client, cfg.generator_model, cfg.improver_model,
+                                       cfg.seed + chain * CHAIN_SEED_STRIDE, digests),
+                   box, dataset, prompts, reporter, records, novelty, chain)
+            for chain, box in enumerate(boxes)
+        ]
         try:
-            return search.run()
+            run_chains(searches)
         except KeyboardInterrupt:
-            console.print(f"\nstopped; {len(search.state.records)} iterations are saved. "
+            console.print(f"\nstopped; {len(journal.records())} iterations are saved. "
                           f"Continue with: orchestrator run --name {cfg.name} --resume")
             raise typer.Exit(130) from None
+    return journal.summary()
 
 
 def _run_config(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Journal]:

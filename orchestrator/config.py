@@ -36,6 +36,12 @@ class RunConfig:
     no_reference: bool = False
     no_improver: bool = False
     no_pull: bool = False
+    parallel: int = 1  # independent search chains sharing the server and the GPU
+    # Novelty (NNGPT): "record" measures it, "reject" regenerates near-duplicates.
+    novelty: str = "record"
+    novelty_tau: float = 0.90
+    novelty_retries: int = 3
+    max_params: int | None = None
     # Generation.
     temperature: float = 0.7
     top_p: float = 0.9
@@ -70,6 +76,9 @@ class RunConfig:
             (self.precision in ("fp32", "bf16"), "precision must be 'fp32' or 'bf16'"),
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.batch_size >= 1, "batch-size must be at least 1"),
+            (self.parallel >= 1, "parallel must be at least 1"),
+            (self.novelty in ("record", "reject"), "novelty must be 'record' or 'reject'"),
+            (0 < self.novelty_tau <= 1, "novelty-tau must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:

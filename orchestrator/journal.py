@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import orjson
@@ -11,11 +12,15 @@ RECORDS = "iterations.jsonl"
 
 
 class Journal:
-    """One run directory. Every file a record points to is written before the record."""
+    """One run directory. Every file a record points to is written before the record.
+
+    Several search chains may commit to one journal from their own threads."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.candidates = self.root / "candidates"
+        self._lock = threading.Lock()
+        self._records: list[dict] | None = None
 
     @property
     def exists(self) -> bool:
@@ -47,14 +52,40 @@ class Journal:
                 os.fsync(f.fileno())
         return [orjson.loads(line) for line in data[:end].splitlines() if line.strip()]
 
-    def write_candidate(self, iteration: int, code: str) -> str:
-        """Store an iteration's code; returns its path relative to the run directory."""
-        path = self.candidates / f"iter_{iteration:04d}.py"
-        write_atomic(path, code.encode())
+    def load(self) -> list[dict]:
+        """The records so far (a torn tail cut off); later commits are added to them.
+
+        best.py is rewritten from the records: a crash may have left it ahead of them."""
+        with self._lock:
+            self._records = self.records(repair=True)
+            best = best_record(self._records)
+            if best:
+                self.write_best((self.root / best["code_file"]).read_text())
+            return list(self._records)
+
+    def write_file(self, name: str, text: str) -> str:
+        """Store a candidate's file (code, reply); returns its path relative to the run."""
+        path = self.candidates / name
+        write_atomic(path, text.encode())
         return str(path.relative_to(self.root))
 
-    def append(self, record: dict) -> None:
-        """Append one record, flushed and fsynced before returning."""
+    def commit(self, record: dict, code: str | None) -> None:
+        """Append a record (fsynced), then bring best.py and summary.json up to date."""
+        with self._lock:
+            if self._records is None:
+                self._records = self.records(repair=True)
+            best = summarize(self._records)["best_accuracy"]
+            self._append(record)
+            self._records.append(record)
+            if record["status"] == "ok" and (best is None or record["accuracy"] > best):
+                self.write_best(code)
+            self.write_summary(summarize(self._records))
+
+    def summary(self) -> dict:
+        with self._lock:
+            return summarize(self._records or [])
+
+    def _append(self, record: dict) -> None:
         with open(self.root / RECORDS, "ab") as f:
             f.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
             f.flush()
@@ -85,11 +116,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def best_record(records: list[dict]) -> dict | None:
+    """The most accurate successful record; the earliest one on ties."""
+    return max((r for r in records if r["status"] == "ok"), key=lambda r: r["accuracy"],
+               default=None)
+
+
 def summarize(records: list[dict]) -> dict:
     """summary.json: the paper's headline numbers, from the records alone."""
     successes = [r for r in records if r["status"] == "ok"]
     first = successes[0]["accuracy"] if successes else None
-    best = max(successes, key=lambda r: r["accuracy"], default=None)
+    best = best_record(records)
     return {
         "iterations": len(records),
         "successful": len(successes),

@@ -346,12 +346,13 @@ class OllamaClient:
         *,
         stream: bool = True,
         on_progress: Callable[[int], None] | None = None,
+        temperature: float | None = None,
     ) -> ChatResult:
         """One chat completion with retries; LLMError (or a subclass) when it cannot finish.
 
         `messages` may be a prompt string (one user message). `format` is "json" or a JSON
         schema. When streaming, `on_progress(chunks_so_far)` runs per chunk (it restarts
-        from 1 on a retry).
+        from 1 on a retry). `temperature` overrides the configured one for this call.
         """
         msgs = as_messages(messages)
         chars = prompt_chars(msgs)
@@ -359,7 +360,7 @@ class OllamaClient:
         request = {
             "model": model,
             "messages": msgs,
-            "options": self._request_options(num_ctx, seed),
+            "options": self._request_options(num_ctx, seed, temperature),
             "format": format or None,
         }
         start = time.monotonic()
@@ -382,9 +383,11 @@ class OllamaClient:
         self._check_limits(result, chars)
         return result
 
-    def _request_options(self, num_ctx: int, seed: int | None) -> dict[str, Any]:
+    def _request_options(
+        self, num_ctx: int, seed: int | None, temperature: float | None = None
+    ) -> dict[str, Any]:
         opts: dict[str, Any] = {
-            "temperature": self.options.temperature,
+            "temperature": self.options.temperature if temperature is None else temperature,
             "top_p": self.options.top_p,
             "num_predict": self.options.num_predict,
             "num_ctx": num_ctx,

@@ -1,7 +1,8 @@
-"""The closed search loop: generate -> check -> evaluate -> improve -> record."""
+"""The closed search loop: generate -> check -> novelty -> evaluate -> improve -> record."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -11,8 +12,9 @@ from .datasets import PreparedDataset
 from .diagnosis import Diagnosis
 from .evaluation import Outcome, failure, key_traceback_line, score
 from .extract import extract_code
-from .journal import Journal, summarize
+from .journal import Journal, best_record
 from .memory import FeedbackMemory, Triple, remembered
+from .novelty import NoveltyIndex
 from .progress import Reporter
 from .prompts import Attempt, GeneratorInput, PromptBook, Task
 from .roles import RoleCall, Roles
@@ -21,11 +23,13 @@ from .sandbox.base import Sandbox
 OUTCOME_CHARS = 600
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")
 NO_DIAGNOSIS = ("no diagnosis available", "none: improve on the reference architecture")
+CHAIN_SEED_STRIDE = 1_000_000  # chain c draws LLM seeds from run seed + c * stride + counter
+TEMPERATURE_NUDGE = 0.1  # added per regeneration of a rejected near-duplicate
 
 
 @dataclass
 class SearchState:
-    """Everything the next iteration depends on, rebuilt from the journal on resume."""
+    """Everything one chain's next iteration depends on, rebuilt from the journal."""
 
     memory: FeedbackMemory
     records: list[dict] = field(default_factory=list)
@@ -41,8 +45,7 @@ class SearchState:
         return self.records[-1]["llm_calls"] if self.records else 0
 
     def best(self) -> dict | None:
-        ok = [r for r in self.records if r["status"] == fc.OK]
-        return max(ok, key=lambda r: r["accuracy"], default=None)
+        return best_record(self.records)
 
     def add(self, record: dict, code: str | None, diagnosis: Diagnosis | None) -> None:
         self.records.append(record)
@@ -54,9 +57,9 @@ class SearchState:
             self.diagnosis = diagnosis
 
     @classmethod
-    def from_journal(cls, journal: Journal, history_size: int) -> SearchState:
+    def rebuild(cls, journal: Journal, records: list[dict], history_size: int) -> SearchState:
         state = cls(memory=FeedbackMemory(history_size))
-        for record in journal.records(repair=True):
+        for record in records:
             code_file = record.get("code_file")
             code = (journal.root / code_file).read_text() if code_file else None
             reply = record.get("suggestions")
@@ -64,57 +67,104 @@ class SearchState:
         return state
 
 
+class NoveltyGate:
+    """The run-wide novelty index, shared by the chains (datasketch's LSH is not thread-safe)."""
+
+    def __init__(self, tau: float) -> None:
+        self.index = NoveltyIndex(tau=tau)
+        self._lock = threading.Lock()
+
+    def check(self, code: str) -> dict:
+        with self._lock:
+            similarity, key = self.index.query(code)
+        chain, iteration = key if isinstance(key, tuple) else (0, key)
+        return {"max_similarity": round(similarity, 4), "nearest_iteration": iteration,
+                "nearest_chain": chain}
+
+    def add(self, chain: int, iteration: int, code: str) -> None:
+        with self._lock:
+            self.index.add(iteration if chain == 0 else (chain, iteration), code)
+
+
 class Search:
-    """Runs iterations until the configured count, journaling each before the next."""
+    """One chain: runs iterations until the configured count, committing each to the journal."""
 
     def __init__(self, config: RunConfig, journal: Journal, roles: Roles, sandbox: Sandbox,
-                 dataset: PreparedDataset, prompts: PromptBook, reporter: Reporter) -> None:
+                 dataset: PreparedDataset, prompts: PromptBook, reporter: Reporter,
+                 records: list[dict], novelty: NoveltyGate, chain: int = 0) -> None:
         self.config, self.journal, self.roles, self.sandbox = config, journal, roles, sandbox
         self.dataset, self.prompts, self.reporter = dataset, prompts, reporter
+        self.novelty, self.chain = novelty, chain
+        self.prefix = f"c{chain}_" if config.parallel > 1 else ""
         self.labels = dataset.test_labels()
         spec = dataset.spec
         self.task = Task(dataset.name, tuple(spec.input_shape), spec.num_classes, {
             "epochs": config.epochs, "lr": config.lr, "momentum": config.momentum,
-            "weight_decay": config.weight_decay, "batch_size": config.batch_size})
-        self.state = SearchState.from_journal(journal, config.history_size)
+            "weight_decay": config.weight_decay, "batch_size": config.batch_size},
+            config.max_params)
+        mine = [r for r in records if r.get("chain", 0) == chain]
+        self.state = SearchState.rebuild(journal, mine, config.history_size)
         roles.calls = self.state.llm_calls
 
-    def run(self) -> dict:
-        self._rewrite_best()
+    def run(self, stop: threading.Event | None = None) -> None:
         for i in range(self.state.iteration + 1, self.config.iterations + 1):
+            if stop is not None and stop.is_set():
+                return
             self.step(i)
-        return summarize(self.state.records)
 
     def step(self, i: int) -> dict:
-        """One iteration, recorded (fsynced) before it returns."""
+        """One iteration, committed (fsynced) before it returns."""
         timings: dict[str, float] = {}
-        generation, code, outcome = self._generate(i, timings)
+        generation, code, outcome, novelty = self._generate(i, timings)
         if outcome is None:
             outcome = self._evaluate(i, code, timings)
+        if code is not None and outcome.status != fc.DUPLICATE:
+            self.novelty.add(self.chain, i, code)
         triple = self._triple(outcome)
         improve_call, diagnosis = self._improve(i, code, generation.text, outcome, triple, timings)
         record = self._record(i, generation, improve_call, diagnosis, code, outcome, triple,
-                              timings)
-        self.journal.append(record)
+                              timings, novelty)
+        self.journal.commit(record, code)
         self.state.add(record, code, diagnosis)
-        if record["best_iteration"] == i:
-            self.journal.write_best(code)
-        self.journal.write_summary(summarize(self.state.records))
-        self.reporter.iteration(record, summarize(self.state.records))
+        self.reporter.iteration(record, self.journal.summary())
         return record
 
-    def _generate(self, i: int, timings: dict) -> tuple[RoleCall, str | None, Outcome | None]:
+    def _generate(self, i: int, timings: dict
+                  ) -> tuple[RoleCall, str | None, Outcome | None, dict | None]:
+        """Ask for code; with --novelty reject, ask again (hotter) while it is a duplicate."""
         messages = self.prompts.generator(self.task, self._generator_input())
+        rejected: list[dict] = []
+        started = time.monotonic()
         with self.reporter.phase(i, "generating"):
-            started = time.monotonic()
-            call = self.roles.generate(messages)
-            timings["generate"] = round(time.monotonic() - started, 3)
+            for attempt in range(1 + self._regenerations()):
+                temperature = (self.config.temperature + TEMPERATURE_NUDGE * attempt
+                               if attempt else None)
+                call = self.roles.generate(messages, temperature=temperature)
+                code, outcome, novelty = self._check(call)
+                if novelty is None or novelty["max_similarity"] < self.config.novelty_tau \
+                        or self.config.novelty != "reject":
+                    break
+                rejected.append({**novelty, "seed": call.info["seed"]})
+            else:
+                outcome = failure(fc.DUPLICATE, (
+                    f"near-duplicate of iteration {novelty['nearest_iteration']} (similarity "
+                    f"{novelty['max_similarity']:.2f}) after {len(rejected)} attempts"))
+        timings["generate"] = round(time.monotonic() - started, 3)
+        if novelty is not None:
+            novelty["rejected"] = rejected
+        return call, code, outcome, novelty
+
+    def _regenerations(self) -> int:
+        return self.config.novelty_retries if self.config.novelty == "reject" else 0
+
+    def _check(self, call: RoleCall) -> tuple[str | None, Outcome | None, dict | None]:
+        """Extraction and static checks, then the novelty measurement of valid code."""
         if call.error:
-            return call, None, failure(fc.LLM_ERROR, call.error)
+            return None, failure(fc.LLM_ERROR, call.error), None
         extraction = extract_code(call.text)
         if extraction.status != fc.OK:
-            return call, extraction.code, failure(extraction.status, extraction.message)
-        return call, extraction.code, None
+            return extraction.code, failure(extraction.status, extraction.message), None
+        return extraction.code, None, self.novelty.check(extraction.code)
 
     def _evaluate(self, i: int, code: str, timings: dict) -> Outcome:
         with self.reporter.phase(i, "evaluating"):
@@ -192,27 +242,33 @@ class Search:
             "flip": spec.flip, "epochs": config.epochs, "batch_size": config.batch_size,
             "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
             "seed": config.seed, "device": config.device, "precision": config.precision,
-            "validate_batch": 2,
+            "validate_batch": 2, "max_params": config.max_params,
+            "gpu_memory_fraction": round(0.95 / config.parallel, 3)
+            if config.parallel > 1 else None,
         }
 
     def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,
                 diagnosis: Diagnosis | None, code: str | None, outcome: Outcome,
-                triple: Triple, timings: dict) -> dict:
-        reply_file = self.journal.candidates / f"iter_{i:04d}.reply.md"
-        reply_file.write_text(generation.text or generation.error or "")
+                triple: Triple, timings: dict, novelty: dict | None) -> dict:
+        name = f"{self.prefix}iter_{i:04d}"
+        reply_file = self.journal.write_file(f"{name}.reply.md",
+                                             generation.text or generation.error or "")
+        code_file = self.journal.write_file(f"{name}.py", code) if code is not None else None
         best = self.state.best()
         is_best = outcome.ok and (best is None or outcome.accuracy > best["accuracy"])
         return {
             "iteration": i,
+            "chain": self.chain,
             "status": outcome.status,
             "accuracy": outcome.accuracy,
             "error": outcome.error,
             "phase": outcome.phase,
-            "code_file": self.journal.write_candidate(i, code) if code is not None else None,
-            "reply_file": str(reply_file.relative_to(self.journal.root)),
+            "code_file": code_file,
+            "reply_file": reply_file,
             "triple": triple.to_dict(),
             "suggestions": diagnosis.to_dict() if diagnosis else None,
             "improver_error": improve_call.error if improve_call else None,
+            "novelty": novelty,
             "llm": {"generator": generation.info,
                     "improver": improve_call.info if improve_call else None},
             "llm_calls": self.roles.calls,
@@ -226,11 +282,35 @@ class Search:
             "time": time.time(),
         }
 
-    def _rewrite_best(self) -> None:
-        """best.py follows the records (a crash may have left it ahead of them)."""
-        best = self.state.best()
-        if best:
-            self.journal.write_best(self.state.codes[best["iteration"]])
+
+def run_chains(searches: list[Search]) -> None:
+    """Run the chains side by side (one thread each); Ctrl-C stops them all between steps."""
+    if len(searches) == 1:
+        searches[0].run()
+        return
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run(search: Search) -> None:
+        try:
+            search.run(stop)
+        except BaseException as exc:  # surfaced in the main thread below
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=run, args=(s,), name=f"chain-{s.chain}", daemon=True)
+               for s in searches]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(timeout=0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        raise
+    if errors:
+        raise errors[0]
 
 
 def describe(outcome: Outcome) -> str:

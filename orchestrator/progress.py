@@ -12,15 +12,16 @@ from . import failures as fc
 
 
 class Reporter:
-    def __init__(self, total: int, console: Console | None = None) -> None:
+    def __init__(self, total: int, console: Console | None = None, chains: int = 1) -> None:
         self.total = total
         self.console = console or Console(stderr=True)
+        self.chains = chains
         self.last_error: str | None = None
 
     @contextlib.contextmanager
     def phase(self, iteration: int, name: str) -> Iterator[None]:
-        """A live spinner while a slow phase runs (only on a terminal)."""
-        if not self.console.is_terminal:
+        """A live spinner while a slow phase runs (on a terminal, with one chain)."""
+        if not self.console.is_terminal or self.chains > 1:
             yield
             return
         with self.console.status(f"[{iteration}/{self.total}] {name}…"):
@@ -35,8 +36,9 @@ class Reporter:
         best = summary["best_accuracy"]
         best_text = f"{best:6.2%} (it {summary['best_iteration']})" if best is not None else "-"
         t = record["timings"]
+        chain = f"c{record.get('chain', 0)} " if self.chains > 1 else ""
         self.console.print(
-            f"[{record['iteration']:>4}/{self.total}] [{style}]{status:<17}[/] acc {acc}  "
+            f"{chain}[{record['iteration']:>4}/{self.total}] [{style}]{status:<17}[/] acc {acc}  "
             f"best {best_text}  success {summary['success_rate']:6.1%}  "
             f"last error {self.last_error or '-'}  "
             f"[dim]gen {t['generate']:.1f}s eval {t['evaluate']:.1f}s "

@@ -22,14 +22,15 @@ class Roles:
     """Calls both roles with seed = run seed + call counter (the paper's scheme)."""
 
     def __init__(self, client: OllamaClient, generator_model: str, improver_model: str,
-                 seed: int, calls: int = 0) -> None:
+                 seed: int, digests: dict[str, str] | None = None) -> None:
         self.client = client
         self.models = {"generator": generator_model, "improver": improver_model}
+        self.digests = digests or {}
         self.seed = seed
-        self.calls = calls  # restored from the journal on resume
+        self.calls = 0  # restored from the journal on resume
 
-    def generate(self, messages: list[dict]) -> RoleCall:
-        return self._call("generator", messages)
+    def generate(self, messages: list[dict], temperature: float | None = None) -> RoleCall:
+        return self._call("generator", messages, temperature=temperature)
 
     def improve(self, messages: list[dict]) -> tuple[RoleCall, Diagnosis | None]:
         """Ask for a diagnosis; an unusable reply becomes an error, never an exception."""
@@ -42,12 +43,17 @@ class Roles:
             call.error = f"unusable diagnosis: {exc}"
             return call, None
 
-    def _call(self, role: str, messages: list[dict], schema: dict | None = None) -> RoleCall:
+    def _call(self, role: str, messages: list[dict], schema: dict | None = None,
+              temperature: float | None = None) -> RoleCall:
         model, seed = self.models[role], self.seed + self.calls
         self.calls += 1
-        call = RoleCall(messages=messages, info={"model": model, "seed": seed})
+        call = RoleCall(messages=messages, info={"model": model, "seed": seed,
+                                                 "digest": self.digests.get(model)})
+        if temperature is not None:
+            call.info["temperature"] = temperature
         try:
-            result: ChatResult = self.client.chat(model, messages, seed=seed, format=schema)
+            result: ChatResult = self.client.chat(model, messages, seed=seed, format=schema,
+                                                  temperature=temperature)
         except LLMError as exc:
             call.error = str(exc)
             return call

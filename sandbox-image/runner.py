@@ -372,7 +372,7 @@ def train(model: nn.Module, run: Run) -> None:
             sched.step()
             run.metrics["steps"] = step
     raise_if_bad(first_bad, run)
-    run.metrics["final_loss"] = float(loss)
+    run.metrics["final_loss"] = float(loss.detach())
 
 
 def raise_if_bad(first_bad: torch.Tensor, run: Run) -> None:

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import io
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +19,6 @@ from tests.helpers import tiny_job
 CANARY = "orchestrator-canary-7f3a9c"
 
 
-def leftover_dirs() -> set[str]:
-    return set(glob.glob(os.path.join(tempfile.gettempdir(), "orchestrator-local-*")))
-
-
 def alive(pid: int) -> bool:
     """True when pid runs (a zombie awaiting its parent does not count)."""
     try:
@@ -39,16 +32,17 @@ def alive(pid: int) -> bool:
 def evaluate(tiny_cache: Path):
     """Run code in a fresh LocalSandbox and score it; checks no temp dir is left behind."""
     labels = np.load(tiny_cache.parent / "labels" / "test_y.npy")
-    before = leftover_dirs()
+    scratch = tiny_cache.parent.parent / "scratch"
+    scratch.mkdir()
 
     def run(code: str, **limits: object):
         with LocalSandbox(tiny_cache, Limits(**{"timeout": 60, "memory": "2g", **limits}),
-                          device="cpu") as box:
+                          device="cpu", scratch=scratch) as box:
             execution = box.run(code, tiny_job())
         return execution, score(execution, labels, 10)
 
     yield run
-    assert leftover_dirs() <= before
+    assert list(scratch.iterdir()) == []  # every sandbox folder was removed
 
 
 def test_valid_candidate_is_scored_on_the_host(evaluate, tiny_cache):
@@ -62,8 +56,14 @@ def test_valid_candidate_is_scored_on_the_host(evaluate, tiny_cache):
 
 
 def test_infinite_loop_is_killed_at_the_timeout(evaluate):
-    code = replies.VALID_NET.replace("def forward(self, x):", "def forward(self, x):\n"
-                                     "        while True:\n            pass\n", 1)
+    code = ("import torch.nn as nn\n"
+            "class Net(nn.Module):\n"
+            "    def __init__(self):\n"
+            "        super().__init__()\n"
+            "        self.fc = nn.Linear(28 * 28, 10)\n"
+            "    def forward(self, x):\n"
+            "        while True:\n"
+            "            pass\n")
     execution, outcome = evaluate(code, timeout=8)
     assert execution.killed == "timeout"
     assert outcome.status == fc.TIMEOUT

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -36,10 +35,12 @@ def by_role(generator: list, improver: list) -> Callable[[dict], Reply]:
     return respond
 
 
-def orchestrator(*args: str, **popen: object) -> subprocess.Popen:
+def orchestrator(*args: str, scratch: Path | None = None) -> subprocess.Popen:
+    """`orchestrator run ARGS` in a subprocess; its sandboxes' folders go under `scratch`."""
+    env = {**os.environ, "TMPDIR": str(scratch)} if scratch else None
     return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen)
+                            env=env)
 
 
 def run_args(server, data_dir: Path, results: Path, name: str, iterations: int) -> list[str]:
@@ -52,10 +53,6 @@ def run_args(server, data_dir: Path, results: Path, name: str, iterations: int) 
 
 def read_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "iterations.jsonl").read_text().splitlines()]
-
-
-def sandbox_dirs() -> set[Path]:
-    return set(Path(tempfile.gettempdir()).glob("orchestrator-local-*"))
 
 
 def user_message(body: dict) -> str:
@@ -146,9 +143,10 @@ def test_kill_and_resume_loses_and_repeats_nothing(fake_ollama, fashion_data_dir
         return generate(body)
 
     server = fake_ollama(default=respond)
-    dirs_before = sandbox_dirs()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     args = run_args(server, fashion_data_dir, tmp_path, "crash", 4)
-    first = orchestrator(*args)
+    first = orchestrator(*args, scratch=scratch)
     try:
         assert reached.wait(300), "the run never reached iteration 3"
         os.kill(first.pid, signal.SIGKILL)
@@ -159,7 +157,7 @@ def test_kill_and_resume_loses_and_repeats_nothing(fake_ollama, fashion_data_dir
     assert [r["iteration"] for r in read_records(run_dir)] == [1, 2]
     before = read_records(run_dir)
 
-    second = orchestrator(*args, "--resume")
+    second = orchestrator(*args, "--resume", scratch=scratch)
     output, _ = second.communicate(timeout=600)
     assert second.returncode == 0, output
     records = read_records(run_dir)
@@ -172,8 +170,8 @@ def test_kill_and_resume_loses_and_repeats_nothing(fake_ollama, fashion_data_dir
     improver_prompts = [user_message(b) for b in server.chat_requests() if b.get("format")]
     resumed = improver_prompts[2]
     assert records[0]["triple"]["outcome"] in resumed and records[1]["triple"]["outcome"] in resumed
-    # The killed run's pre-warmed sandbox cleaned up after itself.
-    assert sandbox_dirs() <= dirs_before
+    # The killed run's pre-warmed sandbox cleaned up after itself, and so did the second run.
+    assert list(scratch.iterdir()) == []
 
 
 def test_report_show_and_export_on_a_real_run(fake_ollama, fashion_data_dir, tmp_path):
@@ -209,3 +207,53 @@ def test_report_show_and_export_on_a_real_run(fake_ollama, fashion_data_dir, tmp
                             "print(tuple(m.Net()(torch.zeros(2, 1, 28, 28)).shape))"],
                            check=True, capture_output=True, text=True).stdout
     assert built.strip() == "(2, 10)"
+
+
+def test_parallel_chains_share_one_journal(fake_ollama, fashion_data_dir, tmp_path):
+    def respond(body: dict) -> Reply:
+        if body.get("format"):
+            return Reply(content=DIAGNOSIS[1])
+        seed = body["options"]["seed"]  # each chain gets its own net, picked by its seeds
+        return Reply(content=replies.VALID_NET if seed < 1_000_000 else replies.VALID_NET_WIDER)
+
+    server = fake_ollama(default=respond)
+    args = run_args(server, fashion_data_dir, tmp_path, "par", 2)
+    proc = orchestrator(*args, "--parallel", "2")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    records = read_records(tmp_path / "par")
+    by_chain = {c: [r for r in records if r["chain"] == c] for c in (0, 1)}
+    assert [r["iteration"] for r in by_chain[0]] == [1, 2]
+    assert [r["iteration"] for r in by_chain[1]] == [1, 2]
+    assert all(r["status"] == fc.OK for r in records)
+    assert [r["llm"]["generator"]["seed"] for r in by_chain[1]] == [1_000_042, 1_000_044]
+    assert {r["code_file"] for r in records} == {
+        f"candidates/c{c}_iter_000{i}.py" for c in (0, 1) for i in (1, 2)}
+    # Chain 1's second net repeats its first: the novelty record says so.
+    assert by_chain[1][1]["novelty"]["max_similarity"] == 1.0
+    assert by_chain[1][1]["novelty"]["nearest_chain"] == 1
+    summary = json.loads((tmp_path / "par" / "summary.json").read_text())
+    assert summary["iterations"] == 4 and summary["successful"] == 4
+
+
+def test_novelty_reject_regenerates_and_skips_duplicates(fake_ollama, fashion_data_dir,
+                                                         tmp_path):
+    generator = [replies.VALID_NET, replies.VALID_NET, replies.prose_wrapped(replies.VALID_NET),
+                 replies.VALID_NET_WIDER]
+    server = fake_ollama(default=by_role(generator, DIAGNOSIS[:3]))
+    config = tmp_path / "run.toml"
+    config.write_text("[run]\nnovelty = 'reject'\nnovelty-retries = 1\n")
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "nov", 3),
+                        "--config", str(config))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    records = read_records(tmp_path / "nov")
+    assert [r["status"] for r in records] == [fc.OK, fc.DUPLICATE, fc.OK]
+    duplicate = records[1]
+    assert duplicate["timings"]["evaluate"] == 0.0  # no sandbox time spent on it
+    assert "near-duplicate of iteration 1" in duplicate["error"]["message"]
+    assert [r["max_similarity"] for r in duplicate["novelty"]["rejected"]] == [1.0, 1.0]
+    assert "failed with duplicate" in duplicate["triple"]["outcome"]
+    temperatures = [b["options"]["temperature"] for b in server.chat_requests()
+                    if not b.get("format")]
+    assert temperatures == [0.7, 0.7, pytest.approx(0.8), 0.7]

@@ -41,8 +41,9 @@ KILL_GRACE_SECONDS = 10.0
 class _Slot:
     """One started runner process (waiting for its job) and its private directories."""
 
-    def __init__(self, data_dir: Path, limits: Limits, device: str) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="orchestrator-local-"))
+    def __init__(self, data_dir: Path, limits: Limits, device: str,
+                 scratch: Path | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="orchestrator-local-", dir=scratch))
         self.job_dir, self.out_dir, home = (self.root / n for n in ("job", "out", "home"))
         for d in (self.job_dir, self.out_dir, home):
             d.mkdir()
@@ -143,13 +144,17 @@ class LocalSandbox(Sandbox):
     kind = "local"
 
     def __init__(self, data_dir: Path, limits: Limits, device: str = "auto",
-                 prewarm: bool = True) -> None:
+                 prewarm: bool = True, scratch: Path | None = None) -> None:
         super().__init__(data_dir, limits, device)
         self.prewarm = prewarm
-        self._warm: _Slot | None = _Slot(self.data_dir, limits, device) if prewarm else None
+        self.scratch = scratch  # where the per-candidate folders go (default: the temp dir)
+        self._warm: _Slot | None = self._slot() if prewarm else None
+
+    def _slot(self) -> _Slot:
+        return _Slot(self.data_dir, self.limits, self.device, self.scratch)
 
     def run(self, code: str, job: dict) -> Execution:
-        slot, self._warm = self._warm or _Slot(self.data_dir, self.limits, self.device), None
+        slot, self._warm = self._warm or self._slot(), None
         try:
             slot.submit(code, job)
             started = time.monotonic()
@@ -160,7 +165,7 @@ class LocalSandbox(Sandbox):
         finally:
             slot.destroy()
             if self.prewarm:
-                self._warm = _Slot(self.data_dir, self.limits, self.device)
+                self._warm = self._slot()
         return execution
 
     def close(self) -> None:
