@@ -1,0 +1,171 @@
+"""CLI error paths: each is one clear message and exit code 2, before any training starts.
+
+The dead-server case runs `python -m orchestrator` in a real subprocess (the most faithful
+check that no traceback leaks); the others use typer's in-process CliRunner to stay fast.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator import datasets
+from orchestrator.cli import app
+from orchestrator.journal import Journal
+
+SCRIPT_OPTIONS = [
+    "--dataset", "--iterations", "--generator-model", "--improver-model", "--ollama-host",
+    "--sandbox", "--data-dir", "--results-dir", "--name", "--resume", "--seed",
+    "--history-size", "--timeout", "--memory", "--train-samples", "--test-samples",
+    "--extended-prompt", "--no-history", "--no-reference", "--no-improver", "--no-pull",
+    "--parallel",
+]
+
+
+def flat(text: str) -> str:
+    """Output with the console's line wrapping undone (rich wraps at the terminal width)."""
+    return re.sub(r"\s+", " ", text)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then released."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_args(data_dir: Path, results: Path, host: str, *extra: str) -> list[str]:
+    return ["run", "--dataset", "fashionmnist", "--iterations", "2", "--sandbox", "local",
+            "--generator-model", "coder:test", "--improver-model", "improver:test",
+            "--ollama-host", host, "--data-dir", str(data_dir), "--results-dir", str(results),
+            "--device", "cpu", *extra]
+
+
+def invoke(*args: str):
+    env = {"OLLAMA_HOST": None, "COLUMNS": "100"}
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def assert_user_error(result, *words: str) -> str:
+    """Exit code 2, no traceback, and every word in the (unwrapped) output."""
+    text = flat(result.output)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit | None), result.exception
+    assert "Traceback" not in result.output
+    assert "error:" in text
+    for word in words:
+        assert word in text, (word, result.output)
+    return text
+
+
+# -- dead server (subprocess) ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dead_server_run(fashion_data_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    results = tmp_path_factory.mktemp("results")
+    url = f"http://127.0.0.1:{closed_port()}"
+    env = {k: v for k, v in os.environ.items() if k not in ("OLLAMA_HOST", "COLUMNS")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator", *run_args(fashion_data_dir, results, url,
+                                                         "--name", "dead")],
+        capture_output=True, text=True, env=env, timeout=120)
+    return proc, url, results
+
+
+def test_dead_server_exits_2_naming_the_url_and_the_fix(dead_server_run) -> None:
+    proc, url, results = dead_server_run
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert "Traceback" not in output
+    text = flat(proc.stderr)
+    assert f"error: cannot reach the Ollama server at {url}" in text
+    assert "ollama serve" in text
+    assert "--ollama-host" in text
+    assert not (results / "dead").exists()  # nothing to --resume: a plain re-run works
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "cli.fail: console.print wraps the message at the console width (80 columns when stderr "
+    "is not a terminal), so the 'one line' error (UserError docstring) is split over several "
+    "lines and a script reading the `error:` line gets neither the fix nor the whole message"))
+def test_dead_server_error_is_one_line(dead_server_run) -> None:
+    proc, url, _ = dead_server_run
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))
+    assert url in line
+    assert "ollama serve" in line
+
+
+# -- in-process error paths --------------------------------------------------------------------
+
+def test_missing_model_with_no_pull(fake_ollama, fashion_data_dir: Path, tmp_path: Path) -> None:
+    server = fake_ollama(models=["coder:test"])
+    result = invoke(*run_args(fashion_data_dir, tmp_path, server.url, "--name", "m",
+                              "--no-pull"))
+    assert_user_error(result, "improver:test", "ollama pull improver:test", server.url)
+    assert "/api/pull" not in server.paths()
+    assert server.chat_requests() == []
+    assert not (tmp_path / "m").exists()
+
+
+def test_resume_without_name(fashion_data_dir: Path, tmp_path: Path) -> None:
+    result = invoke(*run_args(fashion_data_dir, tmp_path, "http://127.0.0.1:9", "--resume"))
+    assert_user_error(result, "--resume needs --name")
+
+
+def test_resume_unknown_name(fashion_data_dir: Path, tmp_path: Path) -> None:
+    result = invoke(*run_args(fashion_data_dir, tmp_path, "http://127.0.0.1:9", "--resume",
+                              "--name", "ghost"))
+    assert_user_error(result, "no run to resume", str(tmp_path / "ghost"))
+    assert not (tmp_path / "ghost").exists()
+
+
+def test_existing_run_without_resume(fashion_data_dir: Path, tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "taken")
+    journal.create({"dataset": "fashionmnist", "marker": 1})
+    before = (journal.root / "config.json").read_bytes()
+    result = invoke(*run_args(fashion_data_dir, tmp_path, "http://127.0.0.1:9",
+                              "--name", "taken"))
+    assert_user_error(result, "taken", "already exists", "--resume")
+    assert (journal.root / "config.json").read_bytes() == before
+    assert journal.records() == []
+
+
+def test_invalid_setting_on_the_command_line(fashion_data_dir: Path, tmp_path: Path) -> None:
+    result = invoke(*run_args(fashion_data_dir, tmp_path, "http://127.0.0.1:9",
+                              "--name", "bad", "--history-size", "-2"))
+    assert_user_error(result, "history-size")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_unknown_key_in_config_file(fashion_data_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text("[run]\niterashuns = 3\n")
+    result = invoke(*run_args(fashion_data_dir, tmp_path, "http://127.0.0.1:9",
+                              "--name", "cfg", "--config", str(config)))
+    assert_user_error(result, "iterashuns")
+
+
+def test_data_prepare_unknown_dataset_lists_valid_names(tmp_path: Path) -> None:
+    result = invoke("data", "prepare", "nosuchset", "--data-dir", str(tmp_path))
+    assert_user_error(result, "nosuchset", *datasets.SPECS)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_needs_best_or_corpus(tmp_path: Path) -> None:
+    result = invoke("export", "somerun", "--results-dir", str(tmp_path))
+    assert_user_error(result, "--best", "--corpus")
+
+
+def test_run_help_lists_the_options_scripts_use() -> None:
+    result = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    listed = set(re.findall(r"--[a-z][a-z-]*", result.output))
+    missing = [o for o in SCRIPT_OPTIONS if o not in listed]
+    assert missing == []

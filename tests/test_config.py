@@ -1,0 +1,223 @@
+"""Run settings (orchestrator/config.py): defaults < TOML file < command line; resume rules."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import (
+    DEFAULT_MODEL,
+    FIELDS,
+    RESUMABLE,
+    ConfigError,
+    RunConfig,
+    build,
+    for_resume,
+    load_toml,
+)
+
+
+def toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def cli(**given: object) -> dict:
+    """What the CLI passes: every option, None (or False for flags) when not given."""
+    settings: dict = {}
+    for f in dataclasses.fields(RunConfig):
+        settings[f.name] = False if isinstance(f.default, bool) else None
+    settings.update(given)
+    return settings
+
+
+def test_defaults_are_valid() -> None:
+    cfg = RunConfig().validate()
+    assert cfg.dataset == "cifar10"
+    assert cfg.iterations == 100
+    assert cfg.generator_model == cfg.improver_model == DEFAULT_MODEL
+    assert cfg.sandbox == "docker"
+    assert cfg.seed == 42
+    assert cfg.history_size == 5
+    assert build({}, {}) == cfg
+    assert build({}, cli()) == cfg  # nothing given on the command line
+
+
+def test_to_dict_round_trips() -> None:
+    cfg = RunConfig(dataset="svhn", seed=3, max_params=10_000)
+    assert RunConfig(**cfg.to_dict()) == cfg
+    assert set(cfg.to_dict()) == FIELDS
+
+
+def test_toml_run_table_with_dashes(tmp_path: Path) -> None:
+    path = toml(tmp_path, """
+[run]
+dataset = "mnist"
+iterations = 12
+generator-model = "coder:1b"
+history-size = 2
+no-history = true
+timeout = 30.5
+""")
+    settings = load_toml(path)
+    assert settings == {"dataset": "mnist", "iterations": 12, "generator_model": "coder:1b",
+                        "history_size": 2, "no_history": True, "timeout": 30.5}
+    cfg = build(settings, {})
+    assert (cfg.dataset, cfg.iterations, cfg.generator_model, cfg.history_size) == (
+        "mnist", 12, "coder:1b", 2)
+    assert cfg.no_history is True
+    assert cfg.improver_model == DEFAULT_MODEL  # not in the file: the default
+
+
+def test_toml_top_level_keys_with_underscores(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'dataset = "svhn"\nimprover_model = "judge:2b"\nseed = 9\n')
+    assert load_toml(path) == {"dataset": "svhn", "improver_model": "judge:2b", "seed": 9}
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    path = toml(tmp_path, '[run]\ndataset = "mnist"\nitterations = 5\nhistory-sise = 1\n')
+    with pytest.raises(ConfigError) as info:
+        load_toml(path)
+    assert "itterations" in str(info.value)
+    assert "history_sise" in str(info.value)
+    assert "dataset" not in str(info.value).split(":")[-1]
+
+
+@pytest.mark.parametrize("text", ["dataset = ", "[run\niterations = 3", "iterations = 3\n"
+                                  "iterations = 4", "a = 'unterminated"])
+def test_bad_toml_is_a_config_error(tmp_path: Path, text: str) -> None:
+    path = toml(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_toml(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_toml(tmp_path / "absent.toml")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "config.load_toml: `data.get('run', data)` drops every top-level key when the file also "
+    "has a [run] table; a top-level `dataset = \"mnist\"` next to [run] is silently ignored "
+    "(neither merged nor reported as an error)"))
+def test_top_level_keys_beside_a_run_table_are_not_silently_dropped(tmp_path: Path) -> None:
+    path = toml(tmp_path, 'dataset = "mnist"\n\n[run]\niterations = 5\n')
+    try:
+        settings = load_toml(path)
+    except ConfigError:
+        return  # rejecting the mix is fine too
+    assert settings.get("dataset") == "mnist"
+
+
+def test_precedence_defaults_file_cli() -> None:
+    file = {"dataset": "mnist", "iterations": 20, "seed": 1, "no_history": True,
+            "history_size": 3}
+    cfg = build(file, cli(iterations=7, generator_model="coder:x"))
+    assert cfg.iterations == 7  # CLI over file
+    assert cfg.generator_model == "coder:x"  # CLI over default
+    assert cfg.dataset == "mnist"  # file over default, CLI None does not override
+    assert cfg.seed == 1
+    assert cfg.history_size == 3
+    assert cfg.no_history is True  # CLI False (flag not given) does not override the file
+    assert cfg.improver_model == DEFAULT_MODEL  # neither: the default
+
+
+def test_cli_zero_and_empty_values_do_override() -> None:
+    cfg = build({"history_size": 4, "seed": 5}, cli(history_size=0, seed=0))
+    assert cfg.history_size == 0
+    assert cfg.seed == 0
+
+
+@pytest.mark.parametrize("settings, word", [
+    ({"iterations": 0}, "iterations"),
+    ({"iterations": -3}, "iterations"),
+    ({"sandbox": "vm"}, "sandbox"),
+    ({"novelty": "maybe"}, "novelty"),
+    ({"history_size": -1}, "history"),
+    ({"timeout": 0}, "timeout"),
+    ({"precision": "fp16"}, "precision"),
+    ({"device": "tpu"}, "device"),
+    ({"batch_size": 0}, "batch"),
+    ({"parallel": 0}, "parallel"),
+    ({"novelty_tau": 0.0}, "novelty-tau"),
+    ({"novelty_tau": 1.5}, "novelty-tau"),
+])
+def test_invalid_values_are_config_errors(settings: dict, word: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build(settings, {})
+    assert word in str(info.value)
+    with pytest.raises(ConfigError):  # the same value given on the command line
+        build({}, cli(**settings))
+
+
+def test_invalid_value_from_a_file(tmp_path: Path) -> None:
+    path = toml(tmp_path, '[run]\nsandbox = "vm"\n')
+    with pytest.raises(ConfigError, match="sandbox"):
+        build(load_toml(path), cli())
+
+
+def test_wrongly_typed_validated_value_is_a_config_error() -> None:
+    with pytest.raises(ConfigError):
+        build({"iterations": "five"}, {})
+
+
+def test_unknown_setting_passed_to_build_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="bogus"):
+        build({"bogus": 1}, {})
+
+
+# -- resume --------------------------------------------------------------------------------
+
+STORED = {
+    **RunConfig(name="run1", dataset="mnist", seed=7, iterations=10, generator_model="coder:a",
+                improver_model="judge:b", ollama_host="http://old:11434", timeout=60.0,
+                history_size=3).to_dict(),
+    # What the CLI adds to config.json besides the settings:
+    "models": {"coder:a": "d1", "judge:b": "d2"}, "sandbox_info": {"kind": "local"},
+    "dataset_fingerprint": "f00", "version": "0.1", "python": "3.12",
+}
+
+
+def test_resume_keeps_the_stored_identity_and_reports_conflicts() -> None:
+    cfg, ignored = for_resume(STORED, cli(
+        name="run1", results_dir="elsewhere", dataset="cifar10", seed=8,
+        generator_model="coder:z", improver_model="judge:b", history_size=9))
+    assert cfg.dataset == "mnist"
+    assert cfg.seed == 7
+    assert cfg.generator_model == "coder:a"
+    assert cfg.improver_model == "judge:b"
+    assert cfg.history_size == 3
+    assert cfg.name == "run1"
+    assert sorted(ignored) == ["dataset", "generator_model", "history_size", "seed"]
+
+
+def test_resume_applies_resumable_settings() -> None:
+    assert {"iterations", "ollama_host", "timeout"} <= RESUMABLE
+    cfg, ignored = for_resume(STORED, cli(iterations=25, ollama_host="http://new:11434",
+                                          timeout=5.0, no_pull=True))
+    assert ignored == []
+    assert cfg.iterations == 25
+    assert cfg.ollama_host == "http://new:11434"
+    assert cfg.timeout == 5.0
+    assert cfg.no_pull is True
+    assert (cfg.dataset, cfg.seed) == ("mnist", 7)
+
+
+def test_resume_with_nothing_given_is_the_stored_config() -> None:
+    cfg, ignored = for_resume(STORED, cli())
+    assert ignored == []
+    assert cfg.to_dict() == {k: v for k, v in STORED.items() if k in FIELDS}
+
+
+def test_resume_with_same_values_reports_nothing() -> None:
+    _, ignored = for_resume(STORED, cli(dataset="mnist", seed=7, generator_model="coder:a"))
+    assert ignored == []
+
+
+def test_resume_validates_resumable_values() -> None:
+    with pytest.raises(ConfigError, match="iterations"):
+        for_resume(STORED, cli(iterations=0))
