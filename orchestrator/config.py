@@ -93,12 +93,16 @@ FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 
 
 def load_toml(path: Path) -> dict:
-    """Settings from a TOML file; keys are option names with '-' or '_'."""
+    """Settings from a TOML file, top-level or in a [run] table; keys are option names with
+    '-' or '_'."""
     try:
         data = tomllib.loads(Path(path).read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    data = data.get("run", data)
+    run = data.pop("run", {})
+    if not isinstance(run, dict):
+        raise ConfigError(f"{path}: [run] must be a table")
+    data.update(run)
     settings = {key.replace("-", "_"): value for key, value in data.items()}
     unknown = sorted(set(settings) - FIELDS)
     if unknown:

@@ -68,8 +68,9 @@ def _classify(execution: Execution, labels: np.ndarray, num_classes: int) -> Out
         return _no_result(execution)
     status, phase = result.get("status"), result.get("phase")
     metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
-    if status not in fc.RUNNER_CLASSES:
-        return failure(fc.RUNTIME_ERROR, f"runner reported an unknown status {status!r}")
+    if not isinstance(status, str) or status not in fc.RUNNER_CLASSES:
+        return failure(fc.RUNTIME_ERROR, f"runner reported an unknown status {status!r:.200}")
+    phase = phase if isinstance(phase, str) else None
     if status != fc.OK:
         outcome = _runner_failure(status, result.get("error"), phase)
         outcome.metrics = _clean_metrics(metrics)
@@ -121,7 +122,7 @@ def _runner_failure(status: str, error: object, phase: object) -> Outcome:
         str(error.get("message", ""))[:MESSAGE_CHARS] or status,
         type_=str(error.get("type", status))[:200],
         traceback=str(error.get("traceback", "")),
-        phase=phase if isinstance(phase, str) else None,
+        phase=phase,
     )
 
 
@@ -142,14 +143,24 @@ def load_predictions(data: bytes | None, count: int, num_classes: int) -> np.nda
     """Validate the predictions file: an integer .npy of shape [count] within [0, classes)."""
     if not data:
         raise ValueError("no predictions file")
+    stream = io.BytesIO(data)
+    try:  # the header first: a hostile file may claim any shape or be something else
+        version = np.lib.format.read_magic(stream)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, _, dtype = readers[version](stream)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"not a .npy array ({exc})") from None
+    if dtype.kind not in "iu":
+        raise ValueError(f"expected an integer array, got {dtype}")
+    if shape != (count,):
+        raise ValueError(f"expected shape ({count},), got {shape}")
     try:
         array = np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise ValueError(f"not a .npy array ({exc})") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "iu":
-        raise ValueError(f"expected an integer array, got {getattr(array, 'dtype', type(array))}")
-    if array.shape != (count,):
-        raise ValueError(f"expected shape ({count},), got {array.shape}")
+        raise ValueError(f"unreadable .npy array ({exc})") from None
     if count and (array.min() < 0 or array.max() >= num_classes):
         raise ValueError(f"class indices outside [0, {num_classes})")
     return array.astype(np.int64)

@@ -61,6 +61,8 @@ class Journal:
             best = best_record(self._records)
             if best:
                 self.write_best((self.root / best["code_file"]).read_text())
+            else:
+                (self.root / "best.py").unlink(missing_ok=True)
             return list(self._records)
 
     def write_file(self, name: str, text: str) -> str:

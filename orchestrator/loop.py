@@ -14,7 +14,6 @@ from .evaluation import Outcome, failure, key_traceback_line, score
 from .extract import extract_code
 from .journal import Journal, best_record
 from .memory import FeedbackMemory, Triple, remembered
-from .novelty import NoveltyIndex
 from .progress import Reporter
 from .prompts import Attempt, GeneratorInput, PromptBook, Task
 from .roles import RoleCall, Roles
@@ -71,6 +70,8 @@ class NoveltyGate:
     """The run-wide novelty index, shared by the chains (datasketch's LSH is not thread-safe)."""
 
     def __init__(self, tau: float) -> None:
+        from .novelty import NoveltyIndex  # datasketch (and scipy): import only when running
+
         self.index = NoveltyIndex(tau=tau)
         self._lock = threading.Lock()
 

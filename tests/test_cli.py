@@ -91,10 +91,6 @@ def test_dead_server_exits_2_naming_the_url_and_the_fix(dead_server_run) -> None
     assert not (results / "dead").exists()  # nothing to --resume: a plain re-run works
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli.fail: console.print wraps the message at the console width (80 columns when stderr "
-    "is not a terminal), so the 'one line' error (UserError docstring) is split over several "
-    "lines and a script reading the `error:` line gets neither the fix nor the whole message"))
 def test_dead_server_error_is_one_line(dead_server_run) -> None:
     proc, url, _ = dead_server_run
     line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("error:"))

@@ -100,10 +100,6 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         load_toml(tmp_path / "absent.toml")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.load_toml: `data.get('run', data)` drops every top-level key when the file also "
-    "has a [run] table; a top-level `dataset = \"mnist\"` next to [run] is silently ignored "
-    "(neither merged nor reported as an error)"))
 def test_top_level_keys_beside_a_run_table_are_not_silently_dropped(tmp_path: Path) -> None:
     path = toml(tmp_path, 'dataset = "mnist"\n\n[run]\niterations = 5\n')
     try:
