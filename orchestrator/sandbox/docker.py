@@ -1,0 +1,668 @@
+"""Docker sandbox: one fresh, locked-down container per candidate, always removed afterwards.
+
+Each candidate runs `sandbox-image/runner.py` in its own container of the sandbox image
+(`orchestrator.sandbox.image`): no network, read-only root filesystem, a size-capped tmpfs /tmp,
+an unprivileged user (10001) with no capabilities and no-new-privileges, docker-init as PID 1, and
+memory / swap / pids / CPU / file-size / open-file limits. Its only mounts are the job directory
+(read-only, /job), the dataset's sandbox/ folder (read-only, /data: no test labels exist there)
+and a fresh host output directory (/out), read back with size caps and without following
+symlinks, then deleted. Never the Docker socket, no host environment variables.
+
+The host enforces a wall-clock timeout (the container is killed), the output cap (a log-reading
+thread kills the container past `limits.output_bytes`) and reports OOM kills. Everything that
+comes back is untrusted: `orchestrator/evaluation.py` validates result.json and recomputes the
+accuracy from predictions.npy and the test labels, which no container ever sees.
+
+Pre-warming (default): the container for the next candidate is started (`runner.py --wait`:
+`import torch`, data loading) in a background thread when `run()` returns, so its start-up overlaps
+the LLM's generation. `run()` takes it, waits for its `READY` line, writes candidate.py and then
+job.json (atomically) into its job directory, and counts the timeout from there. Each container
+runs exactly one candidate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import stat
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import docker.errors
+import docker.types
+import requests
+
+from .base import (
+    LOG_TAIL_CHARS,
+    PREDICTIONS_MAX_BYTES,
+    RESULT_MAX_BYTES,
+    Execution,
+    Limits,
+    Sandbox,
+    parse_size,
+)
+from .image import IMAGE, image_id
+
+LABEL = "org.orchestrator.sandbox"  # "1" on every container a DockerSandbox creates
+LABEL_PID = "org.orchestrator.host-pid"  # the creating process
+LABEL_INSTANCE = "org.orchestrator.sandbox-instance"  # the creating DockerSandbox
+SANDBOX_USER = "10001:10001"
+READY_TIMEOUT = 300.0  # seconds a pre-warmed container may take to print READY
+KILL_WAIT = 30.0  # seconds to wait for a killed container to stop
+LOG_DRAIN = 10.0  # seconds to wait for the log reader after the container stopped
+FSIZE_LIMIT = 2 << 30  # largest file the candidate may write
+SHM_MAX = 1 << 30
+TAIL_BYTES = 4 * LOG_TAIL_CHARS
+# gVisor's own host threads (sentry, gofer, ptrace stubs: about 75 for an idle runner) count
+# against the container's pids cgroup; they are added to `limits.pids` under runsc.
+GVISOR_PIDS_EXTRA = 128
+
+
+class SandboxUnavailable(RuntimeError):
+    """The Docker sandbox cannot be used here; the message says how to fix it."""
+
+
+class _Fault(Exception):
+    """An infrastructure fault during one run: becomes Execution.sandbox_error."""
+
+
+def docker_url() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+def _chain_text(exc: BaseException) -> str:
+    parts, seen = [], set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        parts.append(f"{type(e).__name__}: {e}")
+        e = e.__cause__ or e.__context__
+    return " | ".join(parts)
+
+
+def connect(timeout: int = 120) -> docker.DockerClient:
+    """A client for the engine in the environment (DOCKER_HOST or the default socket)."""
+    url = docker_url()
+    try:
+        client = docker.from_env(timeout=timeout)
+        client.ping()
+        return client
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
+        if "Permission denied" in _chain_text(e) or isinstance(e, PermissionError):
+            raise SandboxUnavailable(
+                f"Permission denied on the Docker socket at {url}: add your user to the docker "
+                "group: `sudo usermod -aG docker $USER`, then log in again."
+            ) from e
+        raise SandboxUnavailable(
+            f"Cannot reach the Docker engine at {url}: start it (`sudo systemctl start docker`) "
+            "or use --sandbox local."
+        ) from e
+
+
+def check_engine(
+    client: docker.DockerClient | None = None, gpus: str = "auto", runtime: str | None = None
+) -> dict:
+    """Check the engine can run the sandbox as asked; its `info()` plus the resolved `gpus`.
+
+    Raises SandboxUnavailable with the fix when it cannot.
+    """
+    client = client or connect()
+    try:
+        info = client.info()
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+        raise SandboxUnavailable(
+            f"Cannot reach the Docker engine at {docker_url()}: start it "
+            "(`sudo systemctl start docker`) or use --sandbox local."
+        ) from e
+    runtimes = sorted((info.get("Runtimes") or {}).keys())
+    if runtime and runtime not in runtimes:
+        raise SandboxUnavailable(
+            f"runtime {runtime} is not registered in the daemon (it has: {', '.join(runtimes)}): "
+            f"add it under \"runtimes\" in /etc/docker/daemon.json and restart dockerd, or drop "
+            "--runtime."
+        )
+    has_nvidia = "nvidia" in runtimes
+    wanted = (gpus or "auto").strip().lower()
+    if wanted == "auto":
+        wanted = "all" if has_nvidia else "none"
+    elif wanted != "none" and not has_nvidia:
+        raise SandboxUnavailable(
+            f"GPUs were requested (--gpus {gpus}) but the Docker engine has no NVIDIA runtime: "
+            "install the NVIDIA Container Toolkit, or pass --gpus none."
+        )
+    return dict(info, resolved_gpus=wanted)
+
+
+def device_requests(gpus: str) -> list[docker.types.DeviceRequest]:
+    """'none' -> [], 'all' -> every GPU, '0,1' -> those GPUs."""
+    if gpus == "none":
+        return []
+    if gpus == "all":
+        return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    ids = [g.strip() for g in gpus.split(",") if g.strip()]
+    return [docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
+
+
+def remove_containers(client: docker.DockerClient, pid: int | None = None) -> int:
+    """Force-remove every sandbox container (of process `pid` when given); how many."""
+    labels = [f"{LABEL}=1"] + ([f"{LABEL_PID}={pid}"] if pid is not None else [])
+    n = 0
+    for c in client.containers.list(all=True, filters={"label": labels}):
+        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+            c.remove(force=True)
+            n += 1
+    return n
+
+
+def remove_orphans(client: docker.DockerClient) -> int:
+    """Force-remove sandbox containers whose creating process no longer exists (e.g. it was
+    SIGKILLed). Only meaningful when the engine and this process share a PID namespace, so it is
+    never called implicitly."""
+    n = 0
+    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
+        pid = (c.labels or {}).get(LABEL_PID, "")
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                c.remove(force=True)
+                n += 1
+    return n
+
+
+def read_capped(path: Path, cap: int) -> bytes | None:
+    """The bytes of `path` if it is a regular file (not a symlink) of at most `cap` bytes."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
+            return None
+        chunks, n = [], 0
+        while True:
+            b = os.read(fd, min(1 << 20, cap + 1 - n))
+            if not b:
+                break
+            chunks.append(b)
+            n += len(b)
+            if n > cap:
+                return None
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+class _LogPump(threading.Thread):
+    """Follows a container's stdout+stderr: byte count, tail, READY line, output cap."""
+
+    def __init__(self, container, cap: int) -> None:
+        super().__init__(daemon=True, name=f"sandbox-logs-{container.short_id}")
+        self.container, self.cap = container, cap
+        self.total = 0
+        self.over_limit = False
+        self.ready = threading.Event()
+        self.wake = threading.Event()  # READY seen, or the stream ended
+        self.ready_at: float | None = None
+        self._tail = bytearray()
+        self._line = bytearray()
+        self._stream = None
+        self._lock = threading.Lock()
+
+    def run(self) -> None:
+        try:
+            self._stream = self.container.logs(stream=True, follow=True)
+            for chunk in self._stream:
+                with self._lock:
+                    self.total += len(chunk)
+                    self._tail += chunk
+                    del self._tail[:-TAIL_BYTES]
+                if not self.ready.is_set():
+                    self._scan_ready(chunk)
+                if self.total > self.cap:
+                    self.over_limit = True
+                    with contextlib.suppress(Exception):
+                        self.container.kill()
+                    break
+        except Exception:  # the container went away, or the engine did
+            pass
+        finally:
+            self.close()
+            self.wake.set()
+
+    def _scan_ready(self, chunk: bytes) -> None:
+        self._line += chunk
+        *lines, rest = bytes(self._line).split(b"\n")
+        self._line = bytearray(rest[-256:])
+        if any(line.strip() == b"READY" for line in lines):
+            self.ready_at = time.perf_counter()
+            self.ready.set()
+            self.wake.set()
+
+    def close(self) -> None:
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+
+    def tail(self) -> str:
+        with self._lock:
+            data = bytes(self._tail)
+        return data.decode("utf-8", "replace")[-LOG_TAIL_CHARS:]
+
+
+@dataclass
+class _Slot:
+    """One container with its host directories."""
+
+    job_dir: Path | None = None
+    out_dir: Path | None = None
+    container: object | None = None
+    pump: _LogPump | None = None
+    started_at: float = 0.0
+    error: str | None = None
+    timings: dict = field(default_factory=dict)
+
+
+class _Registry:
+    """The containers and directories of one DockerSandbox; cleaned at close() or exit."""
+
+    def __init__(self, client: docker.DockerClient, instance: str) -> None:
+        self.client, self.instance = client, instance
+        self.lock = threading.Lock()
+        self.slots: dict[int, _Slot] = {}
+        self.closed = False
+
+    def add(self, slot: _Slot) -> bool:
+        with self.lock:
+            if self.closed:
+                return False
+            self.slots[id(slot)] = slot
+            return True
+
+    def destroy(self, slot: _Slot) -> None:
+        with self.lock:
+            self.slots.pop(id(slot), None)
+        if slot.container is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                try:
+                    slot.container.remove(force=True)
+                except docker.errors.APIError as e:
+                    if e.status_code != 409:  # 409: removal already in progress
+                        raise
+        if slot.pump is not None:
+            slot.pump.close()
+        for d in (slot.job_dir, slot.out_dir):
+            if d is not None:
+                _remove_dir(self.client, d)
+
+    def cleanup(self) -> None:
+        with self.lock:
+            self.closed = True
+            slots = list(self.slots.values())
+        for slot in slots:
+            with contextlib.suppress(Exception):
+                self.destroy(slot)
+        with contextlib.suppress(Exception):  # anything created but not yet recorded
+            for c in self.client.containers.list(
+                all=True, filters={"label": f"{LABEL_INSTANCE}={self.instance}"}
+            ):
+                with contextlib.suppress(Exception):
+                    c.remove(force=True)
+
+
+def _remove_dir(client: docker.DockerClient, path: Path) -> None:
+    """rmtree; if the candidate left files the host user cannot delete (a non-root host and a
+    0o000 directory of uid 10001), delete them as uid 10001 in a throwaway container first."""
+    try:
+        shutil.rmtree(path)
+        return
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    with contextlib.suppress(Exception):
+        client.containers.run(
+            IMAGE, entrypoint=["sh", "-c", "chmod -R u+rwX /out; find /out -mindepth 1 -delete"],
+            user=SANDBOX_USER, network_mode="none", remove=True, labels={LABEL: "1"},
+            mounts=[docker.types.Mount("/out", str(path), type="bind")],
+        )
+    shutil.rmtree(path, ignore_errors=True)
+
+
+class DockerSandbox(Sandbox):
+    """Candidates in fresh Docker containers (see the module docstring).
+
+    `limits.timeout` is read by each run(); the other limits when a container is created, which
+    for the pre-warmed one is ahead of its run(). Not for concurrent use from several threads
+    (run() holds a lock). The engine must share the host's filesystem (bind mounts of host temp
+    directories): a local engine, not a remote DOCKER_HOST.
+    """
+
+    kind = "docker"
+
+    def __init__(
+        self,
+        data_dir: Path,
+        limits: Limits,
+        device: str = "auto",
+        gpus: str = "auto",
+        runtime: str | None = None,
+        image: str = IMAGE,
+        prewarm: bool = True,
+        client: docker.DockerClient | None = None,
+    ) -> None:
+        super().__init__(Path(data_dir).resolve(), limits, device)
+        self.client = client or connect()
+        info = check_engine(self.client, gpus, runtime)
+        self.gpus: str = info["resolved_gpus"]
+        self.runtime = runtime
+        self._runtime_name = runtime or info.get("DefaultRuntime") or "runc"
+        self._gvisor = "runsc" in self._runtime_name or "gvisor" in self._runtime_name
+        self.image = image
+        self.prewarm = prewarm
+        if device == "cuda" and self.gpus == "none":
+            raise SandboxUnavailable(
+                "device cuda needs GPUs in the container: pass --gpus all (or a list such as "
+                "0,1), or --device cpu."
+            )
+        # No GPU in the container: the runner need not probe CUDA.
+        self._runner_device = "cpu" if (device == "auto" and self.gpus == "none") else device
+        self._ncpu = int(info.get("NCPU") or os.cpu_count() or 1)
+        self._instance = uuid.uuid4().hex[:12]
+        self._registry = _Registry(self.client, self._instance)
+        self._finalizer = weakref.finalize(self, self._registry.cleanup)
+        self._lock = threading.Lock()
+        self._warm: _Slot | None = None
+        self._warm_thread: threading.Thread | None = None
+        if prewarm:
+            self._prewarm_async()
+
+    # ------------------------------------------------------------------ public
+
+    def run(self, code: str, job: dict) -> Execution:
+        """Run one candidate in a fresh container; never raises for infrastructure faults
+        (they come back as `sandbox_error`), except KeyboardInterrupt after cleaning up."""
+        with self._lock:
+            slot: _Slot | None = None
+            teardown_error: str | None = None
+            info: dict = {"runtime": self._runtime_name, "prewarmed": self.prewarm}
+            try:
+                slot = self._take_slot(code, job)
+                ex = self._supervise(slot)
+            except _Fault as e:
+                if isinstance(e, _SlotFault):
+                    slot = e.slot
+                ex = Execution(exit_code=None, seconds=0.0, sandbox_error=str(e))
+                if slot is not None and slot.pump is not None:
+                    ex.log_tail = slot.pump.tail()
+            except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+                ex = Execution(
+                    exit_code=None, seconds=0.0,
+                    sandbox_error=f"Docker API error while running the sandbox: {_short(e)}",
+                )
+            except OSError as e:
+                ex = Execution(
+                    exit_code=None, seconds=0.0,
+                    sandbox_error=f"cannot hand the job to the sandbox: {_short(e)}",
+                )
+            finally:
+                if slot is not None:
+                    t = time.perf_counter()
+                    try:
+                        self._registry.destroy(slot)
+                    except (docker.errors.DockerException, requests.RequestException) as e:
+                        teardown_error = f"could not remove the sandbox container: {_short(e)}"
+                    info.update(slot.timings, teardown_s=round(time.perf_counter() - t, 3))
+                    if slot.container is not None:
+                        info["container_id"] = slot.container.id
+                    info["host_out_dir"] = str(slot.out_dir) if slot.out_dir else None
+            if teardown_error and ex.sandbox_error is None:
+                ex.sandbox_error = teardown_error
+            ex.info = {**info, **ex.info}
+            if self.prewarm:
+                self._prewarm_async()
+            return ex
+
+    def describe(self) -> dict:
+        try:
+            iid = image_id(self.client, self.image)
+        except (docker.errors.DockerException, requests.exceptions.RequestException):
+            iid = None
+        return {
+            "kind": self.kind, "image": self.image, "image_id": iid,
+            "runtime": self._runtime_name, "gpus": self.gpus,
+        }
+
+    def close(self) -> None:
+        """Destroy the pre-warmed container and anything else this sandbox still holds."""
+        self.prewarm = False
+        thread = self._warm_thread
+        if thread is not None:
+            thread.join(timeout=READY_TIMEOUT)
+        self._warm = None
+        self._finalizer()  # runs _registry.cleanup once
+
+    # ------------------------------------------------------------------ containers
+
+    def _container_config(self, wait: bool) -> dict:
+        lim = self.limits
+        memory = parse_size(lim.memory)
+        threads = max(1, int(lim.cpus)) if lim.cpus else self._ncpu
+        command = ["--job", "/job", "--data", "/data", "--out", "/out",
+                   "--device", self._runner_device] + (["--wait"] if wait else [])
+        log_max = max(4 * lim.output_bytes, 1 << 20)
+        config = dict(
+            image=self.image,
+            command=command,
+            labels={LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_INSTANCE: self._instance},
+            hostname="sandbox",
+            user=SANDBOX_USER,
+            working_dir="/tmp",
+            environment={
+                "HOME": "/tmp", "TMPDIR": "/tmp", "PYTHONUNBUFFERED": "1",
+                "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": str(threads),
+                "MKL_NUM_THREADS": str(threads),
+            },
+            network_mode="none",
+            read_only=True,
+            tmpfs={"/tmp": f"rw,nosuid,nodev,size={parse_size(lim.tmpfs)},mode=1777"},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            init=True,
+            ipc_mode="private",
+            mem_limit=memory,
+            memswap_limit=memory,
+            pids_limit=lim.pids + (GVISOR_PIDS_EXTRA if self._gvisor else 0),
+            shm_size=min(SHM_MAX, memory // 2),
+            oom_score_adj=500,
+            ulimits=[
+                docker.types.Ulimit(name="nofile", soft=1024, hard=4096),
+                docker.types.Ulimit(name="fsize", soft=FSIZE_LIMIT, hard=FSIZE_LIMIT),
+            ],
+            log_config=docker.types.LogConfig(
+                type="json-file", config={"max-size": str(log_max), "max-file": "2"}
+            ),
+            detach=True,
+        )
+        if lim.cpus:
+            config["nano_cpus"] = int(lim.cpus * 1e9)
+        if self.runtime:
+            config["runtime"] = self.runtime
+        requests_ = device_requests(self.gpus)
+        if requests_:
+            config["device_requests"] = requests_
+        return config
+
+    def _new_slot(self, wait: bool, code: str | None = None, job: dict | None = None) -> _Slot:
+        """Create and start a container (job written first unless `wait`); errors in .error."""
+        slot = _Slot()
+        if not self._registry.add(slot):
+            slot.error = "the sandbox is closed"
+            return slot
+        try:
+            if not self.data_dir.is_dir():
+                raise _Fault(f"the data directory {self.data_dir} does not exist")
+            slot.job_dir = Path(tempfile.mkdtemp(prefix="orchestrator-job-"))
+            slot.out_dir = Path(tempfile.mkdtemp(prefix="orchestrator-out-"))
+            os.chmod(slot.job_dir, 0o755)
+            os.chmod(slot.out_dir, 0o777)  # writable for uid 10001; owned by the host user
+            if not wait:
+                _write_job(slot.job_dir, code or "", job or {})
+            config = self._container_config(wait)
+            config["mounts"] = [
+                docker.types.Mount("/job", str(slot.job_dir), type="bind", read_only=True),
+                docker.types.Mount("/data", str(self.data_dir), type="bind", read_only=True),
+                docker.types.Mount("/out", str(slot.out_dir), type="bind", read_only=False),
+            ]
+            t = time.perf_counter()
+            slot.container = self.client.containers.create(**config)
+            slot.timings["create_s"] = round(time.perf_counter() - t, 3)
+            if self._registry.closed:  # close() ran meanwhile (e.g. at exit)
+                self._registry.destroy(slot)
+                raise _Fault("the sandbox is closed")
+            t = time.perf_counter()
+            slot.container.start()
+            slot.started_at = time.perf_counter()
+            slot.timings["start_s"] = round(slot.started_at - t, 3)
+            slot.pump = _LogPump(slot.container, self.limits.output_bytes)
+            slot.pump.start()
+        except _Fault as e:
+            slot.error = str(e)
+        except docker.errors.ImageNotFound:
+            slot.error = (
+                f"the sandbox image {self.image} is missing: build it with "
+                "orchestrator.sandbox.image.ensure_image() or docker build -f Dockerfile.sandbox."
+            )
+        except docker.errors.APIError as e:
+            slot.error = f"Docker could not start the sandbox container: {_short(e)}"
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
+            slot.error = f"Docker API error while starting the sandbox: {_short(e)}"
+        except OSError as e:
+            slot.error = f"cannot prepare the sandbox directories: {e}"
+        return slot
+
+    def _prewarm_async(self) -> None:
+        if self._warm is not None or self._registry.closed:
+            return
+        if self._warm_thread is not None and self._warm_thread.is_alive():
+            return
+
+        def warm() -> None:
+            self._warm = self._new_slot(wait=True)
+
+        self._warm_thread = threading.Thread(target=warm, daemon=True, name="sandbox-prewarm")
+        self._warm_thread.start()
+
+    def _take_slot(self, code: str, job: dict) -> _Slot:
+        """A started container with the job handed over; the timeout counts from its
+        `started_at`. Raises _Fault (after storing the slot for cleanup) on faults."""
+        if not self.prewarm:
+            slot = self._new_slot(wait=False, code=code, job=job)
+            if slot.error:
+                raise _SlotFault(slot)
+            return slot
+        if self._warm_thread is not None:
+            self._warm_thread.join()
+        slot, self._warm = self._warm, None
+        if slot is None:
+            slot = self._new_slot(wait=True)
+        if slot.error:
+            raise _SlotFault(slot)
+        assert slot.pump is not None
+        t = time.perf_counter()
+        slot.pump.wake.wait(READY_TIMEOUT)
+        slot.timings["ready_wait_s"] = round(time.perf_counter() - t, 3)
+        if not slot.pump.ready.is_set():
+            last = slot.pump.tail().strip().splitlines()[-1:] or ["no output"]
+            slot.error = (
+                f"the pre-warmed sandbox did not become READY within {READY_TIMEOUT:.0f}s "
+                f"or exited first; last output: {last[0][:300]}"
+            )
+            raise _SlotFault(slot)
+        slot.timings["warmup_s"] = round((slot.pump.ready_at or 0) - slot.started_at, 3)
+        assert slot.job_dir is not None
+        _write_job(slot.job_dir, code, job)
+        slot.started_at = time.perf_counter()
+        return slot
+
+    def _supervise(self, slot: _Slot) -> Execution:
+        """Wait for the container with the timeout; kill it past the timeout; read outputs."""
+        container, pump = slot.container, slot.pump
+        assert container is not None and pump is not None and slot.out_dir is not None
+        deadline = slot.started_at + self.limits.timeout
+        status: dict | None = None
+        timed_out = False
+        while status is None:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                timed_out = True
+                break
+            try:
+                status = container.wait(timeout=max(1, int(remaining + 0.999)))
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                container.reload()  # raises if the engine is gone; else check the deadline
+                if container.status not in ("created", "running", "restarting", "paused"):
+                    status = container.wait(timeout=KILL_WAIT)
+        ended = time.perf_counter()
+        if timed_out:
+            with contextlib.suppress(docker.errors.APIError):
+                container.kill()
+            status = container.wait(timeout=KILL_WAIT)
+        pump.join(LOG_DRAIN)
+        container.reload()
+        state = container.attrs.get("State", {})
+        exit_code = status.get("StatusCode") if status else state.get("ExitCode")
+        killed = None
+        if pump.over_limit:
+            killed = "output_limit"
+        elif timed_out:
+            killed = "timeout"
+        elif state.get("OOMKilled"):
+            killed = "oom"
+        return Execution(
+            exit_code=exit_code,
+            seconds=round(ended - slot.started_at, 3),
+            log_tail=pump.tail(),
+            result_bytes=read_capped(slot.out_dir / "result.json", RESULT_MAX_BYTES),
+            predictions_bytes=read_capped(slot.out_dir / "predictions.npy", PREDICTIONS_MAX_BYTES),
+            killed=killed,
+            info={"output_bytes": pump.total, "oom_killed": bool(state.get("OOMKilled"))},
+        )
+
+
+class _SlotFault(_Fault):
+    def __init__(self, slot: _Slot) -> None:
+        super().__init__(slot.error)
+        self.slot = slot
+
+
+def _write_job(job_dir: Path, code: str, job: dict) -> None:
+    """candidate.py first, then job.json, each written then renamed."""
+    _write_atomic(job_dir / "candidate.py", code.encode())
+    _write_atomic(job_dir / "job.json", json.dumps(job).encode())
+
+
+def _short(e: BaseException) -> str:
+    text = getattr(e, "explanation", None) or str(e) or type(e).__name__
+    return " ".join(str(text).split())[:300]
