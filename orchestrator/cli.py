@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import signal
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -86,12 +87,14 @@ def run(
 ) -> None:
     """Run (or --resume) a search."""
     cli = {k: v for k, v in locals().items() if k not in ("resume", "config")}
+    # SIGTERM unwinds like Ctrl-C does, so every sandbox (container) is removed on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         settings = load_toml(config) if config else {}
         summary = start(settings, cli, resume)
     except (ConfigError, datasets.DatasetError, LLMError, UserError) as exc:
         raise fail(str(exc)) from None
-    except _sandbox_unavailable() as exc:
+    except _sandbox_errors() as exc:
         raise fail(str(exc)) from None
     console.print(f"done: {summary['successful']}/{summary['iterations']} successful, "
                   f"best accuracy {_pct(summary['best_accuracy'])} "
@@ -181,21 +184,24 @@ def _sandbox(cfg: RunConfig, dataset: datasets.PreparedDataset) -> Sandbox:
         from .sandbox.local import LocalSandbox
 
         return LocalSandbox(dataset.sandbox_dir, limits, cfg.device)
-    from .sandbox.docker import DockerSandbox
+    from .sandbox.docker import DockerSandbox, check_engine, connect, remove_orphans
     from .sandbox.image import ensure_image
 
-    box = DockerSandbox(dataset.sandbox_dir, limits, cfg.device, gpus=cfg.gpus,
-                        runtime=cfg.runtime)
-    ensure_image(box.client, offline=cfg.offline_build)
-    return box
+    client = connect()
+    check_engine(client, gpus=cfg.gpus, runtime=cfg.runtime)
+    removed = remove_orphans(client)  # left by a run that was killed with SIGKILL
+    if removed:
+        console.print(f"removed {removed} sandbox container(s) of a killed run")
+    ensure_image(client, offline=cfg.offline_build)
+    return DockerSandbox(dataset.sandbox_dir, limits, cfg.device, gpus=cfg.gpus,
+                         runtime=cfg.runtime, client=client)
 
 
-def _sandbox_unavailable() -> type[Exception]:
-    try:
-        from .sandbox.docker import SandboxUnavailable
-    except ImportError:
-        return UserError
-    return SandboxUnavailable
+def _sandbox_errors() -> tuple[type[Exception], ...]:
+    from .sandbox.docker import SandboxUnavailable
+    from .sandbox.image import ImageBuildError
+
+    return SandboxUnavailable, ImageBuildError
 
 
 def _pct(value: float | None) -> str:
@@ -225,12 +231,12 @@ def sandbox_build(
     rebuild: Annotated[bool, Opt("--rebuild", help="Rebuild even if up to date.")] = False,
 ) -> None:
     """Build the sandbox image (from a PyTorch CUDA image, or --offline)."""
-    from .sandbox.docker import SandboxUnavailable, engine
-    from .sandbox.image import ensure_image
+    from .sandbox.docker import SandboxUnavailable, connect
+    from .sandbox.image import ImageBuildError, ensure_image
 
     try:
-        image_id = ensure_image(engine(), offline=offline, rebuild=rebuild)
-    except SandboxUnavailable as exc:
+        image_id = ensure_image(connect(), offline=offline, rebuild=rebuild)
+    except (SandboxUnavailable, ImageBuildError) as exc:
         raise fail(str(exc)) from None
     console.print(f"sandbox image ready: {image_id}")
 

@@ -307,7 +307,7 @@ def run_chains(searches: list[Search]) -> None:
         for thread in threads:
             while thread.is_alive():
                 thread.join(timeout=0.5)
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C or SIGTERM: the chains stop between steps
         stop.set()
         raise
     if errors:

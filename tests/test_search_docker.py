@@ -1,0 +1,51 @@
+"""`orchestrator run --sandbox docker` end to end on real Fashion-MNIST with a scripted LLM."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import failures as fc
+from tests import replies
+from tests.test_search_e2e import DIAGNOSIS, by_role, orchestrator, read_records, run_args
+
+docker = pytest.importorskip("docker")
+
+try:
+    CLIENT = docker.from_env(timeout=120)
+    CLIENT.ping()
+except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
+    pytest.skip(f"no Docker engine reachable ({type(exc).__name__})", allow_module_level=True)
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+LABEL = "org.orchestrator.sandbox"
+
+
+@pytest.fixture(scope="module")
+def image() -> str:
+    from orchestrator.sandbox.image import ensure_image
+
+    return ensure_image(CLIENT, offline=True, progress=False)
+
+
+def test_docker_run_journals_valid_and_failing_candidates(image, fake_ollama, fashion_data_dir,
+                                                          tmp_path):
+    generated = [(replies.VALID_NET, fc.OK), (replies.SHAPE_MISMATCH_NET, fc.SHAPE_ERROR),
+                 (replies.NO_CODE_REPLY, fc.EXTRACT_ERROR), (replies.NAN_NET, fc.NAN_LOSS),
+                 (replies.prose_wrapped(replies.VALID_NET_WIDER), fc.OK)]
+    server = fake_ollama(default=by_role([code for code, _ in generated], DIAGNOSIS))
+    before = {c.id for c in CLIENT.containers.list(all=True, filters={"label": LABEL})}
+    args = run_args(server, fashion_data_dir, tmp_path, "dock", len(generated))
+    args[args.index("local")] = "docker"
+    proc = orchestrator(*args)
+    output, _ = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, output
+
+    records = read_records(tmp_path / "dock")
+    assert [r["status"] for r in records] == [status for _, status in generated]
+    assert all(r["accuracy"] > 0.15 for r in records if r["status"] == fc.OK)
+    evaluated = [r for r in records if r["timings"]["evaluate"] > 0]
+    assert evaluated and all(r["sandbox"]["kind"] == "docker" for r in evaluated)
+    assert all(r["sandbox"]["image_id"] == image for r in evaluated)
+    # Every container is gone, the pre-warmed one included.
+    after = {c.id for c in CLIENT.containers.list(all=True, filters={"label": LABEL})}
+    assert after <= before
