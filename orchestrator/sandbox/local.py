@@ -59,7 +59,6 @@ class _Slot:
             sys.executable, "-I", str(RUNNER_PATH), "--job", str(self.job_dir),
             "--data", str(data_dir), "--out", str(self.out_dir), "--device", device, "--wait",
         ]
-        self.started = time.monotonic()
         self.proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env=_minimal_env(home, limits), cwd=self.root,
@@ -83,6 +82,7 @@ class _Slot:
 
     def submit(self, code: str, job: dict) -> None:
         """Hand the candidate to the waiting runner; job.json last, atomically."""
+        self.was_ready = self.ready.is_set()
         (self.job_dir / "candidate.py").write_text(code)
         tmp = self.job_dir / "job.json.tmp"
         tmp.write_bytes(orjson.dumps(job))
@@ -126,6 +126,7 @@ class _Slot:
             result_bytes=read_capped(self.out_dir / "result.json", RESULT_MAX_BYTES),
             predictions_bytes=read_capped(self.out_dir / "predictions.npy", PREDICTIONS_MAX_BYTES),
             killed=killed,
+            info={"prewarmed": self.was_ready},
         )
 
     def destroy(self) -> None:
