@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .files import fsync_dir
+
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, test_x, test_y
 
 PIP_HINT = "pip install 'orchestrator[data]'"
@@ -282,15 +284,7 @@ def _install(stage: Path, root: Path, trash: Path, replace: bool) -> None:
     except OSError:
         if not _is_complete(root):
             raise
-    _fsync_dir(root.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(root.parent)
 
 
 def _check_arrays(spec: DatasetSpec, arrays: Arrays, src: Path) -> None:

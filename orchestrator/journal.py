@@ -8,6 +8,8 @@ from pathlib import Path
 
 import orjson
 
+from .files import fsync_dir, write_atomic
+
 RECORDS = "iterations.jsonl"
 
 
@@ -98,24 +100,6 @@ class Journal:
 
     def write_summary(self, summary: dict) -> None:
         write_atomic(self.root / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write, fsync, then rename: readers see the old file or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def best_record(records: list[dict]) -> dict | None:

@@ -6,6 +6,10 @@ import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
+from ..files import write_atomic
+
 RUNNER_PATH = Path(__file__).resolve().parents[2] / "sandbox-image" / "runner.py"
 
 # What the host reads back from a sandbox's output directory, at most.
@@ -68,6 +72,13 @@ class Sandbox(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_job(job_dir: Path, code: str, job: dict) -> None:
+    """candidate.py first, then job.json (the runner's go signal), each written then renamed;
+    world-readable, for a runner that may run as another user."""
+    write_atomic(job_dir / "candidate.py", code.encode(), mode=0o644)
+    write_atomic(job_dir / "job.json", orjson.dumps(job), mode=0o644)
 
 
 def parse_size(text: str | int) -> int:

@@ -23,10 +23,8 @@ runs exactly one candidate.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -40,6 +38,7 @@ import docker.errors
 import docker.types
 import requests
 
+from ..files import read_capped
 from .base import (
     LOG_TAIL_CHARS,
     PREDICTIONS_MAX_BYTES,
@@ -48,6 +47,7 @@ from .base import (
     Limits,
     Sandbox,
     parse_size,
+    write_job,
 )
 from .image import IMAGE, image_id
 
@@ -174,43 +174,6 @@ def remove_orphans(client: docker.DockerClient) -> int:
                 c.remove(force=True)
                 n += 1
     return n
-
-
-def read_capped(path: Path, cap: int) -> bytes | None:
-    """The bytes of `path` if it is a regular file (not a symlink) of at most `cap` bytes."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
-            return None
-        chunks, n = [], 0
-        while True:
-            b = os.read(fd, min(1 << 20, cap + 1 - n))
-            if not b:
-                break
-            chunks.append(b)
-            n += len(b)
-            if n > cap:
-                return None
-        return b"".join(chunks)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 class _LogPump(threading.Thread):
@@ -528,7 +491,7 @@ class DockerSandbox(Sandbox):
             os.chmod(slot.job_dir, 0o755)
             os.chmod(slot.out_dir, 0o777)  # writable for uid 10001; owned by the host user
             if not wait:
-                _write_job(slot.job_dir, code or "", job or {})
+                write_job(slot.job_dir, code or "", job or {})
             config = self._container_config(wait)
             config["mounts"] = [
                 docker.types.Mount("/job", str(slot.job_dir), type="bind", read_only=True),
@@ -602,7 +565,7 @@ class DockerSandbox(Sandbox):
             raise _SlotFault(slot)
         slot.timings["warmup_s"] = round((slot.pump.ready_at or 0) - slot.started_at, 3)
         assert slot.job_dir is not None
-        _write_job(slot.job_dir, code, job)
+        write_job(slot.job_dir, code, job)
         slot.started_at = time.perf_counter()
         return slot
 
@@ -655,12 +618,6 @@ class _SlotFault(_Fault):
     def __init__(self, slot: _Slot) -> None:
         super().__init__(slot.error)
         self.slot = slot
-
-
-def _write_job(job_dir: Path, code: str, job: dict) -> None:
-    """candidate.py first, then job.json, each written then renamed."""
-    _write_atomic(job_dir / "candidate.py", code.encode())
-    _write_atomic(job_dir / "job.json", json.dumps(job).encode())
 
 
 def _short(e: BaseException) -> str:

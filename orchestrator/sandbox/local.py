@@ -13,7 +13,6 @@ import os
 import resource
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import orjson
 
+from ..files import read_capped
 from .base import (
     LOG_TAIL_CHARS,
     PREDICTIONS_MAX_BYTES,
@@ -32,6 +32,7 @@ from .base import (
     Limits,
     Sandbox,
     parse_size,
+    write_job,
 )
 
 REAPER_PATH = Path(__file__).with_name("reaper.py")
@@ -83,10 +84,7 @@ class _Slot:
     def submit(self, code: str, job: dict) -> None:
         """Hand the candidate to the waiting runner; job.json last, atomically."""
         self.was_ready = self.ready.is_set()
-        (self.job_dir / "candidate.py").write_text(code)
-        tmp = self.job_dir / "job.json.tmp"
-        tmp.write_bytes(orjson.dumps(job))
-        tmp.rename(self.job_dir / "job.json")
+        write_job(self.job_dir, code, job)
 
     def wait(self, timeout: float) -> str | None:
         """Wait for the runner; returns why the host killed it, if it did."""
@@ -204,19 +202,6 @@ def _rlimits(limits: Limits, device: str):
             resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
 
     return apply
-
-
-def read_capped(path: Path, limit: int) -> bytes | None:
-    """Read a regular file the candidate may have tampered with: no symlinks, size-capped."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
-            return None
-        return f.read(limit + 1)[:limit]
 
 
 def remove_tree(root: Path) -> None:
