@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import signal
 import sys
@@ -92,7 +93,7 @@ def run(
     try:
         settings = load_toml(config) if config else {}
         summary = start(settings, cli, resume)
-    except (ConfigError, datasets.DatasetError, LLMError, UserError) as exc:
+    except (ConfigError, datasets.DatasetError, LLMError, UserError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
     except _sandbox_errors() as exc:
         raise fail(str(exc)) from None
@@ -113,7 +114,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     digests = client.ensure_models([cfg.generator_model, cfg.improver_model],
                                    pull=not cfg.no_pull)
     with contextlib.ExitStack() as stack:
-        boxes = [stack.enter_context(_sandbox(cfg, dataset)) for _ in range(cfg.parallel)]
+        boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset)]
         stored = {**cfg.to_dict(), "models": digests, "sandbox_info": boxes[0].describe(),
                   "dataset_fingerprint": dataset.fingerprint, "version": __version__,
                   "python": platform.python_version()}
@@ -123,11 +124,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
             journal.create(stored)
         records = journal.load()
         reporter.note(f"run {cfg.name}: {journal.root}")
-        novelty = NoveltyGate(cfg.novelty_tau)
-        for record in records:
-            if record.get("code_file") and record["status"] != fc.DUPLICATE:
-                novelty.add(record.get("chain", 0), record["iteration"],
-                            (journal.root / record["code_file"]).read_text())
+        novelty = _novelty_gate(cfg, journal, records)
         prompts = PromptBook(cfg.prompts_dir)
         searches = [
             Search(cfg, journal, Roles(client, cfg.generator_model, cfg.improver_model,
@@ -178,12 +175,27 @@ def _dataset(cfg: RunConfig) -> datasets.PreparedDataset:
     return prepared
 
 
-def _sandbox(cfg: RunConfig, dataset: datasets.PreparedDataset) -> Sandbox:
-    limits = Limits(timeout=cfg.timeout, memory=cfg.memory, cpus=cfg.cpus)
+def _novelty_gate(cfg: RunConfig, journal: Journal, records: list[dict]) -> NoveltyGate:
+    """The run-wide novelty index, holding every candidate recorded so far."""
+    gate = NoveltyGate(cfg.novelty_tau)
+    for record in records:
+        if record.get("code_file") and record["status"] != fc.DUPLICATE:
+            gate.add(record.get("chain", 0), record["iteration"],
+                     (journal.root / record["code_file"]).read_text())
+    return gate
+
+
+def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset) -> list[Sandbox]:
+    """One sandbox per chain (each keeps its own pre-warmed candidate environment)."""
+    # Chains share the cores: oversubscribed OpenMP threads slow every candidate down.
+    cpus = cfg.cpus or (max(1.0, (os.cpu_count() or 1) / cfg.parallel) if cfg.parallel > 1
+                        else None)
+    limits = Limits(timeout=cfg.timeout, memory=cfg.memory, cpus=cpus)
     if cfg.sandbox == "local":
         from .sandbox.local import LocalSandbox
 
-        return LocalSandbox(dataset.sandbox_dir, limits, cfg.device)
+        return [LocalSandbox(dataset.sandbox_dir, limits, cfg.device)
+                for _ in range(cfg.parallel)]
     from .sandbox.docker import DockerSandbox, check_engine, connect, remove_orphans
     from .sandbox.image import ensure_image
 
@@ -193,8 +205,8 @@ def _sandbox(cfg: RunConfig, dataset: datasets.PreparedDataset) -> Sandbox:
     if removed:
         console.print(f"removed {removed} sandbox container(s) of a killed run")
     ensure_image(client, offline=cfg.offline_build)
-    return DockerSandbox(dataset.sandbox_dir, limits, cfg.device, gpus=cfg.gpus,
-                         runtime=cfg.runtime, client=client)
+    return [DockerSandbox(dataset.sandbox_dir, limits, cfg.device, gpus=cfg.gpus,
+                          runtime=cfg.runtime, client=client) for _ in range(cfg.parallel)]
 
 
 def _sandbox_errors() -> tuple[type[Exception], ...]:
@@ -264,7 +276,7 @@ def report(
     if as_json:
         print(orjson.dumps(result.metrics, option=orjson.OPT_INDENT_2).decode())
         return
-    Console().print(result.markdown, markup=False, highlight=False)
+    print(result.markdown)
     for kind, path in result.files.items():
         console.print(f"{kind}: {path}", highlight=False)
 
@@ -283,7 +295,7 @@ def show(
         text = render_show(read_run(run_name, results_dir), iteration)
     except (FileNotFoundError, KeyError) as exc:
         raise fail(f"cannot show iteration {iteration} of {run_name}: {exc}") from None
-    Console().print(text, markup=False, highlight=False)
+    print(text)
 
 
 @app.command()

@@ -43,7 +43,7 @@ class Reporter:
             f"last error {self.last_error or '-'}  "
             f"[dim]gen {t['generate']:.1f}s eval {t['evaluate']:.1f}s "
             f"improve {t['improve']:.1f}s[/]",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
 
     def note(self, message: str) -> None:

@@ -141,3 +141,12 @@ def test_interpreter_crash_is_a_runtime_error(evaluate):
     execution, outcome = evaluate("import os\nos.abort()\n")
     assert outcome.status == fc.RUNTIME_ERROR
     assert execution.result_bytes is None
+
+
+def test_relative_data_dir_is_resolved(tiny_cache, monkeypatch):
+    monkeypatch.chdir(tiny_cache.parent.parent)
+    relative = Path(tiny_cache.parent.name) / "sandbox"
+    with LocalSandbox(relative, Limits(timeout=60), device="cpu", prewarm=False) as box:
+        execution = box.run(replies.VALID_NET, tiny_job())
+    assert execution.exit_code == 0, execution.log_tail
+    assert execution.predictions_bytes

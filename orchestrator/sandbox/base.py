@@ -52,7 +52,7 @@ class Sandbox(abc.ABC):
     kind: str = "abstract"
 
     def __init__(self, data_dir: Path, limits: Limits, device: str = "auto") -> None:
-        self.data_dir = Path(data_dir)  # a dataset cache's sandbox/ folder: no test labels
+        self.data_dir = Path(data_dir).resolve()  # a cache's sandbox/ folder: no test labels
         self.limits = limits
         self.device = device
 

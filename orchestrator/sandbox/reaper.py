@@ -11,38 +11,38 @@ import contextlib
 import ctypes
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-POLL_SECONDS = 0.05
+MEMORY_POLL_SECONDS = 0.1  # how often the tree's resident memory is measured
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def children_map() -> dict[int, list[int]]:
-    """pid -> child pids, from /proc."""
-    tree: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+def children(pid: int) -> list[int]:
+    """The children of `pid`, from /proc/PID/task/*/children (no scan of every process)."""
+    found: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for tid in tasks:
         try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                found.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
             continue
-        ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
-        tree.setdefault(ppid, []).append(int(name))
-    return tree
+    return found
 
 
 def descendants(root: int) -> list[int]:
-    tree, found, stack = children_map(), [], [root]
+    found, stack = [], [root]
     while stack:
-        for child in tree.get(stack.pop(), []):
+        for child in children(stack.pop()):
             found.append(child)
             stack.append(child)
     return found
@@ -101,12 +101,14 @@ def main() -> int:
     if os.getppid() != host:  # the host died before the death signal was armed
         return orphaned(status_file)
     runner = subprocess.Popen(command)
+    exited = os.pidfd_open(runner.pid)  # readable as soon as the runner exits
     oom = False
     while runner.poll() is None and not stop:
         if memory and resident_bytes(descendants(os.getpid())) > memory:
             oom = True
             break
-        time.sleep(POLL_SECONDS)
+        select.select([exited], [], [], MEMORY_POLL_SECONDS)
+    os.close(exited)
     kill_all()  # reaps the runner too when it was still running
     code = runner.returncode if runner.returncode is not None else -signal.SIGKILL
     if os.getppid() != host:
