@@ -165,3 +165,23 @@ def test_run_help_lists_the_options_scripts_use() -> None:
     listed = set(re.findall(r"--[a-z][a-z-]*", result.output))
     missing = [o for o in SCRIPT_OPTIONS if o not in listed]
     assert missing == []
+
+
+def test_models_lists_and_marks_roles_then_pulls_with_progress(fake_ollama, tmp_path: Path
+                                                               ) -> None:
+    server = fake_ollama(models=["coder:test", "other:1b"], pullable=["new:3b"])
+    config = tmp_path / "roles.toml"
+    config.write_text('generator-model = "coder:test"\nimprover-model = "other:1b"\n')
+    listed = CliRunner().invoke(app, ["models", "--ollama-host", server.url, "--config",
+                                      str(config)])
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line for line in listed.output.splitlines() if line.strip()}
+    assert rows["coder:test"].rstrip().endswith("generator")
+    assert rows["other:1b"].rstrip().endswith("improver")
+    assert "Q4_K_M" in rows["coder:test"]
+
+    pulled = CliRunner().invoke(app, ["models", "--ollama-host", server.url, "pull", "new:3b"])
+    assert pulled.exit_code == 0, pulled.output
+    assert "new:3b" in server.models
+    missing = CliRunner().invoke(app, ["models", "--ollama-host", server.url, "pull", "nope"])
+    assert missing.exit_code == 2
