@@ -515,7 +515,7 @@ class DockerSandbox(Sandbox):
         except docker.errors.ImageNotFound:
             slot.error = (
                 f"the sandbox image {self.image} is missing: build it with "
-                "orchestrator.sandbox.image.ensure_image() or docker build -f Dockerfile.sandbox."
+                "`orchestrator sandbox build` (add --offline without registry access)."
             )
         except docker.errors.APIError as e:
             slot.error = f"Docker could not start the sandbox container: {_short(e)}"
