@@ -17,7 +17,7 @@ from .memory import FeedbackMemory, Triple, remembered
 from .progress import Reporter
 from .prompts import Attempt, GeneratorInput, PromptBook, Task
 from .roles import RoleCall, Roles
-from .sandbox.base import Sandbox
+from .sandbox.base import Execution, Sandbox
 
 OUTCOME_CHARS = 600
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")
@@ -170,7 +170,10 @@ class Search:
     def _evaluate(self, i: int, code: str, timings: dict) -> Outcome:
         with self.reporter.phase(i, "evaluating"):
             started = time.monotonic()
-            execution = self.sandbox.run(code, self.job())
+            try:
+                execution = self.sandbox.run(code, self.job())
+            except Exception as exc:  # a sandbox bug must not end the search or blame the design
+                execution = Execution(None, 0.0, sandbox_error=f"sandbox failed: {exc!r}")
             timings["evaluate"] = round(time.monotonic() - started, 3)
         outcome = score(execution, self.labels, self.dataset.spec.num_classes)
         outcome.metrics.update({k: v for k, v in execution.info.items()

@@ -384,7 +384,9 @@ def plot_trajectory(runs: list[Run], labels: list[str], thresholds: list[float |
             seen_classes.add(cls)
     uniq = {t for t in thresholds if t is not None}
     if len(uniq) == 1:
-        ax.axhline(uniq.pop(), color="grey", ls=":", lw=1, label="threshold")
+        threshold = uniq.pop()
+        ax.axhline(threshold, color="grey", ls=":", lw=1, label="threshold")
+        top = max(top, threshold)  # keep the line in view
     ax.axhline(0, color="black", lw=0.5)
     ax.set_ylim(-0.06 - 0.03 * len(runs), min(1.02, top * 1.15 + 0.02))
     ax.set_xlabel("iteration")
