@@ -89,12 +89,14 @@ def test_detached_children_do_not_survive(evaluate):
         "p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1000)'],\n"
         "                     start_new_session=True)\n"
         "print('CHILD', p.pid, flush=True)\n"
-        "if os.fork() == 0:\n"  # a classic double-fork daemon
+        "r, w = os.pipe()\n"
+        "if os.fork() == 0:\n"  # a classic double-fork daemon; it reports its pid by pipe
         "    os.setsid()\n"
         "    if os.fork() == 0:\n"
-        "        print('DAEMON', os.getpid(), flush=True)\n"
+        "        os.write(w, str(os.getpid()).encode())\n"
         "        import time; time.sleep(1000)\n"
         "    os._exit(0)\n"
+        "print('DAEMON', os.read(r, 32).decode(), flush=True)\n"
         "raise RuntimeError('done spawning')\n"
     )
     execution, outcome = evaluate(code)
