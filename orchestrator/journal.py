@@ -73,17 +73,20 @@ class Journal:
         write_atomic(path, text.encode())
         return str(path.relative_to(self.root))
 
-    def commit(self, record: dict, code: str | None) -> None:
-        """Append a record (fsynced), then bring best.py and summary.json up to date."""
+    def commit(self, record: dict, code: str | None) -> dict:
+        """Append a record (fsynced), then bring best.py and summary.json up to date;
+        returns the new summary."""
         with self._lock:
             if self._records is None:
                 self._records = self.records(repair=True)
-            best = summarize(self._records)["best_accuracy"]
+            best = best_record(self._records)
             self._append(record)
             self._records.append(record)
-            if record["status"] == "ok" and (best is None or record["accuracy"] > best):
+            if record["status"] == "ok" and (best is None or record["accuracy"] > best["accuracy"]):
                 self.write_best(code)
-            self.write_summary(summarize(self._records))
+            summary = summarize(self._records)
+            self.write_summary(summary)
+            return summary
 
     def summary(self) -> dict:
         with self._lock:

@@ -125,9 +125,9 @@ class Search:
         improve_call, diagnosis = self._improve(i, code, generation.text, outcome, triple, timings)
         record = self._record(i, generation, improve_call, diagnosis, code, outcome, triple,
                               timings, novelty)
-        self.journal.commit(record, code)
+        summary = self.journal.commit(record, code)
         self.state.add(record, code, diagnosis)
-        self.reporter.iteration(record, self.journal.summary())
+        self.reporter.iteration(record, summary)
         return record
 
     def _generate(self, i: int, timings: dict
