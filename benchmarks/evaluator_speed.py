@@ -8,7 +8,8 @@ Evaluates the same reference nets (benchmarks/reference_nets.py) on the same dat
      (torch + torchvision, PIL transforms, DataLoader with 2 workers), run by an interpreter that
      has torchvision (--paper-python; found automatically, see README.md);
  (b) orchestrator: LocalSandbox(prewarm=True) + orchestrator.evaluation.score, with the job dict
-     built by orchestrator.loop.Search.job(), exactly as the search loop does.
+     built by orchestrator.loop.Search.job(), exactly as the search loop does; with
+     `--sandbox docker`, DockerSandbox(prewarm=True) (the product's default) instead.
 Prints, per candidate, the critical-path seconds by phase, both accuracies and the (a)/(b) time
 ratio, then candidates/hour of N concurrent LocalSandboxes for the tiny net. See README.md.
 
@@ -94,6 +95,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="dataset cache directory for the benchmark data")
     p.add_argument("--fashion-source", type=Path, default=FASHION_SOURCE,
                    help="folder with the Fashion-MNIST IDX files")
+    p.add_argument("--sandbox", choices=("local", "docker"), default="local",
+                   help="(b)'s sandbox: pre-started processes (default; what a GPU machine "
+                   "without Docker can run) or pre-warmed Docker containers")
     p.add_argument("--json", type=Path, help="write machine-readable results here")
     return p.parse_args(argv)
 
@@ -380,29 +384,80 @@ def _gap(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else b - a
 
 
+def evaluate_docker(box: Any, code: str, job: dict, labels: np.ndarray,
+                    num_classes: int) -> dict:
+    """One candidate through a DockerSandbox whose pre-warmed container printed READY.
+
+    The container's timings come from run()'s Execution.info; the hand-off, candidate import,
+    validation, writes and container exit are not separable from outside, so "setup" holds
+    them all and "exit" is empty."""
+    t0 = time.perf_counter()
+    execution = box.run(code, job)
+    outcome = score(execution, labels, num_classes)
+    critical = time.perf_counter() - t0
+    m, info = outcome.metrics, execution.info
+    row: dict[str, Any] = {"evaluator": "orch", "status": outcome.status,
+                           "accuracy": outcome.accuracy, "critical": critical, "phases": {},
+                           "off_path": {}, "detail": {}}
+    if not outcome.ok:
+        row["error"] = (outcome.error or {}).get("message") or execution.sandbox_error
+        return row
+    row["off_path"] = {"start": info.get("create_s", 0.0) + info.get("start_s", 0.0),
+                       "warmup": float(m.get("warmup_seconds", 0.0))}
+    row["phases"] = {
+        "start": 0.0, "import": 0.0, "cuda": 0.0, "data": 0.0,
+        "setup": execution.seconds - m["train_seconds"] - m["predict_seconds"],
+        "train": m["train_seconds"], "predict": m["predict_seconds"], "exit": None,
+        # reading the outputs, removing the container and its folders, score()
+        "host": critical - execution.seconds,
+    }
+    row["detail"] = {"candidate_import": m.get("import_seconds"),
+                     "ready_wait": info.get("ready_wait_s"), "destroy": info.get("teardown_s"),
+                     "steps": m.get("steps"), "params": m.get("params"),
+                     "final_loss": m.get("final_loss"), "device": m.get("device"),
+                     "runtime": info.get("runtime")}
+    return row
+
+
+def make_box(kind: str, data_dir: Path, limits: Limits, device: str) -> Any:
+    """A pre-warming sandbox of `kind` ("local" or "docker")."""
+    if kind == "docker":
+        # Imported here: a GPU machine without Docker (or docker-py) runs the local path only.
+        from orchestrator.sandbox.docker import DockerSandbox
+
+        return DockerSandbox(data_dir, limits, device, prewarm=True)
+    return LocalSandbox(data_dir, limits, device, prewarm=True)
+
+
 def run_orch(prepared: datasets.PreparedDataset, job: dict, code: str, device: str,
-             labels: np.ndarray) -> dict:
-    """A fresh LocalSandbox (prewarm=True) per measurement, waited until READY, then one
-    candidate; closed afterwards so no idle runner disturbs the other evaluator."""
-    with LocalSandbox(prepared.sandbox_dir, Limits(), device, prewarm=True) as box:
+             labels: np.ndarray, sandbox: str = "local") -> dict:
+    """A fresh pre-warming sandbox per measurement, waited until READY, then one candidate;
+    closed afterwards so no idle runner disturbs the other evaluator."""
+    num_classes = prepared.spec.num_classes
+    with make_box(sandbox, prepared.sandbox_dir, Limits(), device) as box:
+        if sandbox == "docker":
+            box._warm_thread.join()
+            box._warm.pump.wake.wait()  # READY (or an early exit, which run() reports)
+            return evaluate_docker(box, code, job, labels, num_classes)
         wait_warm(box)
-        return evaluate_orch(box, code, job, labels, prepared.spec.num_classes)
+        return evaluate_orch(box, code, job, labels, num_classes)
 
 
 def throughput(prepared: datasets.PreparedDataset, job: dict, code: str, device: str,
-               labels: np.ndarray, n: int, total: int, cores: int) -> dict:
-    """`n` threads, each with its own LocalSandbox, evaluate `total` candidates back to back.
+               labels: np.ndarray, n: int, total: int, cores: int, sandbox: str = "local"
+               ) -> dict:
+    """`n` threads, each with its own sandbox, evaluate `total` candidates back to back.
 
     The clock starts before the sandboxes are created, so every candidate pays its runner's
     warm-up (back to back there is no LLM generation to hide it behind), whatever `n` is.
     """
     limits = Limits(cpus=cores / n)
-    omp = max(1, int(limits.cpus))  # what LocalSandbox puts in OMP_NUM_THREADS
+    omp = max(1, int(limits.cpus))  # what both sandboxes put in OMP_NUM_THREADS
     rows: list[dict] = []
     lock = threading.Lock()
     share = [total // n + (1 if i < total % n else 0) for i in range(n)]
 
-    def worker(box: LocalSandbox, count: int) -> None:
+    def worker(box: Any, count: int) -> None:
         # Slots this thread pre-starts get the reaper's death signal when the thread ends
         # (PR_SET_PDEATHSIG follows the creating thread): its last, unused one dies early.
         for _ in range(count):
@@ -416,7 +471,7 @@ def throughput(prepared: datasets.PreparedDataset, job: dict, code: str, device:
                              "train_seconds": outcome.metrics.get("train_seconds")})
 
     t0 = time.perf_counter()
-    boxes = [LocalSandbox(prepared.sandbox_dir, limits, device, prewarm=True) for _ in range(n)]
+    boxes = [make_box(sandbox, prepared.sandbox_dir, limits, device) for _ in range(n)]
     try:
         threads = [threading.Thread(target=worker, args=(b, k))
                    for b, k in zip(boxes, share, strict=True)]
@@ -546,7 +601,7 @@ def print_summary(summary: dict) -> None:
           f"{fmt(summary['ratio_total'], 6)}   (sum of per-net median critical paths)")
 
 
-def print_parallel(results: list[dict], cores: int) -> None:
+def print_parallel(results: list[dict], cores: int, sandbox: str) -> None:
     print(f"{'N':>2} {'cpus/box':>8} {'OMP':>4} {'cands':>5} {'ok':>3} {'wall s':>7} "
           f"{'cand/h':>7} {'run s':>7} {'warm s':>7} {'train s':>7}")
     for r in results:
@@ -554,7 +609,8 @@ def print_parallel(results: list[dict], cores: int) -> None:
               f"{r['ok']:>3} {r['wall']:>7.1f} {r['per_hour']:>7.0f} "
               f"{r['mean_candidate_seconds']:>7.2f} {r['mean_warmup_seconds']:>7.2f} "
               f"{r['mean_train_seconds']:>7.2f}")
-    print(f"  N threads, each with its own LocalSandbox(prewarm=True, Limits(cpus={cores}/N)) "
+    box = "DockerSandbox" if sandbox == "docker" else "LocalSandbox"
+    print(f"  N threads, each with its own {box}(prewarm=True, Limits(cpus={cores}/N)) "
           "-> OMP_NUM_THREADS=max(1,int(cpus)). Candidates back to back; the clock includes "
           "creating the sandboxes, so every candidate pays one runner warm-up (no LLM "
           "generation hides it here).")
@@ -597,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
         "paper": paper_info, "runner_python": sys.executable, "runner": runner_info,
         "paper_workers": args.workers, "parallel": cfg.parallel,
         "parallel_candidates": cfg.parallel_candidates, "quick": args.quick,
-        "fashion": args.fashion,
+        "fashion": args.fashion, "sandbox": args.sandbox,
     }
     print(f"evaluator_speed: device={cfg.device} data={prepared.name} "
           f"{prepared.train_count}/{prepared.test_count} {list(spec.input_shape)} "
@@ -605,9 +661,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  (a) paper: {paper_python}  torch {paper_info['torch']} torchvision "
           f"{paper_info['torchvision']}, torch threads {paper_info['torch_threads']} "
           f"(default), DataLoader num_workers={args.workers}, PIL transforms")
-    print(f"  (b) orch : {sys.executable}  torch {runner_info['torch']}, LocalSandbox("
-          f"prewarm=True) Limits() as the loop's defaults (no OMP_NUM_THREADS: torch default "
-          f"{runner_info['torch_threads']} threads), job from Search.job()")
+    if args.sandbox == "docker":
+        print("  (b) orch : DockerSandbox(prewarm=True) Limits() as the loop's defaults, the "
+              "sandbox image's torch (runc unless the daemon's default differs), job from "
+              "Search.job()")
+    else:
+        print(f"  (b) orch : {sys.executable}  torch {runner_info['torch']}, LocalSandbox("
+              f"prewarm=True) Limits() as the loop's defaults (no OMP_NUM_THREADS: torch "
+              f"default {runner_info['torch_threads']} threads), job from Search.job()")
     print()
 
     rows: list[dict] = []
@@ -624,13 +685,18 @@ def main(argv: list[str] | None = None) -> int:
                             row = run_paper(paper_python, prepared, job, code, cfg.device,
                                             args.workers)
                         else:
-                            row = run_orch(prepared, job, code, cfg.device, labels)
+                            row = run_orch(prepared, job, code, cfg.device, labels,
+                                           args.sandbox)
                         row.update(net=net, seed=seed, rep=rep)
                         rows.append(row)
                         print(f"  . {net} {which} seed {seed}: {row['critical']:.1f} s, "
                               f"{row['status']}", file=sys.stderr, flush=True)
         print("Per candidate: critical-path seconds by phase")
         print_candidates(rows)
+        if args.sandbox == "docker":
+            print("  docker: start = container create + start; setup also holds the runner's "
+                  "writes and the container's exit; host = reading outputs + removing the "
+                  "container + score().")
         summary = summarize(rows, cfg.nets)
         print()
         print("Summary: median critical path per candidate, accuracy (mean over seeds), "
@@ -647,13 +713,13 @@ def main(argv: list[str] | None = None) -> int:
             job = loop_job(prepared, cfg.seeds[0], cfg.device)
             for n in cfg.parallel:
                 parallel.append(throughput(prepared, job, code, cfg.device, labels, n,
-                                           cfg.parallel_candidates, cfg.cores))
+                                           cfg.parallel_candidates, cfg.cores, args.sandbox))
                 print(f"  . parallel {n}: {parallel[-1]['per_hour']:.0f} candidates/h",
                       file=sys.stderr, flush=True)
             print()
             print(f"Throughput: tiny net, {cfg.parallel_candidates} candidates per row, "
                   f"{cfg.device}")
-            print_parallel(parallel, cfg.cores)
+            print_parallel(parallel, cfg.cores, args.sandbox)
 
     total = time.perf_counter() - started
     print(f"\nbenchmark wall time {total:.0f} s")
