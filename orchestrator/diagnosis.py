@@ -9,6 +9,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .safe_text import valid_unicode
+
 DIAGNOSIS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -70,13 +72,13 @@ def as_text(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value.strip()
+        return valid_unicode(value).strip()  # JSON escapes may decode to lone surrogates
     if isinstance(value, (list, tuple)):
         items = [as_text(v) for v in value]
         return "\n".join(f"{i}. {item}" for i, item in enumerate(filter(None, items), start=1))
     if isinstance(value, Mapping):
         return "\n".join(f"{k}: {as_text(v)}" for k, v in value.items() if as_text(v))
-    return str(value).strip()
+    return valid_unicode(str(value)).strip()
 
 
 def from_mapping(obj: Mapping[str, Any]) -> Diagnosis | None:

@@ -31,6 +31,8 @@ from tenacity import (
     wait_exponential,
 )
 
+from .safe_text import valid_unicode
+
 DEFAULT_PORT = 11434
 DEFAULT_HOST = f"http://127.0.0.1:{DEFAULT_PORT}"
 CHARS_PER_TOKEN_GENEROUS = 3  # sizing num_ctx: overestimate prompt tokens
@@ -371,7 +373,7 @@ class OllamaClient:
         except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
             raise self._fail(exc, f"chat with {model}", model) from exc
         result = ChatResult(
-            text=text,
+            text=valid_unicode(text),
             model=model,
             seed=seed,
             prompt_tokens=final.prompt_eval_count,

@@ -125,3 +125,11 @@ def test_json_fence_after_large_noise() -> None:
     noise = "{ unbalanced prose with 'quotes' and \"more\" " * 20_000
     text = noise + "\n```json\n" + diagnosis_json("r", "i", "s") + "\n```\n"
     assert parse_diagnosis(text) == Diagnosis("r", "i", "s")
+
+
+def test_json_escaped_lone_surrogates_are_replaced() -> None:
+    reply = ('{"reason": "odd \\ud800", "inspiration": "\\udfff", '
+             '"suggestions": ["a \\ud83d\\ude00", "b"]}')
+    found = parse_diagnosis(reply)
+    assert found == Diagnosis("odd \ufffd", "\ufffd", "1. a \U0001f600\n2. b")
+    assert json.dumps(found.to_dict(), ensure_ascii=False).encode("utf-8")

@@ -19,6 +19,7 @@ from orchestrator.llm import (
     full_model_name,
     normalize_host,
 )
+from orchestrator.safe_text import valid_unicode
 from tests.fake_ollama import FakeOllama, Reply
 from tests.replies import VALID_NET, diagnosis_json, prose_wrapped
 
@@ -99,6 +100,20 @@ def test_auto_num_ctx_rule() -> None:
 def test_callable_script_item_sees_the_request(server: FakeOllama) -> None:
     server.add_script(lambda body: Reply(content=f"seed={body['options']['seed']}"))
     assert make_client(server).chat(CODER, "go", seed=99).text == "seed=99"
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_lone_surrogates_from_the_server_are_replaced(server: FakeOllama, stream: bool) -> None:
+    # The fake sends them as JSON escapes; json decoding turns those into unencodable text.
+    server.add_script(Reply(content="x = 1  # \ud800 and \udfff\ny = '\ud83d\ude00'"))
+    text = make_client(server).chat(CODER, "go", stream=stream).text
+    assert text == "x = 1  # \ufffd and \ufffd\ny = '\U0001f600'"
+    assert text.encode("utf-8")
+
+
+def test_valid_unicode_joins_split_pairs_and_replaces_lone_halves() -> None:
+    assert valid_unicode("a\ud83d" + "\ude00b\udfff") == "a\U0001f600b\ufffd"
+    assert valid_unicode("plain \u00e9 \U0001f600") == "plain \u00e9 \U0001f600"
 
 
 # -- retries ---------------------------------------------------------------------------------

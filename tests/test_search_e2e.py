@@ -257,3 +257,23 @@ def test_novelty_reject_regenerates_and_skips_duplicates(fake_ollama, fashion_da
     temperatures = [b["options"]["temperature"] for b in server.chat_requests()
                     if not b.get("format")]
     assert temperatures == [0.7, 0.7, pytest.approx(0.8), 0.7]
+
+
+def test_lone_surrogates_and_nul_bytes_in_replies_are_journaled(fake_ollama, fashion_data_dir,
+                                                                tmp_path):
+    # JSON escapes for lone surrogates decode to text that cannot be encoded as UTF-8; a
+    # broken or hostile server can send them in code and in the diagnosis.
+    odd_net = replies.VALID_NET.replace("import torch\n", "import torch  # \ud800\n", 1)
+    nul_code = "```python\nimport torch\x00\nclass Net: pass\n```"
+    odd_diagnosis = replies.diagnosis_json("why \ud800", "idea", "try \udfff")
+    server = fake_ollama(default=by_role([odd_net, nul_code], [odd_diagnosis, DIAGNOSIS[1]]))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "odd", 2))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    first, second = read_records(tmp_path / "odd")
+    assert (first["status"], second["status"]) == (fc.OK, fc.SYNTAX_ERROR)
+    assert first["suggestions"]["reason"] == "why \ufffd"
+    assert first["suggestions"]["suggestions"] == "try \ufffd"
+    code = (tmp_path / "odd" / first["code_file"]).read_text(encoding="utf-8")
+    assert "import torch  # \ufffd" in code
+    assert "null bytes" in second["error"]["message"]
