@@ -40,6 +40,8 @@ CHARS_PER_TOKEN_TYPICAL = 4  # English prose and Python code average about 3.5-4
 CHARS_PER_TOKEN_MAX = 6  # hardly any tokenizer packs more characters into a token
 CONNECT_TIMEOUT = 10.0  # an unreachable host should fail fast, not after request_timeout
 MIN_CHARS_FOR_TRUNCATION_CHECK = 2000  # below this, chat-template overhead dominates the count
+REPLY_CHARS_PER_TOKEN = 2 * CHARS_PER_TOKEN_MAX  # a reply longer than this per num_predict
+UNLIMITED_PREDICT_TOKENS = 32768  # ... token is cut; this many tokens when num_predict <= 0
 
 Messages = Sequence[Mapping[str, Any]]
 Warn = Callable[[str], None]
@@ -60,6 +62,11 @@ class GenerationOptions:
         if self.num_ctx is not None:
             return self.num_ctx
         return auto_num_ctx(prompt_chars, self.num_predict)
+
+    def reply_char_limit(self) -> int:
+        """Characters kept of a reply: a server that ignores num_predict cannot flood the run."""
+        tokens = self.num_predict if self.num_predict > 0 else UNLIMITED_PREDICT_TOKENS
+        return tokens * REPLY_CHARS_PER_TOKEN
 
 
 @dataclass
@@ -404,19 +411,36 @@ class OllamaClient:
         stream: bool,
         on_progress: Callable[[int], None] | None,
     ) -> tuple[ollama.ChatResponse, str]:
+        limit = self.options.reply_char_limit()
         if not stream:
             response = self.client.chat(**request, stream=False)
-            return response, response.message.content or ""
+            text = response.message.content or ""
+            return (self._cut(response, limit), text[:limit]) if len(text) > limit else (
+                response, text)
         parts: list[str] = []
+        chars = 0
         final: ollama.ChatResponse | None = None
-        for chunk in self.client.chat(**request, stream=True):
+        chunks = self.client.chat(**request, stream=True)
+        for chunk in chunks:
             parts.append(chunk.message.content or "")
+            chars += len(parts[-1])
             final = chunk
+            if chars > limit:
+                chunks.close()  # stop reading: the server ignores num_predict
+                return self._cut(chunk, limit), "".join(parts)[:limit]
             if on_progress is not None and not chunk.done:
                 on_progress(len(parts))
         if final is None or not final.done:
             raise httpx.RemoteProtocolError("stream ended before the final chunk")
         return final, "".join(parts)
+
+    def _cut(self, response: ollama.ChatResponse, limit: int) -> ollama.ChatResponse:
+        """`response` as the end of a reply cut at `limit` characters (done_reason "cut")."""
+        self._warn(
+            f"{response.model or 'the model'}: the reply passed {limit} characters, more than "
+            f"num_predict={self.options.num_predict} tokens allow; it was cut there"
+        )
+        return response.model_copy(update={"done": True, "done_reason": "cut"})
 
     def _check_limits(self, result: ChatResult, chars: int) -> None:
         problem = truncation_problem(

@@ -116,6 +116,20 @@ def test_valid_unicode_joins_split_pairs_and_replaces_lone_halves() -> None:
     assert valid_unicode("plain \u00e9 \U0001f600") == "plain \u00e9 \U0001f600"
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_reply_past_num_predict_is_cut(server: FakeOllama, stream: bool) -> None:
+    # A server that ignores num_predict: 30000 characters for a 100-token budget.
+    server.add_script(Reply(content="x = 1\n" * 5000))
+    warnings: list[str] = []
+    result = make_client(server, warnings, num_predict=100).chat(CODER, "go", stream=stream)
+    limit = GenerationOptions(num_predict=100).reply_char_limit()
+    assert 600 <= limit < 30000
+    assert result.text == ("x = 1\n" * 5000)[:limit]
+    assert result.done_reason == "cut"
+    assert any("cut" in w and "num_predict=100" in w for w in warnings)
+    assert len(server.chat_requests()) == 1  # not retried
+
+
 # -- retries ---------------------------------------------------------------------------------
 def test_5xx_burst_then_success(server: FakeOllama) -> None:
     server.add_script(Reply(status=503), Reply(status=500), Reply(content="finally"))
