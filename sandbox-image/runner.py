@@ -25,7 +25,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -485,28 +484,23 @@ def clean_number(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_atomic(out_dir: Path, name: str, write: Callable[[Any], object]) -> None:
-    """Write OUT_DIR/name via a temporary file in OUT_DIR and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_dir / name)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+def write_file(path: Path, write: Callable[[Any], object]) -> None:
+    """Write `path` in place (truncating it) and fsync it. The host reads the outputs only after
+    the runner has exited, so a temporary file and a rename would buy nothing; and in the Docker
+    sandbox the two output files are bind mounts in a read-only /out, which cannot be replaced."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_outputs(out_dir: Path, result: dict[str, Any], preds: np.ndarray | None) -> None:
     """predictions.npy (if any) first, then result.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if preds is not None:
-        write_atomic(out_dir, "predictions.npy", lambda f: np.save(f, preds, allow_pickle=False))
+        write_file(out_dir / "predictions.npy", lambda f: np.save(f, preds, allow_pickle=False))
     text = json.dumps(result, allow_nan=False, default=str).encode()
-    write_atomic(out_dir, "result.json", lambda f: f.write(text))
+    write_file(out_dir / "result.json", lambda f: f.write(text))
 
 
 # ---------------------------------------------------------------- CLI

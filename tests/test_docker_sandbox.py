@@ -40,6 +40,7 @@ from orchestrator import failures as fc  # noqa: E402
 from orchestrator.evaluation import score  # noqa: E402
 from orchestrator.sandbox.base import RUNNER_PATH, Limits  # noqa: E402
 from orchestrator.sandbox.docker import (  # noqa: E402
+    FSIZE_LIMIT,
     GVISOR_PIDS_EXTRA,
     LABEL,
     LABEL_PID,
@@ -416,10 +417,10 @@ def test_host_files_and_environment_are_not_readable(run, canary):
     assert status == fc.RUNTIME_ERROR  # a result.json without a runner status is not trusted
 
 
-def test_writes_outside_out_fail(run, data):
+def test_writes_outside_the_output_files_fail(run, data):
     targets = ["/evil", "/job/evil", "/job/candidate.py", "/data/evil", "/data/train_x.npy",
                "/opt/sandbox/runner.py", "/opt/sandbox/evil", "/etc/passwd", "/usr/bin/evil",
-               "/tmp/ok", "/dev/shm/ok", "/out/ok"]
+               "/out/evil", "/tmp/ok", "/dev/shm/ok", "/out/predictions.npy"]
     code = candidate(forward=f"""
         if first:
             def write(p):
@@ -431,7 +432,7 @@ def test_writes_outside_out_fail(run, data):
     r = report(ex)
     assert status == fc.OK, ex.log_tail
     for p in targets:
-        allowed = p in ("/tmp/ok", "/dev/shm/ok", "/out/ok")
+        allowed = p in ("/tmp/ok", "/dev/shm/ok", "/out/predictions.npy")
         assert (r[p] == "ok") == allowed, (p, r[p])
     assert not (data / "evil").exists()
 
@@ -591,24 +592,49 @@ def test_chmod_symlink_and_fifo_tricks(run):
         r["chmod candidate"] = attempt(lambda: _os.chmod("/job/candidate.py", 0o777))
         r["chmod job"] = attempt(lambda: _os.chmod("/job", 0o777))
         r["chmod out"] = attempt(lambda: _os.chmod("/out", 0o000))
+        r["chmod result"] = attempt(lambda: _os.chmod("/out/result.json", 0o000))
         r["chmod data"] = attempt(lambda: _os.chmod("/data/train_x.npy", 0o666))
-        _os.mkdir("/out/locked")
-        open("/out/locked/f", "w").write("x")
-        _os.chmod("/out/locked/f", 0)
-        _os.chmod("/out/locked", 0)
-        _os.symlink("/job/job.json", "/out/result.json")
-        _os.mkfifo("/out/predictions.npy")
+        r["mkdir out"] = attempt(lambda: _os.mkdir("/out/locked"))
+        r["remove result"] = attempt(lambda: _os.remove("/out/result.json"))
+        r["rename over result"] = attempt(lambda: _os.rename("/tmp", "/out/result.json"))
+        r["symlink"] = attempt(lambda: _os.symlink("/job/job.json", "/out/link"))
+        r["fifo"] = attempt(lambda: _os.mkfifo("/out/fifo"))
         r["mode candidate"] = oct(stat.S_IMODE(_os.stat("/job/candidate.py").st_mode))
         report(**r)
         _os._exit(3)
     """)
     ex, status = run(code)  # checks the host out dir was removed
     r = report(ex)
-    for key in ("chmod candidate", "chmod job", "chmod out", "chmod data"):
+    for key in ("chmod candidate", "chmod job", "chmod out", "chmod result", "chmod data",
+                "mkdir out", "remove result", "rename over result", "symlink", "fifo"):
         assert r[key].startswith("denied"), (key, r[key])
     assert r["mode candidate"] == "0o644"
     assert ex.exit_code == 3
-    assert ex.result_bytes is None and ex.predictions_bytes is None  # symlink, fifo: not read
+    assert ex.result_bytes is None and ex.predictions_bytes is None  # nothing was written
+    assert status == fc.RUNTIME_ERROR
+
+
+def test_disk_flood_is_capped_per_file_and_nothing_else_is_writable(run):
+    code = candidate(prelude=f"""
+        def flood(path):
+            chunk = b"\\0" * (1 << 20)
+            try:
+                with open(path, "wb") as f:
+                    for _ in range({FSIZE_LIMIT >> 20} + 64):
+                        f.write(chunk)
+            except OSError as e:
+                return "denied: " + str(e.strerror)
+        r = {{"predictions": flood("/out/predictions.npy"), "new file": flood("/out/flood"),
+              "size": _os.path.getsize("/out/predictions.npy")}}
+        report(**r)
+        _os._exit(0)
+    """)
+    ex, status = run(code)
+    r = report(ex)
+    assert r["predictions"] == "denied: File too large"
+    assert r["new file"].startswith("denied")
+    assert r["size"] == FSIZE_LIMIT
+    assert ex.predictions_bytes is None  # over the host's read cap: not read at all
     assert status == fc.RUNTIME_ERROR
 
 

@@ -5,8 +5,10 @@ Each candidate runs `sandbox-image/runner.py` in its own container of the sandbo
 an unprivileged user (10001) with no capabilities and no-new-privileges, docker-init as PID 1, and
 memory / swap / pids / CPU / file-size / open-file limits. Its only mounts are the job directory
 (read-only, /job), the dataset's sandbox/ folder (read-only, /data: no test labels exist there)
-and a fresh host output directory (/out), read back with size caps and without following
-symlinks, then deleted. Never the Docker socket, no host environment variables.
+and two fresh host files, /out/result.json and /out/predictions.npy, the only places on disk it
+can write (each capped by the file-size limit, so a candidate cannot fill the host's disk); they
+are read back with size caps and without following symlinks, then deleted. Never the Docker
+socket, no host environment variables.
 
 The host enforces a wall-clock timeout (the container is killed), the output cap (a log-reading
 thread kills the container past `limits.output_bytes`) and reports OOM kills. Everything that
@@ -58,7 +60,8 @@ SANDBOX_USER = "10001:10001"
 READY_TIMEOUT = 300.0  # seconds a pre-warmed container may take to print READY
 KILL_WAIT = 30.0  # seconds to wait for a killed container to stop
 LOG_DRAIN = 10.0  # seconds to wait for the log reader after the container stopped
-FSIZE_LIMIT = 2 << 30  # largest file the candidate may write
+FSIZE_LIMIT = 256 << 20  # largest file the candidate may write: bounds its disk use
+OUTPUT_FILES = ("result.json", "predictions.npy")  # the container's only writable host files
 SHM_MAX = 1 << 30
 TAIL_BYTES = 4 * LOG_TAIL_CHARS
 # gVisor's own host threads (sentry, gofer, ptrace stubs: about 75 for an idle runner) count
@@ -276,8 +279,8 @@ class _Registry:
         if slot.pump is not None:
             slot.pump.close()
         for d in (slot.job_dir, slot.out_dir):
-            if d is not None:
-                _remove_dir(self.client, d)
+            if d is not None:  # host-owned; the container could only write into two files
+                shutil.rmtree(d, ignore_errors=True)
 
     def cleanup(self) -> None:
         with self.lock:
@@ -292,25 +295,6 @@ class _Registry:
             ):
                 with contextlib.suppress(Exception):
                     c.remove(force=True)
-
-
-def _remove_dir(client: docker.DockerClient, path: Path) -> None:
-    """rmtree; if the candidate left files the host user cannot delete (a non-root host and a
-    0o000 directory of uid 10001), delete them as uid 10001 in a throwaway container first."""
-    try:
-        shutil.rmtree(path)
-        return
-    except FileNotFoundError:
-        return
-    except OSError:
-        pass
-    with contextlib.suppress(Exception):
-        client.containers.run(
-            IMAGE, entrypoint=["sh", "-c", "chmod -R u+rwX /out; find /out -mindepth 1 -delete"],
-            user=SANDBOX_USER, network_mode="none", remove=True, labels={LABEL: "1"},
-            mounts=[docker.types.Mount("/out", str(path), type="bind")],
-        )
-    shutil.rmtree(path, ignore_errors=True)
 
 
 class DockerSandbox(Sandbox):
@@ -489,14 +473,14 @@ class DockerSandbox(Sandbox):
             slot.job_dir = Path(tempfile.mkdtemp(prefix="orchestrator-job-"))
             slot.out_dir = Path(tempfile.mkdtemp(prefix="orchestrator-out-"))
             os.chmod(slot.job_dir, 0o755)
-            os.chmod(slot.out_dir, 0o777)  # writable for uid 10001; owned by the host user
             if not wait:
                 write_job(slot.job_dir, code or "", job or {})
             config = self._container_config(wait)
             config["mounts"] = [
                 docker.types.Mount("/job", str(slot.job_dir), type="bind", read_only=True),
                 docker.types.Mount("/data", str(self.data_dir), type="bind", read_only=True),
-                docker.types.Mount("/out", str(slot.out_dir), type="bind", read_only=False),
+                *(docker.types.Mount(f"/out/{name}", str(_output_file(slot.out_dir / name)),
+                                     type="bind", read_only=False) for name in OUTPUT_FILES),
             ]
             t = time.perf_counter()
             slot.container = self.client.containers.create(**config)
@@ -607,8 +591,10 @@ class DockerSandbox(Sandbox):
             exit_code=exit_code,
             seconds=round(ended - slot.started_at, 3),
             log_tail=pump.tail(),
-            result_bytes=read_capped(slot.out_dir / "result.json", RESULT_MAX_BYTES),
-            predictions_bytes=read_capped(slot.out_dir / "predictions.npy", PREDICTIONS_MAX_BYTES),
+            # Empty: the runner did not get to write it (the files exist from the start).
+            result_bytes=read_capped(slot.out_dir / "result.json", RESULT_MAX_BYTES) or None,
+            predictions_bytes=read_capped(
+                slot.out_dir / "predictions.npy", PREDICTIONS_MAX_BYTES) or None,
             killed=killed,
             info={"output_bytes": pump.total, "oom_killed": bool(state.get("OOMKilled"))},
         )
@@ -618,6 +604,13 @@ class _SlotFault(_Fault):
     def __init__(self, slot: _Slot) -> None:
         super().__init__(slot.error)
         self.slot = slot
+
+
+def _output_file(path: Path) -> Path:
+    """An empty file the container's uid may write (not replace: it is a bind mount)."""
+    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o666)  # owned by the host user; uid 10001 writes it as "other"
+    return path
 
 
 def _short(e: BaseException) -> str:
