@@ -121,7 +121,7 @@ def find_paper_python(explicit: str | None) -> tuple[str, dict]:
         if python and Path(python).exists():
             info = probe(python)
             if info and info.get("torchvision"):
-                return python, info
+                return os.path.abspath(python), info  # (a) runs in a temp cwd
     raise SystemExit(
         "no interpreter with torch+torchvision for the paper baseline; tried "
         f"{', '.join(map(str, options))}. Create one (benchmarks/README.md) or pass "
