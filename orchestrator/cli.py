@@ -21,7 +21,7 @@ from . import failures as fc
 from .config import ConfigError, RunConfig, build, for_resume, load_toml
 from .journal import Journal
 from .llm import GenerationOptions, LLMError, OllamaClient, full_model_name
-from .loop import CHAIN_SEED_STRIDE, NoveltyGate, Search, run_chains
+from .loop import CHAIN_SEED_STRIDE, InfrastructureDown, NoveltyGate, Search, run_chains
 from .progress import Reporter
 from .prompts import PromptBook
 from .roles import Roles
@@ -138,6 +138,10 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
             console.print(f"\nstopped; {len(journal.records())} iterations are saved. "
                           f"Continue with: orchestrator run --name {cfg.name} --resume")
             raise typer.Exit(130) from None
+        except InfrastructureDown as exc:
+            raise fail(f"stopped: {exc}. {len(journal.records())} iterations are saved; fix "
+                       f"the cause, then: orchestrator run --name {cfg.name} --resume",
+                       code=3) from None
     return journal.summary()
 
 

@@ -24,6 +24,11 @@ FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for 
 NO_DIAGNOSIS = ("no diagnosis available", "none: improve on the reference architecture")
 CHAIN_SEED_STRIDE = 1_000_000  # chain c draws LLM seeds from run seed + c * stride + counter
 TEMPERATURE_NUDGE = 0.1  # added per regeneration of a rejected near-duplicate
+FAULT_STREAK = 5  # this many infrastructure faults in a row stop the run (resumable)
+
+
+class InfrastructureDown(RuntimeError):
+    """The sandbox or the LLM server keeps failing: stop rather than burn the iterations."""
 
 
 @dataclass
@@ -112,6 +117,20 @@ class Search:
             if stop is not None and stop.is_set():
                 return
             self.step(i)
+            self._check_fault_streak()
+
+    def _check_fault_streak(self) -> None:
+        """Raise InfrastructureDown after FAULT_STREAK infrastructure faults in a row."""
+        last = self.state.records[-FAULT_STREAK:]
+        if len(last) < FAULT_STREAK or any(
+                r["status"] not in fc.INFRASTRUCTURE_CLASSES for r in last):
+            return
+        error = last[-1].get("error") or {}
+        chain = f" in chain {self.chain}" if self.config.parallel > 1 else ""
+        raise InfrastructureDown(
+            f"{FAULT_STREAK} infrastructure faults in a row{chain} (iterations "
+            f"{last[0]['iteration']}-{last[-1]['iteration']}), the last: {last[-1]['status']}: "
+            f"{str(error.get('message', ''))[:300]}")
 
     def step(self, i: int) -> dict:
         """One iteration, committed (fsynced) before it returns."""

@@ -277,3 +277,31 @@ def test_lone_surrogates_and_nul_bytes_in_replies_are_journaled(fake_ollama, fas
     code = (tmp_path / "odd" / first["code_file"]).read_text(encoding="utf-8")
     assert "import torch  # \ufffd" in code
     assert "null bytes" in second["error"]["message"]
+
+
+SABOTAGE_NET = replies.VALID_NET.replace("import torch.nn as nn\n", '''import torch.nn as nn
+import os
+
+# The local sandbox runs as the user: replace the sandboxes' scratch folder by a file.
+_scratch = os.path.dirname(os.path.dirname(os.environ["HOME"]))
+os.rename(_scratch, _scratch + ".moved")
+open(_scratch, "w").close()
+''', 1)
+
+
+def test_a_broken_sandbox_stops_the_run_after_a_streak_of_faults(fake_ollama, fashion_data_dir,
+                                                                 tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    server = fake_ollama(default=by_role([SABOTAGE_NET] + [replies.VALID_NET] * 9, DIAGNOSIS))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "broken", 10),
+                        scratch=scratch)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 3, output
+    assert "5 infrastructure faults in a row (iterations 1-5)" in output
+    assert "orchestrator run --name broken --resume" in output
+    records = read_records(tmp_path / "broken")
+    assert [r["status"] for r in records] == [fc.SANDBOX_ERROR] * 5
+    assert all("sandbox failed" in r["error"]["message"] for r in records)
+    assert len([b for b in server.chat_requests() if not b.get("format")]) == 5
+    assert scratch.is_file()  # the sabotage did happen
