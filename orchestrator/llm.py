@@ -40,8 +40,10 @@ CHARS_PER_TOKEN_TYPICAL = 4  # English prose and Python code average about 3.5-4
 CHARS_PER_TOKEN_MAX = 6  # hardly any tokenizer packs more characters into a token
 CONNECT_TIMEOUT = 10.0  # an unreachable host should fail fast, not after request_timeout
 MIN_CHARS_FOR_TRUNCATION_CHECK = 2000  # below this, chat-template overhead dominates the count
-REPLY_CHARS_PER_TOKEN = 2 * CHARS_PER_TOKEN_MAX  # a reply longer than this per num_predict
-UNLIMITED_PREDICT_TOKENS = 32768  # ... token is cut; this many tokens when num_predict <= 0
+# A reply longer than num_predict tokens of this many characters each was not limited by the
+# server: it is cut there. num_predict <= 0 (unlimited) counts as UNLIMITED_PREDICT_TOKENS.
+REPLY_CHARS_PER_TOKEN = 2 * CHARS_PER_TOKEN_MAX
+UNLIMITED_PREDICT_TOKENS = 32768
 
 Messages = Sequence[Mapping[str, Any]]
 Warn = Callable[[str], None]
