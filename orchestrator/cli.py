@@ -19,8 +19,15 @@ from rich.markup import escape
 from . import __version__, datasets
 from . import failures as fc
 from .config import ConfigError, RunConfig, build, for_resume, load_toml
+from .diagnosis import DIAGNOSIS_SCHEMA
 from .journal import Journal
-from .llm import GenerationOptions, LLMError, OllamaClient, full_model_name
+from .llm import (
+    GenerationOptions,
+    LLMError,
+    OllamaClient,
+    full_model_name,
+    takes_schema_format,
+)
 from .loop import CHAIN_SEED_STRIDE, InfrastructureDown, NoveltyGate, Search, run_chains
 from .progress import Reporter
 from .prompts import PromptBook
@@ -110,13 +117,15 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     client = OllamaClient(cfg.ollama_host, GenerationOptions(
         temperature=cfg.temperature, top_p=cfg.top_p, num_predict=cfg.num_predict,
         num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout), on_warning=reporter.warn)
-    client.check_server()
+    ollama_version = client.check_server()
+    diagnosis_format = _diagnosis_format(ollama_version, reporter)
     digests = client.ensure_models([cfg.generator_model, cfg.improver_model],
                                    pull=not cfg.no_pull)
     with contextlib.ExitStack() as stack:
         boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset)]
         stored = {**cfg.to_dict(), "models": digests, "sandbox_info": boxes[0].describe(),
                   "dataset_fingerprint": dataset.fingerprint, "version": __version__,
+                  "ollama_version": ollama_version,
                   "python": platform.python_version()}
         if resume:
             journal.update_config({**journal.config(), **stored})
@@ -128,7 +137,8 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
         prompts = PromptBook(cfg.prompts_dir)
         searches = [
             Search(cfg, journal, Roles(client, cfg.generator_model, cfg.improver_model,
-                                       cfg.seed + chain * CHAIN_SEED_STRIDE, digests),
+                                       cfg.seed + chain * CHAIN_SEED_STRIDE, digests,
+                                       diagnosis_format),
                    box, dataset, prompts, reporter, records, novelty, chain)
             for chain, box in enumerate(boxes)
         ]
@@ -143,6 +153,15 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
                        f"the cause, then: orchestrator run --name {cfg.name} --resume",
                        code=3) from None
     return journal.summary()
+
+
+def _diagnosis_format(version: str, reporter: Reporter) -> dict | str:
+    """The Improver's `format`: the diagnosis schema, or "json" for Ollama before 0.5."""
+    if takes_schema_format(version):
+        return DIAGNOSIS_SCHEMA
+    reporter.warn(f"Ollama {version} predates structured outputs (0.5): the diagnosis is asked "
+                  "as plain JSON; upgrade Ollama for schema-constrained replies")
+    return "json"
 
 
 def _run_config(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Journal]:

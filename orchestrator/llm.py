@@ -6,6 +6,7 @@ import contextlib
 import ipaddress
 import math
 import os
+import re
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -44,6 +45,7 @@ MIN_CHARS_FOR_TRUNCATION_CHECK = 2000  # below this, chat-template overhead domi
 # server: it is cut there. num_predict <= 0 (unlimited) counts as UNLIMITED_PREDICT_TOKENS.
 REPLY_CHARS_PER_TOKEN = 2 * CHARS_PER_TOKEN_MAX
 UNLIMITED_PREDICT_TOKENS = 32768
+SCHEMA_FORMAT_SINCE = (0, 5)  # Ollama's structured outputs (a JSON schema as format)
 
 Messages = Sequence[Mapping[str, Any]]
 Warn = Callable[[str], None]
@@ -154,6 +156,13 @@ def auto_num_ctx(prompt_chars: int, num_predict: int) -> int:
     """Generous prompt-token estimate plus num_predict, rounded up to 1024, at least 4096."""
     need = math.ceil(prompt_chars / CHARS_PER_TOKEN_GENEROUS) + max(num_predict, 0)
     return max(4096, math.ceil(need / 1024) * 1024)
+
+
+def takes_schema_format(version: str) -> bool:
+    """Whether an Ollama server of `version` accepts a JSON schema as `format` (0.5.0 and
+    newer; older ones take only "json"). Unparseable versions (dev builds) are assumed new."""
+    match = re.match(r"v?(\d+)\.(\d+)", version.strip())
+    return match is None or (int(match[1]), int(match[2])) >= SCHEMA_FORMAT_SINCE
 
 
 def as_messages(messages: Messages | str) -> list[dict[str, Any]]:

@@ -22,11 +22,13 @@ class Roles:
     """Calls both roles with seed = run seed + call counter (the paper's scheme)."""
 
     def __init__(self, client: OllamaClient, generator_model: str, improver_model: str,
-                 seed: int, digests: dict[str, str] | None = None) -> None:
+                 seed: int, digests: dict[str, str] | None = None,
+                 diagnosis_format: dict | str = DIAGNOSIS_SCHEMA) -> None:
         self.client = client
         self.models = {"generator": generator_model, "improver": improver_model}
         self.digests = digests or {}
         self.seed = seed
+        self.diagnosis_format = diagnosis_format  # "json" for servers older than Ollama 0.5
         self.calls = 0  # restored from the journal on resume
 
     def generate(self, messages: list[dict], temperature: float | None = None) -> RoleCall:
@@ -34,7 +36,7 @@ class Roles:
 
     def improve(self, messages: list[dict]) -> tuple[RoleCall, Diagnosis | None]:
         """Ask for a diagnosis; an unusable reply becomes an error, never an exception."""
-        call = self._call("improver", messages, schema=DIAGNOSIS_SCHEMA)
+        call = self._call("improver", messages, format=self.diagnosis_format)
         if call.error:
             return call, None
         try:
@@ -43,7 +45,7 @@ class Roles:
             call.error = f"unusable diagnosis: {exc}"
             return call, None
 
-    def _call(self, role: str, messages: list[dict], schema: dict | None = None,
+    def _call(self, role: str, messages: list[dict], format: dict | str | None = None,
               temperature: float | None = None) -> RoleCall:
         model, seed = self.models[role], self.seed + self.calls
         self.calls += 1
@@ -52,7 +54,7 @@ class Roles:
         if temperature is not None:
             call.info["temperature"] = temperature
         try:
-            result: ChatResult = self.client.chat(model, messages, seed=seed, format=schema,
+            result: ChatResult = self.client.chat(model, messages, seed=seed, format=format,
                                                   temperature=temperature)
         except LLMError as exc:
             call.error = str(exc)

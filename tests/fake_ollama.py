@@ -297,6 +297,11 @@ class FakeOllama:
         if self._lookup(model) is None:
             h.send_json(404, {"error": f"model '{model}' not found"})
             return
+        if isinstance(body.get("format"), dict) and _older_than(self.version, (0, 5)):
+            # Before structured outputs, `format` was a string: Go's JSON decoding says so.
+            h.send_json(400, {"error": "json: cannot unmarshal object into Go struct field "
+                                       "ChatRequest.format of type string"})
+            return
         reply = self._next_reply(body)
         if reply.delay > 0 and self._closing.wait(reply.delay):
             h.close_connection = True
@@ -312,6 +317,11 @@ class FakeOllama:
             final = _chat_final(model, body, reply, len(_tokens(reply.content)))
             final["message"]["content"] = reply.content
             h.send_json(200, final)
+
+
+def _older_than(version: str, than: tuple[int, int]) -> bool:
+    major, minor = (int(x) for x in version.split(".")[:2])
+    return (major, minor) < than
 
 
 def _estimate_prompt_tokens(body: dict[str, Any]) -> int:

@@ -18,6 +18,7 @@ from orchestrator.llm import (
     default_host,
     full_model_name,
     normalize_host,
+    takes_schema_format,
 )
 from orchestrator.safe_text import valid_unicode
 from tests.fake_ollama import FakeOllama, Reply
@@ -128,6 +129,23 @@ def test_a_reply_past_num_predict_is_cut(server: FakeOllama, stream: bool) -> No
     assert result.done_reason == "cut"
     assert any("cut" in w and "num_predict=100" in w for w in warnings)
     assert len(server.chat_requests()) == 1  # not retried
+
+
+@pytest.mark.parametrize(("version", "takes"), [
+    ("0.5.0", True), ("0.12.3", True), ("v0.6.1", True), ("1.0.0", True), ("0.5.0-rc1", True),
+    ("unknown", True), ("0.4.7", False), ("0.3.13", False)])
+def test_takes_schema_format(version: str, takes: bool) -> None:
+    assert takes_schema_format(version) is takes
+
+
+def test_a_server_before_0_5_rejects_a_schema_but_takes_json() -> None:
+    with FakeOllama(models=[IMPROVER], version="0.4.7",
+                    default=Reply(content=diagnosis_json("r", "i", "s"))) as old:
+        client = make_client(old)
+        with pytest.raises(LLMError, match="cannot unmarshal object"):
+            client.chat(IMPROVER, "diagnose", format=DIAGNOSIS_SCHEMA)
+        assert len(old.chat_requests()) == 1  # a 400 is not retried
+        assert "suggestions" in client.chat(IMPROVER, "diagnose", format="json").text
 
 
 # -- retries ---------------------------------------------------------------------------------

@@ -305,3 +305,18 @@ def test_a_broken_sandbox_stops_the_run_after_a_streak_of_faults(fake_ollama, fa
     assert all("sandbox failed" in r["error"]["message"] for r in records)
     assert len([b for b in server.chat_requests() if not b.get("format")]) == 5
     assert scratch.is_file()  # the sabotage did happen
+
+
+def test_an_ollama_before_0_5_gets_json_mode_for_the_diagnosis(fake_ollama, fashion_data_dir,
+                                                              tmp_path):
+    server = fake_ollama(version="0.4.7", default=by_role([replies.VALID_NET], DIAGNOSIS))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "old", 1))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    assert "predates structured outputs" in output
+    improver = [b for b in server.chat_requests() if b.get("format")]
+    assert [b["format"] for b in improver] == ["json"]
+    (record,) = read_records(tmp_path / "old")
+    assert record["suggestions"]["suggestions"] == "suggestion number 0"
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert config["ollama_version"] == "0.4.7"
