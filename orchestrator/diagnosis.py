@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .safe_text import valid_unicode
+from .reply_text import strip_thinking, valid_unicode
 
 DIAGNOSIS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -187,7 +187,7 @@ def from_headings(text: str) -> Diagnosis | None:
 
 def parse_diagnosis(text: str) -> Diagnosis:
     """The diagnosis in a reply; DiagnosisError when nothing usable is there."""
-    text = (text or "").replace("\r\n", "\n")
+    text = strip_thinking(text or "").replace("\r\n", "\n")
     found = from_json(text) or from_headings(text)
     if found is None:
         raise DiagnosisError(f"no usable diagnosis in the reply: {text[:200]!r}")

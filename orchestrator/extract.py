@@ -12,6 +12,7 @@ import textwrap
 from dataclasses import dataclass
 
 from orchestrator.failures import CONTRACT_ERROR, EXTRACT_ERROR, OK, SYNTAX_ERROR
+from orchestrator.reply_text import strip_thinking
 
 PYTHON_LANGS = frozenset({"", "python", "py", "python3", "py3", "pytorch", "torch", "ipython"})
 OPEN_FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[^\s`]*)[^`\n]*$")
@@ -42,8 +43,9 @@ class Block:
 
 # -- text handling ---------------------------------------------------------------------------
 def normalize_text(text: str) -> str:
-    """Unify newlines and drop characters LLMs emit that Python rejects (NBSP, BOM, ZWSP)."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    """Unify newlines, drop reasoning traces and characters LLMs emit that Python rejects (NBSP,
+    BOM, ZWSP)."""
+    text = strip_thinking(text).replace("\r\n", "\n").replace("\r", "\n")
     return text.replace("\u00a0", " ").replace("\ufeff", "").replace("\u200b", "")
 
 

@@ -32,7 +32,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from .safe_text import valid_unicode
+from .reply_text import valid_unicode
 
 DEFAULT_PORT = 11434
 DEFAULT_HOST = f"http://127.0.0.1:{DEFAULT_PORT}"
@@ -426,15 +426,17 @@ class OllamaClient:
         if not stream:
             response = self.client.chat(**request, stream=False)
             text = response.message.content or ""
+            self._check_thinking(response, len(response.message.thinking or ""), text)
             return (self._cut(response, limit), text[:limit]) if len(text) > limit else (
                 response, text)
         parts: list[str] = []
-        chars = 0
+        chars = thinking = 0
         final: ollama.ChatResponse | None = None
         chunks = self.client.chat(**request, stream=True)
         for chunk in chunks:
             parts.append(chunk.message.content or "")
             chars += len(parts[-1])
+            thinking += len(chunk.message.thinking or "")
             final = chunk
             if chars > limit:
                 chunks.close()  # stop reading: the server ignores num_predict
@@ -443,7 +445,18 @@ class OllamaClient:
                 on_progress(len(parts))
         if final is None or not final.done:
             raise httpx.RemoteProtocolError("stream ended before the final chunk")
+        self._check_thinking(final, thinking, "".join(parts))
         return final, "".join(parts)
+
+    def _check_thinking(self, response: ollama.ChatResponse, thinking: int, text: str) -> None:
+        """Warn when a reasoning model spent its reply on thinking (kept apart by the server,
+        not part of the text) and gave no answer."""
+        if thinking and not text.strip():
+            self._warn(
+                f"{response.model or 'the model'}: the reply was {thinking} characters of "
+                f"thinking and no answer (done_reason {response.done_reason}); raise num_predict "
+                f"(now {self.options.num_predict}) or choose a model that does not reason first"
+            )
 
     def _cut(self, response: ollama.ChatResponse, limit: int) -> ollama.ChatResponse:
         """`response` as the end of a reply cut at `limit` characters (done_reason "cut")."""

@@ -37,6 +37,7 @@ class Reply:
     delay: float = 0.0
     prompt_eval_count: int | None = None
     error: str | None = None
+    thinking: str = ""  # a reasoning model's trace, sent apart from content (Ollama >= 0.9)
 
 
 ScriptItem = Reply | Callable[[dict[str, Any]], Reply]
@@ -314,8 +315,9 @@ class FakeOllama:
         if stream:
             h.send_ndjson(_chat_stream(model, body, reply))
         else:
-            final = _chat_final(model, body, reply, len(_tokens(reply.content)))
-            final["message"]["content"] = reply.content
+            count = len(_tokens(reply.thinking)) + len(_tokens(reply.content))
+            final = _chat_final(model, body, reply, count)
+            final["message"] = _chat_chunk(model, reply.content, True, reply.thinking)["message"]
             h.send_json(200, final)
 
 
@@ -329,13 +331,11 @@ def _estimate_prompt_tokens(body: dict[str, Any]) -> int:
     return sum(len(str(m.get("content") or "")) for m in messages) // 4
 
 
-def _chat_chunk(model: str, content: str, done: bool) -> dict[str, Any]:
-    return {
-        "model": model,
-        "created_at": MODIFIED_AT,
-        "message": {"role": "assistant", "content": content},
-        "done": done,
-    }
+def _chat_chunk(model: str, content: str, done: bool, thinking: str = "") -> dict[str, Any]:
+    message = {"role": "assistant", "content": content}
+    if thinking:
+        message["thinking"] = thinking
+    return {"model": model, "created_at": MODIFIED_AT, "message": message, "done": done}
 
 
 def _chat_final(model: str, body: dict[str, Any], reply: Reply, eval_count: int) -> dict[str, Any]:
@@ -356,13 +356,16 @@ def _chat_final(model: str, body: dict[str, Any], reply: Reply, eval_count: int)
 
 
 def _chat_stream(model: str, body: dict[str, Any], reply: Reply) -> Iterator[dict[str, Any]]:
+    thoughts = _tokens(reply.thinking)
+    for token in thoughts:
+        yield _chat_chunk(model, "", False, thinking=token)
     tokens = _tokens(reply.content)
     for token in tokens:
         yield _chat_chunk(model, token, False)
     if reply.error:
         yield {"error": reply.error}
         return
-    yield _chat_final(model, body, reply, len(tokens))
+    yield _chat_final(model, body, reply, len(thoughts) + len(tokens))
 
 
 def _tag_entry(name: str, digest: str) -> dict[str, Any]:

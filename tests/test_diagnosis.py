@@ -133,3 +133,10 @@ def test_json_escaped_lone_surrogates_are_replaced() -> None:
     found = parse_diagnosis(reply)
     assert found == Diagnosis("odd \ufffd", "\ufffd", "1. a \U0001f600\n2. b")
     assert json.dumps(found.to_dict(), ensure_ascii=False).encode("utf-8")
+
+
+def test_a_reasoning_trace_with_a_draft_diagnosis_is_ignored() -> None:
+    draft = diagnosis_json("draft reason", "draft", "draft suggestion")
+    final = diagnosis_json("final reason", "ResNet", "add skip connections")
+    found = parse_diagnosis(f"<think>Maybe {draft}? No, look again.</think>\n{final}")
+    assert found == Diagnosis("final reason", "ResNet", "add skip connections")

@@ -214,3 +214,18 @@ def test_code_is_never_executed(tmp_path: pytest.TempPathFactory) -> None:
     code = f"open({str(marker)!r}, 'w').write('x')\n{VALID_NET}"
     assert extract_code(fenced(code)).status == OK
     assert not marker.exists()
+
+
+def test_a_reasoning_trace_and_its_draft_are_ignored() -> None:
+    # A reasoning model's trace (DeepSeek-R1, Qwen3) holds a fenced draft; the answer after it
+    # comes unfenced. Without removing the trace, the draft would be the only fenced block.
+    reply = (f"<think>\nFirst idea:\n{fenced(VALID_NET_WIDER)}\nToo wide; go smaller.\n</think>\n"
+             f"{VALID_NET}")
+    result = extract_code(reply)
+    assert result.status == OK
+    assert result.code == VALID_NET.strip("\n")
+
+
+def test_a_reasoning_trace_cut_short_leaves_no_code() -> None:
+    reply = f"<think>\nLet me try:\n{fenced(VALID_NET)}\nHmm, but then"  # num_predict ran out
+    assert extract_code(reply).status == EXTRACT_ERROR

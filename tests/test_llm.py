@@ -20,7 +20,7 @@ from orchestrator.llm import (
     normalize_host,
     takes_schema_format,
 )
-from orchestrator.safe_text import valid_unicode
+from orchestrator.reply_text import valid_unicode
 from tests.fake_ollama import FakeOllama, Reply
 from tests.replies import VALID_NET, diagnosis_json, prose_wrapped
 
@@ -146,6 +146,19 @@ def test_a_server_before_0_5_rejects_a_schema_but_takes_json() -> None:
             client.chat(IMPROVER, "diagnose", format=DIAGNOSIS_SCHEMA)
         assert len(old.chat_requests()) == 1  # a 400 is not retried
         assert "suggestions" in client.chat(IMPROVER, "diagnose", format="json").text
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_thinking_sent_apart_is_left_out_and_thinking_only_warns(server: FakeOllama,
+                                                                 stream: bool) -> None:
+    server.add_script(Reply(thinking="Let me weigh the widths. " * 20, content="x = 1"),
+                      Reply(thinking="Hmm. " * 500, content=""))
+    warnings: list[str] = []
+    client = make_client(server, warnings)
+    assert client.chat(CODER, "go", stream=stream).text == "x = 1"
+    assert warnings == []
+    assert client.chat(CODER, "go", stream=stream).text == ""
+    assert len(warnings) == 1 and "2500 characters of thinking and no answer" in warnings[0]
 
 
 # -- retries ---------------------------------------------------------------------------------
