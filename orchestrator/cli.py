@@ -20,7 +20,7 @@ from . import __version__, datasets
 from . import failures as fc
 from .config import ConfigError, RunConfig, build, for_resume, load_toml
 from .diagnosis import DIAGNOSIS_SCHEMA
-from .journal import Journal
+from .journal import Journal, JournalError
 from .llm import (
     GenerationOptions,
     LLMError,
@@ -148,7 +148,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
             console.print(f"\nstopped; {len(journal.records())} iterations are saved. "
                           f"Continue with: orchestrator run --name {cfg.name} --resume")
             raise typer.Exit(130) from None
-        except InfrastructureDown as exc:
+        except (InfrastructureDown, JournalError) as exc:
             raise fail(f"stopped: {exc}. {len(journal.records())} iterations are saved; fix "
                        f"the cause, then: orchestrator run --name {cfg.name} --resume",
                        code=3) from None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -11,6 +13,19 @@ import orjson
 from .files import fsync_dir, write_atomic
 
 RECORDS = "iterations.jsonl"
+
+
+class JournalError(RuntimeError):
+    """The journal could not be written (disk full, quota, permissions); the records written
+    before are intact."""
+
+
+@contextlib.contextmanager
+def _writing(root: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise JournalError(f"cannot write the journal in {root}: {exc.strerror or exc}") from exc
 
 
 class Journal:
@@ -70,13 +85,14 @@ class Journal:
     def write_file(self, name: str, text: str) -> str:
         """Store a candidate's file (code, reply); returns its path relative to the run."""
         path = self.candidates / name
-        write_atomic(path, text.encode())
+        with _writing(self.root):
+            write_atomic(path, text.encode())
         return str(path.relative_to(self.root))
 
     def commit(self, record: dict, code: str | None) -> dict:
         """Append a record (fsynced), then bring best.py and summary.json up to date;
         returns the new summary."""
-        with self._lock:
+        with self._lock, _writing(self.root):
             if self._records is None:
                 self._records = self.records(repair=True)
             best = best_record(self._records)
@@ -93,10 +109,21 @@ class Journal:
             return summarize(self._records or [])
 
     def _append(self, record: dict) -> None:
-        with open(self.root / RECORDS, "ab") as f:
-            f.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
+        """One fsynced line; a failed write is cut off again, so the file stays whole."""
+        line = memoryview(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+        fd = os.open(self.root / RECORDS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                while line:
+                    line = line[os.write(fd, line):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
 
     def write_best(self, code: str) -> None:
         write_atomic(self.root / "best.py", code.encode())

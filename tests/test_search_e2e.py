@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -320,3 +321,33 @@ def test_an_ollama_before_0_5_gets_json_mode_for_the_diagnosis(fake_ollama, fash
     assert record["suggestions"]["suggestions"] == "suggestion number 0"
     config = json.loads((tmp_path / "old" / "config.json").read_text())
     assert config["ollama_version"] == "0.4.7"
+
+
+def test_a_full_disk_stops_the_run_cleanly_and_resume_completes(fake_ollama, fashion_data_dir,
+                                                                tmp_path):
+    server = fake_ollama(default=by_role([replies.VALID_NET] * 4, DIAGNOSIS))
+    first = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "full", 1))
+    assert first.communicate(timeout=900)[0] and first.returncode == 0  # caches the subset
+    args = run_args(server, fashion_data_dir, tmp_path, "full", 4)
+    journal = tmp_path / "full" / "iterations.jsonl"
+    limit = journal.stat().st_size * 5 // 2  # room for at most one more record, not three
+
+    def small_files() -> None:  # the kernel refuses to grow any file past `limit` bytes
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    second = subprocess.Popen([sys.executable, "-m", "orchestrator", "run", *args, "--resume"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              preexec_fn=small_files)
+    output, _ = second.communicate(timeout=900)
+    assert second.returncode == 3, output
+    assert "cannot write the journal" in output and "File too large" in output
+    assert "--resume" in output
+    data = journal.read_bytes()
+    assert data.endswith(b"\n") and len(data) <= limit  # the failed line was cut off again
+    saved = [r["iteration"] for r in read_records(tmp_path / "full")]
+    assert saved == list(range(1, len(saved) + 1)) and len(saved) < 4
+
+    third = orchestrator(*args, "--resume")
+    output, _ = third.communicate(timeout=900)
+    assert third.returncode == 0, output
+    assert [r["iteration"] for r in read_records(tmp_path / "full")] == [1, 2, 3, 4]
