@@ -704,7 +704,10 @@ def test_no_host_leftovers_after_the_cases(runtime, sandbox):
 
 
 INTERRUPTED_CHILD = """
-import json, sys
+import json, signal, sys
+# Ctrl-C as in a terminal, even when the suite runs in the background of a non-interactive
+# shell, whose children inherit SIGINT ignored (Python then installs no handler).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from orchestrator.sandbox.base import Limits
 from orchestrator.sandbox.docker import DockerSandbox
 box = DockerSandbox(sys.argv[1], Limits(timeout=600, memory="512m"), device="cpu", gpus="none")
