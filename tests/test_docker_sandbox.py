@@ -44,10 +44,14 @@ from orchestrator.sandbox.docker import (  # noqa: E402
     GVISOR_PIDS_EXTRA,
     LABEL,
     LABEL_PID,
+    LABEL_PIDNS,
+    LABEL_STARTED,
     DockerSandbox,
     SandboxUnavailable,
     check_engine,
     connect,
+    process_labels,
+    remove_orphans,
 )
 from orchestrator.sandbox.image import IMAGE, ensure_image  # noqa: E402
 from tests.helpers import tiny_job, write_tiny_cache  # noqa: E402
@@ -751,3 +755,29 @@ def test_keyboard_interrupt_removes_the_container(data, image, suite_guard):
             child.kill()
     assert "INTERRUPTED" in out and "KeyboardInterrupt" in out, out[-2000:]
     assert CLIENT.containers.list(all=True, filters={"label": f"{LABEL_PID}={child.pid}"}) == []
+
+
+def test_remove_orphans_takes_only_containers_of_dead_creators_in_this_namespace(image):
+    """Creators are told apart by PID namespace and start time: a container of a process in
+    another namespace is never judged, one whose pid was reused by another process is."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = process_labels()
+    cases = {
+        "dead creator": {**me, LABEL_PID: str(gone.pid)},
+        "pid reused": {**me, LABEL_STARTED: str(int(me[LABEL_STARTED]) - 1)},
+        "other namespace": {**me, LABEL_PID: str(gone.pid), LABEL_PIDNS: "pid:[1]"},
+        "alive": me,
+    }
+    made = {name: CLIENT.containers.create(image, entrypoint=["true"], network_mode="none",
+                                           labels={LABEL: "1", "case": name, **labels})
+            for name, labels in cases.items()}
+    try:
+        assert remove_orphans(CLIENT) >= 2  # any real orphans on this engine go too
+        left = {c.labels["case"] for c in CLIENT.containers.list(
+            all=True, filters={"label": [f"{LABEL}=1", "case"]})}
+        assert left == {"other namespace", "alive"}
+    finally:
+        for container in made.values():
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
 from orchestrator import failures as fc
@@ -18,6 +22,7 @@ except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 LABEL = "org.orchestrator.sandbox"
+LABEL_PID = "org.orchestrator.host-pid"
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +54,46 @@ def test_docker_run_journals_valid_and_failing_candidates(image, fake_ollama, fa
     # Every container is gone, the pre-warmed one included.
     after = {c.id for c in CLIENT.containers.list(all=True, filters={"label": LABEL})}
     assert after <= before
+
+
+SLEEPY_NET = replies.VALID_NET.replace("import torch.nn as nn\n", """import time
+
+import torch.nn as nn
+
+print("CANDIDATE RUNNING", flush=True)
+time.sleep(600)
+""", 1)
+
+
+def test_containers_of_a_killed_run_are_removed_when_it_resumes(image, fake_ollama,
+                                                                fashion_data_dir, tmp_path):
+    server = fake_ollama(default=by_role([SLEEPY_NET, replies.VALID_NET, replies.VALID_NET],
+                                         DIAGNOSIS))
+    args = run_args(server, fashion_data_dir, tmp_path, "killed", 2)
+    args[args.index("local")] = "docker"
+    scratch = tmp_path / "scratch"  # the killed run cannot delete its job folders
+    scratch.mkdir()
+    events = CLIENT.events(decode=True, until=int(time.time()) + 300,
+                           filters={"type": "container", "event": "start", "label": LABEL})
+    first = orchestrator(*args, scratch=scratch)
+    try:
+        container = next(CLIENT.containers.get(e["id"]) for e in events
+                         if e["Actor"]["Attributes"].get(LABEL_PID) == str(first.pid))
+        events.close()
+        for chunk in container.logs(stream=True, follow=True):  # candidate 1 is running
+            if b"CANDIDATE RUNNING" in chunk:
+                break
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate(timeout=60)
+    finally:
+        first.kill()
+    orphans = CLIENT.containers.list(filters={"label": f"{LABEL_PID}={first.pid}"})
+    assert container.id in {c.id for c in orphans}  # still running: nobody removed it
+
+    second = orchestrator(*args, "--resume", scratch=scratch)
+    output, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, output
+    assert f"removed {len(orphans)} sandbox container(s) of a killed run" in output
+    assert CLIENT.containers.list(all=True, filters={"label": f"{LABEL_PID}={first.pid}"}) == []
+    assert [(r["iteration"], r["status"]) for r in read_records(tmp_path / "killed")] == [
+        (1, fc.OK), (2, fc.OK)]

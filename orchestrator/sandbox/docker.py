@@ -55,6 +55,8 @@ from .image import IMAGE, image_id
 
 LABEL = "org.orchestrator.sandbox"  # "1" on every container a DockerSandbox creates
 LABEL_PID = "org.orchestrator.host-pid"  # the creating process
+LABEL_PIDNS = "org.orchestrator.host-pidns"  # ... its PID namespace
+LABEL_STARTED = "org.orchestrator.host-started"  # ... its start time (PID reuse)
 LABEL_INSTANCE = "org.orchestrator.sandbox-instance"  # the creating DockerSandbox
 SANDBOX_USER = "10001:10001"
 READY_TIMEOUT = 300.0  # seconds a pre-warmed container may take to print READY
@@ -165,14 +167,36 @@ def remove_containers(client: docker.DockerClient, pid: int | None = None) -> in
     return n
 
 
+def process_labels() -> dict[str, str]:
+    """The labels naming this process as a container's creator."""
+    return {LABEL_PID: str(os.getpid()), LABEL_PIDNS: os.readlink("/proc/self/ns/pid"),
+            LABEL_STARTED: _started(os.getpid()) or ""}
+
+
+def _started(pid: int | str) -> str | None:
+    """Start time of process `pid` in clock ticks after boot; None when there is no such
+    process, "" when it exists but cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22
+
+
 def remove_orphans(client: docker.DockerClient) -> int:
-    """Force-remove sandbox containers whose creating process no longer exists (e.g. it was
-    SIGKILLed). Only meaningful when the engine and this process share a PID namespace, so it is
-    never called implicitly."""
+    """Force-remove sandbox containers whose creating process is gone (e.g. SIGKILLed), judged
+    only for creators in this process's PID namespace (and so on this host); how many."""
+    namespace = os.readlink("/proc/self/ns/pid")
     n = 0
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
-        pid = (c.labels or {}).get(LABEL_PID, "")
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+        labels = c.labels or {}
+        pid, started = labels.get(LABEL_PID, ""), labels.get(LABEL_STARTED, "")
+        if not pid.isdigit() or labels.get(LABEL_PIDNS, namespace) != namespace:
+            continue
+        now = _started(pid)
+        if now is None or (started and now and now != started):  # gone, or the pid reused
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                 c.remove(force=True)
                 n += 1
@@ -337,6 +361,7 @@ class DockerSandbox(Sandbox):
         self._runner_device = "cpu" if (device == "auto" and self.gpus == "none") else device
         self._ncpu = int(info.get("NCPU") or os.cpu_count() or 1)
         self._instance = uuid.uuid4().hex[:12]
+        self._creator = process_labels()
         self._registry = _Registry(self.client, self._instance)
         self._finalizer = weakref.finalize(self, self._registry.cleanup)
         self._lock = threading.Lock()
@@ -422,7 +447,7 @@ class DockerSandbox(Sandbox):
         config = dict(
             image=self.image,
             command=command,
-            labels={LABEL: "1", LABEL_PID: str(os.getpid()), LABEL_INSTANCE: self._instance},
+            labels={LABEL: "1", **self._creator, LABEL_INSTANCE: self._instance},
             hostname="sandbox",
             user=SANDBOX_USER,
             working_dir="/tmp",
