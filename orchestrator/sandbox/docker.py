@@ -55,7 +55,7 @@ from .image import IMAGE, image_id
 
 LABEL = "org.orchestrator.sandbox"  # "1" on every container a DockerSandbox creates
 LABEL_PID = "org.orchestrator.host-pid"  # the creating process
-LABEL_PIDNS = "org.orchestrator.host-pidns"  # ... its PID namespace
+LABEL_PIDNS = "org.orchestrator.host-pidns"  # ... its host boot and PID namespace
 LABEL_STARTED = "org.orchestrator.host-started"  # ... its start time (PID reuse)
 LABEL_INSTANCE = "org.orchestrator.sandbox-instance"  # the creating DockerSandbox
 SANDBOX_USER = "10001:10001"
@@ -169,8 +169,14 @@ def remove_containers(client: docker.DockerClient, pid: int | None = None) -> in
 
 def process_labels() -> dict[str, str]:
     """The labels naming this process as a container's creator."""
-    return {LABEL_PID: str(os.getpid()), LABEL_PIDNS: os.readlink("/proc/self/ns/pid"),
+    return {LABEL_PID: str(os.getpid()), LABEL_PIDNS: _pid_namespace(),
             LABEL_STARTED: _started(os.getpid()) or ""}
+
+
+def _pid_namespace() -> str:
+    """Where a pid names a process: this boot of this host, and this PID namespace."""
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
 
 
 def _started(pid: int | str) -> str | None:
@@ -187,8 +193,8 @@ def _started(pid: int | str) -> str | None:
 
 def remove_orphans(client: docker.DockerClient) -> int:
     """Force-remove sandbox containers whose creating process is gone (e.g. SIGKILLed), judged
-    only for creators in this process's PID namespace (and so on this host); how many."""
-    namespace = os.readlink("/proc/self/ns/pid")
+    only for creators on this host, boot and PID namespace; how many."""
+    namespace = _pid_namespace()
     n = 0
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
         labels = c.labels or {}
