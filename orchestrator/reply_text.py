@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 
 # Reasoning models (DeepSeek-R1, Qwen3, ...) served by an Ollama that does not separate their
-# thinking put it in the content between these tags; a trace cut by num_predict has no end tag.
-THINKING = re.compile(r"<(think|thinking)>.*?(</\1>|\Z)", re.DOTALL | re.IGNORECASE)
+# thinking put it in the content between these tags, first; one cut by num_predict has no end.
+THINKING = re.compile(r"<(think|thinking)>.*?</\1>", re.DOTALL | re.IGNORECASE)
+UNCLOSED_THINKING = re.compile(r"\s*<(think|thinking)>", re.IGNORECASE)
 
 
 def valid_unicode(text: str) -> str:
@@ -16,5 +17,7 @@ def valid_unicode(text: str) -> str:
 
 
 def strip_thinking(text: str) -> str:
-    """`text` without <think>...</think> reasoning traces, whose drafts are not the answer."""
-    return THINKING.sub("", text)
+    """`text` without <think>...</think> reasoning traces, whose drafts are not the answer;
+    empty when it is an unfinished trace."""
+    text = THINKING.sub("", text)
+    return "" if UNCLOSED_THINKING.match(text) else text

@@ -229,3 +229,9 @@ def test_a_reasoning_trace_and_its_draft_are_ignored() -> None:
 def test_a_reasoning_trace_cut_short_leaves_no_code() -> None:
     reply = f"<think>\nLet me try:\n{fenced(VALID_NET)}\nHmm, but then"  # num_predict ran out
     assert extract_code(reply).status == EXTRACT_ERROR
+
+
+def test_a_think_tag_inside_the_answer_is_kept() -> None:
+    code = VALID_NET.replace("import torch\n", "import torch  # no <think> tags here\n", 1)
+    result = extract_code(fenced(code))
+    assert result.status == OK and "no <think> tags here" in result.code
