@@ -427,8 +427,9 @@ class OllamaClient:
             response = self.client.chat(**request, stream=False)
             text = response.message.content or ""
             self._check_thinking(response, len(response.message.thinking or ""), text)
-            return (self._cut(response, limit), text[:limit]) if len(text) > limit else (
-                response, text)
+            if len(text) > limit:
+                return self._cut(response, limit), text[:limit]
+            return response, text
         parts: list[str] = []
         chars = thinking = 0
         final: ollama.ChatResponse | None = None

@@ -156,17 +156,6 @@ def device_requests(gpus: str) -> list[docker.types.DeviceRequest]:
     return [docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
 
 
-def remove_containers(client: docker.DockerClient, pid: int | None = None) -> int:
-    """Force-remove every sandbox container (of process `pid` when given); how many."""
-    labels = [f"{LABEL}=1"] + ([f"{LABEL_PID}={pid}"] if pid is not None else [])
-    n = 0
-    for c in client.containers.list(all=True, filters={"label": labels}):
-        with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-            c.remove(force=True)
-            n += 1
-    return n
-
-
 def process_labels() -> dict[str, str]:
     """The labels naming this process as a container's creator."""
     return {LABEL_PID: str(os.getpid()), LABEL_PIDNS: _pid_namespace(),
