@@ -216,6 +216,19 @@ def test_same_job_gives_same_predictions(
     assert second["metrics"]["final_loss"] == first["metrics"]["final_loss"]
 
 
+def test_prewarmed_runner_gives_the_cold_runners_result(
+    tmp_path: Path, good_run: tuple[Path, dict, np.ndarray], dataset: tuple[Path, np.ndarray]
+) -> None:
+    """--wait rehearses a small training run before READY; the candidate must not notice."""
+    job_dir, cold, preds = good_run
+    out_dir = tmp_path / "warm"
+    out_dir.mkdir()
+    warm = run_runner(job_dir, dataset[0], out_dir, "--wait", "--device", "cpu")
+    np.testing.assert_array_equal(np.load(out_dir / "predictions.npy"), preds)
+    assert warm["metrics"]["final_loss"] == cold["metrics"]["final_loss"]
+    assert warm["metrics"]["steps"] == cold["metrics"]["steps"]
+
+
 @pytest.fixture(scope="module")
 def outcomes(
     tmp_path_factory: pytest.TempPathFactory, dataset: tuple[Path, np.ndarray]
