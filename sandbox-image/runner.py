@@ -208,7 +208,7 @@ def rehearse(data: Data) -> None:
     """Train and predict a small conv net for two steps through the runner's own train() and
     predict(), so the kernels most candidates share (conv, batch norm, pooling, linear, loss,
     optimizer, augmentation) are loaded before the job rather than in its first steps: on CUDA
-    they load lazily, about 0.2-0.8 s per candidate on an H100 (benchmarks/README.md)."""
+    they load lazily, 0.1-0.85 s per candidate on an H100 (benchmarks/README.md)."""
     channels, height, width = data.train_x.shape[1:]
     classes = int(data.train_y.max()) + 1
     pool = [nn.MaxPool2d(2)] if min(height, width) >= 2 else []
