@@ -1,10 +1,11 @@
 """Sandbox runner: import a candidate `Net`, validate it, train it, predict the test set.
 
-    python runner.py --job JOB_DIR --data DATA_DIR --out OUT_DIR [--wait] [--device auto|cpu|cuda]
+    python runner.py --job JOB_DIR --data DATA_DIR --out OUT_DIR [--wait] [--lifeline]
+        [--device auto|cpu|cuda]
 
 See docs/contracts.md ("Runner"). Standard library, numpy and torch only. The data stay on the
 device as uint8; augmentation (random crop with zero padding, horizontal flip) and normalisation
-run there per batch. Writes `predictions.npy` then `result.json` to OUT_DIR, each atomically, and
+run there per batch. Writes `predictions.npy` then `result.json` to OUT_DIR, in place, and
 exits 0 whenever `result.json` was written. Infrastructure faults (no job, no data) exit 2 with no
 `result.json`: they are not the candidate's doing.
 """
@@ -25,6 +26,7 @@ import math
 import os
 import random
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ JOB_KEYS = (
     "input_shape", "num_classes", "mean", "std", "crop_padding", "flip", "batch_size", "lr",
     "momentum", "weight_decay", "seed",
 )
+LIFELINE_EXIT = 3  # exit code when the host closed stdin, i.e. it is gone
 MESSAGE_CHARS = 2000
 TRACEBACK_CHARS = 4000
 # Exceptions a validation forward raises on mismatched shapes ("mat1 and mat2 shapes cannot be
@@ -543,6 +546,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="output dir")
     p.add_argument("--wait", action="store_true", help="warm up, print READY, await job.json")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides job.json")
+    p.add_argument("--lifeline", action="store_true",
+                   help=f"exit {LIFELINE_EXIT} as soon as stdin is closed (the host has gone)")
     return p.parse_args(argv)
 
 
@@ -571,10 +576,28 @@ def prepare(args: argparse.Namespace) -> Run:
     return Run(job, data, metrics={"device": str(data.device), "warmup_seconds": warmup})
 
 
+def watch_lifeline() -> None:
+    """Exit at once when stdin reaches end of file. The Docker sandbox holds the container's
+    stdin open until it removes the container, and the engine closes it if the host process
+    dies, even by SIGKILL: a runner whose host is gone frees its GPU instead of training (or
+    waiting for a job) for nobody."""
+
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            while os.read(0, 4096):
+                pass
+        print("runner: stdin closed, the host is gone; exiting", file=sys.stderr, flush=True)
+        os._exit(LIFELINE_EXIT)
+
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; exit 0 whenever result.json was written, 2 on infrastructure faults."""
     sys.dont_write_bytecode = True
     args = parse_args(argv)
+    if args.lifeline:
+        watch_lifeline()
     out_dir = args.out.resolve()
     try:
         run = prepare(args)

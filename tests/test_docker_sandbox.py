@@ -757,6 +757,54 @@ def test_keyboard_interrupt_removes_the_container(data, image, suite_guard):
     assert CLIENT.containers.list(all=True, filters={"label": f"{LABEL_PID}={child.pid}"}) == []
 
 
+KILLED_HOST_CHILD = """
+import sys
+from orchestrator.sandbox.base import Limits
+from orchestrator.sandbox.docker import DockerSandbox
+box = DockerSandbox(sys.argv[1], Limits(memory="512m"), device="cpu", gpus="none",
+                    runtime=sys.argv[2])
+box._warm_thread.join()
+box._warm.pump.wake.wait()
+print("READY" if box._warm.pump.ready.is_set() else "NOT READY", box._warm.container.id,
+      flush=True)
+sys.stdin.read()  # until SIGKILL
+"""
+
+
+def test_containers_stop_when_their_host_process_is_killed(data, image, runtime, suite_guard):
+    """SIGKILL leaves run() no chance to clean up; the engine then closes the containers'
+    stdin, and the runner (--lifeline) exits instead of holding its memory and GPU. The next
+    remove_orphans() removes the container and the host folders the dead process left."""
+    before = host_dirs()
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_HOST_CHILD, str(data), runtime],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=Path(__file__).resolve().parents[1], text=True,
+    )
+    container = None
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        assert line.startswith("READY "), line + child.stdout.read()[-2000:]
+        container = CLIENT.containers.get(line.split()[1])
+        assert container.labels[LABEL_PID] == str(child.pid)
+        child.kill()
+        child.wait(timeout=60)
+        status = container.wait(timeout=60)  # returns once the runner has exited
+        assert status["StatusCode"] == 3, container.logs()[-2000:]
+        assert b"the host is gone" in container.logs()
+        assert len(host_dirs() - before) == 2  # its job and output folders
+        assert remove_orphans(CLIENT) >= 1
+        with pytest.raises(docker.errors.NotFound):
+            container.reload()
+        assert host_dirs() - before == set()
+    finally:
+        child.kill()
+        if container is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True)
+
+
 def test_remove_orphans_takes_only_containers_of_dead_creators_in_this_namespace(image):
     """Creators are told apart by PID namespace and start time: a container of a process in
     another namespace is never judged, one whose pid was reused by another process is."""

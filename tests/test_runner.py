@@ -308,6 +308,25 @@ def test_wait_mode_prints_ready_before_the_job(
     assert np.load(out_dir / "predictions.npy").shape == (256,)
 
 
+def test_lifeline_exits_when_stdin_closes(tmp_path: Path, dataset: tuple[Path, np.ndarray]) -> None:
+    """--lifeline: a runner whose host closed its stdin (died) exits at once, writing nothing."""
+    job_dir, out_dir = tmp_path / "job", tmp_path / "out"
+    job_dir.mkdir()
+    out_dir.mkdir()
+    cmd = command(job_dir, dataset[0], out_dir, "--wait", "--lifeline", "--device", "cpu")
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline() == "READY\n"
+            proc.stdin.close()
+            assert proc.wait(timeout=60) == load_runner().LIFELINE_EXIT
+            assert "the host is gone" in proc.stderr.read()
+        finally:
+            proc.kill()
+    assert not any(out_dir.iterdir())
+
+
 def test_missing_job_is_not_blamed_on_the_candidate(
     tmp_path: Path, dataset: tuple[Path, np.ndarray]
 ) -> None:

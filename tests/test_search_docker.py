@@ -71,7 +71,7 @@ def test_containers_of_a_killed_run_are_removed_when_it_resumes(image, fake_olla
                                          DIAGNOSIS))
     args = run_args(server, fashion_data_dir, tmp_path, "killed", 2)
     args[args.index("local")] = "docker"
-    scratch = tmp_path / "scratch"  # the killed run cannot delete its job folders
+    scratch = tmp_path / "scratch"  # the killed run cannot delete its job folders itself
     scratch.mkdir()
     events = CLIENT.events(decode=True, until=int(time.time()) + 300,
                            filters={"type": "container", "event": "start", "label": LABEL})
@@ -87,13 +87,17 @@ def test_containers_of_a_killed_run_are_removed_when_it_resumes(image, fake_olla
         first.communicate(timeout=60)
     finally:
         first.kill()
-    orphans = CLIENT.containers.list(filters={"label": f"{LABEL_PID}={first.pid}"})
-    assert container.id in {c.id for c in orphans}  # still running: nobody removed it
+    # The engine closed the runner's stdin (its lifeline) when the host died: it stopped by
+    # itself, but nobody removed it.
+    assert container.wait(timeout=60)["StatusCode"] == 3
+    orphans = CLIENT.containers.list(all=True, filters={"label": f"{LABEL_PID}={first.pid}"})
+    assert container.id in {c.id for c in orphans}
 
     second = orchestrator(*args, "--resume", scratch=scratch)
     output, _ = second.communicate(timeout=900)
     assert second.returncode == 0, output
     assert f"removed {len(orphans)} sandbox container(s) of a killed run" in output
     assert CLIENT.containers.list(all=True, filters={"label": f"{LABEL_PID}={first.pid}"}) == []
+    assert list(scratch.glob("orchestrator-*")) == []  # the killed run's folders went too
     assert [(r["iteration"], r["status"]) for r in read_records(tmp_path / "killed")] == [
         (1, fc.OK), (2, fc.OK)]

@@ -20,6 +20,11 @@ Pre-warming (default): the container for the next candidate is started (`runner.
 the LLM's generation. `run()` takes it, waits for its `READY` line, writes candidate.py and then
 job.json (atomically) into its job directory, and counts the timeout from there. Each container
 runs exactly one candidate.
+
+Lifeline: the host stays attached to each container's stdin until it removes the container. If
+the host process dies without cleaning up (SIGKILL, OOM killer), the engine closes that stdin and
+the runner (`--lifeline`) exits at once, freeing memory and GPU; `remove_orphans`, called by the
+next run, removes such containers and their host folders.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -37,6 +43,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import docker.models.containers
 import docker.types
 import requests
 
@@ -64,6 +71,7 @@ KILL_WAIT = 30.0  # seconds to wait for a killed container to stop
 LOG_DRAIN = 10.0  # seconds to wait for the log reader after the container stopped
 FSIZE_LIMIT = 256 << 20  # largest file the candidate may write: bounds its disk use
 OUTPUT_FILES = ("result.json", "predictions.npy")  # the container's only writable host files
+FOLDER_PREFIXES = ("orchestrator-job-", "orchestrator-out-")  # its host folders, in the temp dir
 SHM_MAX = 1 << 30
 TAIL_BYTES = 4 * LOG_TAIL_CHARS
 # gVisor's own host threads (sentry, gofer, ptrace stubs: about 75 for an idle runner) count
@@ -181,8 +189,9 @@ def _started(pid: int | str) -> str | None:
 
 
 def remove_orphans(client: docker.DockerClient) -> int:
-    """Force-remove sandbox containers whose creating process is gone (e.g. SIGKILLed), judged
-    only for creators on this host, boot and PID namespace; how many."""
+    """Force-remove sandbox containers whose creating process is gone (e.g. SIGKILLed), and
+    their host job and output folders, judged only for creators on this host, boot and PID
+    namespace; how many containers."""
     namespace = _pid_namespace()
     n = 0
     for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
@@ -193,9 +202,25 @@ def remove_orphans(client: docker.DockerClient) -> int:
         now = _started(pid)
         if now is None or (started and now and now != started):  # gone, or the pid reused
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
+                folders = _host_folders(c)
                 c.remove(force=True)
                 n += 1
+                for folder in folders:
+                    shutil.rmtree(folder, ignore_errors=True)
     return n
+
+
+def _host_folders(container: docker.models.containers.Container) -> set[Path]:
+    """The host folders a sandbox container was given (/job, and the one holding the /out
+    files), recognised by their FOLDER_PREFIXES."""
+    folders = set()
+    for mount in container.attrs.get("Mounts") or []:
+        source, target = Path(mount.get("Source") or "/"), mount.get("Destination", "")
+        folder = source if target == "/job" else source.parent
+        if target in ("/job", *(f"/out/{name}" for name in OUTPUT_FILES)) and \
+                folder.name.startswith(FOLDER_PREFIXES):
+            folders.add(folder)
+    return folders
 
 
 class _LogPump(threading.Thread):
@@ -267,6 +292,24 @@ class _Slot:
     started_at: float = 0.0
     error: str | None = None
     timings: dict = field(default_factory=dict)
+    lifeline: socket.SocketIO | None = None  # the container's stdin, open while we live
+
+
+def _attach_lifeline(container: docker.models.containers.Container) -> socket.SocketIO:
+    """Attach to the (not yet started) container's stdin and keep the socket. The runner
+    (--lifeline) exits when its stdin closes: when we close this socket, or when the kernel does
+    because this process died, so a SIGKILLed host leaves no container holding its GPU."""
+    return container.attach_socket(params={"stdin": 1, "stream": 1})
+
+
+def _cut_lifeline(lifeline: socket.SocketIO) -> None:
+    """Close the attached socket itself (SocketIO.close() alone leaves it open)."""
+    sock = getattr(lifeline, "_sock", None)
+    with contextlib.suppress(OSError):
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        lifeline.close()
 
 
 class _Registry:
@@ -288,6 +331,8 @@ class _Registry:
     def destroy(self, slot: _Slot) -> None:
         with self.lock:
             self.slots.pop(id(slot), None)
+        if slot.lifeline is not None:  # first: the runner then exits even if removal fails
+            _cut_lifeline(slot.lifeline)
         if slot.container is not None:
             with contextlib.suppress(docker.errors.NotFound):
                 try:
@@ -436,7 +481,7 @@ class DockerSandbox(Sandbox):
         lim = self.limits
         memory = parse_size(lim.memory)
         threads = max(1, int(lim.cpus)) if lim.cpus else self._ncpu
-        command = ["--job", "/job", "--data", "/data", "--out", "/out",
+        command = ["--job", "/job", "--data", "/data", "--out", "/out", "--lifeline",
                    "--device", self._runner_device] + (["--wait"] if wait else [])
         log_max = max(4 * lim.output_bytes, 1 << 20)
         config = dict(
@@ -470,7 +515,11 @@ class DockerSandbox(Sandbox):
             log_config=docker.types.LogConfig(
                 type="json-file", config={"max-size": str(log_max), "max-file": "2"}
             ),
-            detach=True,
+            # stdin is the runner's lifeline (`_attach_lifeline`). With stdin_open, detach=False
+            # makes docker-py set StdinOnce: the engine closes the container's stdin when our
+            # attached socket closes. create() itself never waits for the container.
+            stdin_open=True,
+            detach=False,
         )
         if lim.cpus:
             config["nano_cpus"] = int(lim.cpus * 1e9)
@@ -490,8 +539,8 @@ class DockerSandbox(Sandbox):
         try:
             if not self.data_dir.is_dir():
                 raise _Fault(f"the data directory {self.data_dir} does not exist")
-            slot.job_dir = Path(tempfile.mkdtemp(prefix="orchestrator-job-"))
-            slot.out_dir = Path(tempfile.mkdtemp(prefix="orchestrator-out-"))
+            slot.job_dir = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIXES[0]))
+            slot.out_dir = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIXES[1]))
             os.chmod(slot.job_dir, 0o755)
             if not wait:
                 write_job(slot.job_dir, code or "", job or {})
@@ -504,6 +553,7 @@ class DockerSandbox(Sandbox):
             ]
             t = time.perf_counter()
             slot.container = self.client.containers.create(**config)
+            slot.lifeline = _attach_lifeline(slot.container)
             slot.timings["create_s"] = round(time.perf_counter() - t, 3)
             if self._registry.closed:  # close() ran meanwhile (e.g. at exit)
                 self._registry.destroy(slot)
