@@ -2,6 +2,11 @@
 
 Replies to /api/chat come from a script (consumed in order), then from a default. The server
 records every request and shuts down promptly even while a delayed handler is waiting.
+
+Like Ollama's scheduler (`server/sched.go`, `needsReload`), it counts a model *load* whenever a
+chat request asks for a model that is not loaded, or for a loaded model with different runner
+options (`RUNNER_OPTIONS`; `num_ctx` above all): on a real server each of those reloads the
+weights, seconds for a 7B model.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ FAKE_VERSION = "0.6.5"
 MODIFIED_AT = "2025-01-15T10:20:30.123456789Z"
 POLL_SECONDS = 0.02  # how often serve_forever checks for shutdown: keeps close() quick
 UNPULLABLE_ERROR = "pull model manifest: file does not exist"
+# The options a loaded runner is started with (Ollama's api.Runner); a request that asks for
+# other values reloads the model. Absent options take the server's defaults.
+RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 
 
 @dataclass
@@ -158,6 +166,8 @@ class FakeOllama:
         self._script: list[ScriptItem] = list(script)
         self._default: ScriptItem = default if default is not None else EXHAUSTED
         self._requests: list[tuple[str, Any]] = []
+        self._runners: dict[str, tuple] = {}  # model -> runner options it is loaded with
+        self._loads: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
         self.version = version
         self._server = _Server(self)
@@ -214,6 +224,15 @@ class FakeOllama:
         with self._lock:
             return dict(self._models)
 
+    def loads(self) -> dict[str, int]:
+        """How often each model was loaded (first load included), as Ollama's scheduler would."""
+        with self._lock:
+            return dict(self._loads)
+
+    def reloads(self) -> int:
+        """Loads after each model's first: each a reload of its weights on a real server."""
+        return sum(n - 1 for n in self.loads().values())
+
     def add_script(self, *items: ScriptItem) -> None:
         """Append replies to the script."""
         with self._lock:
@@ -237,6 +256,13 @@ class FakeOllama:
             h.send_text(404, "404 page not found")
             return
         route(h, body)
+
+    def _load(self, model: str, options: dict[str, Any]) -> None:
+        runner = tuple(options.get(name) for name in RUNNER_OPTIONS)
+        with self._lock:
+            if self._runners.get(model) != runner:
+                self._runners[model] = runner
+                self._loads[model] = self._loads.get(model, 0) + 1
 
     def _lookup(self, name: str) -> str | None:
         with self._lock:
@@ -303,6 +329,7 @@ class FakeOllama:
             h.send_json(400, {"error": "json: cannot unmarshal object into Go struct field "
                                        "ChatRequest.format of type string"})
             return
+        self._load(full_name(model), body.get("options") or {})
         reply = self._next_reply(body)
         if reply.delay > 0 and self._closing.wait(reply.delay):
             h.close_connection = True
