@@ -28,9 +28,16 @@ from .llm import (
     full_model_name,
     takes_schema_format,
 )
-from .loop import CHAIN_SEED_STRIDE, InfrastructureDown, NoveltyGate, Search, run_chains
+from .loop import (
+    CHAIN_SEED_STRIDE,
+    OUTCOME_CHARS,
+    InfrastructureDown,
+    NoveltyGate,
+    Search,
+    run_chains,
+)
 from .progress import Reporter
-from .prompts import PromptBook
+from .prompts import PromptBook, Task, num_ctx_per_model
 from .roles import Roles
 from .sandbox.base import Limits, Sandbox
 
@@ -116,16 +123,19 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     reporter = Reporter(cfg.iterations, console, chains=cfg.parallel)
     client = OllamaClient(cfg.ollama_host, GenerationOptions(
         temperature=cfg.temperature, top_p=cfg.top_p, num_predict=cfg.num_predict,
-        num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout), on_warning=reporter.warn)
+        num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout, keep_alive=cfg.keep_alive),
+        on_warning=reporter.warn)
     ollama_version = client.check_server()
     diagnosis_format = _diagnosis_format(ollama_version, reporter)
     digests = client.ensure_models([cfg.generator_model, cfg.improver_model],
                                    pull=not cfg.no_pull)
+    prompts = PromptBook(cfg.prompts_dir)
+    num_ctx = client.set_num_ctx(_num_ctx_start(cfg, dataset, prompts, journal, resume))
     with contextlib.ExitStack() as stack:
         boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset)]
         stored = {**cfg.to_dict(), "models": digests, "sandbox_info": boxes[0].describe(),
                   "dataset_fingerprint": dataset.fingerprint, "version": __version__,
-                  "ollama_version": ollama_version,
+                  "ollama_version": ollama_version, "num_ctx_per_model": num_ctx,
                   "python": platform.python_version()}
         if resume:
             journal.update_config({**journal.config(), **stored})
@@ -134,7 +144,6 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
         records = journal.load()
         reporter.note(f"run {cfg.name}: {journal.root}")
         novelty = _novelty_gate(cfg, journal, records)
-        prompts = PromptBook(cfg.prompts_dir)
         searches = [
             Search(cfg, journal, Roles(client, cfg.generator_model, cfg.improver_model,
                                        cfg.seed + chain * CHAIN_SEED_STRIDE, digests,
@@ -153,6 +162,20 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
                        f"the cause, then: orchestrator run --name {cfg.name} --resume",
                        code=3) from None
     return journal.summary()
+
+
+def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: PromptBook,
+                   journal: Journal, resume: bool) -> dict[str, int]:
+    """Each model's num_ctx to start the run with: the value a resumed run stored, else sized
+    from the longest prompts the templates can produce for this task."""
+    spec = dataset.spec
+    protocol = {k: getattr(cfg, k) for k in ("epochs", "lr", "momentum", "weight_decay",
+                                             "batch_size")}
+    task = Task(dataset.name, tuple(spec.input_shape), spec.num_classes, protocol,
+                cfg.max_params)
+    stored = (journal.config().get("num_ctx_per_model") or {}) if resume else {}
+    return {model: stored.get(model, size)
+            for model, size in num_ctx_per_model(prompts, task, cfg, OUTCOME_CHARS).items()}
 
 
 def _diagnosis_format(version: str, reporter: Reporter) -> dict | str:

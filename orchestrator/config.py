@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "qwen2.5-coder:7b"
 # Settings that may change when a stopped run is resumed; the rest are the run's identity.
-RESUMABLE = frozenset({"iterations", "ollama_host", "timeout", "no_pull", "request_timeout"})
+RESUMABLE = frozenset({"iterations", "ollama_host", "timeout", "no_pull", "request_timeout",
+                       "keep_alive"})
+# A Go duration, as Ollama parses keep_alive: "30m", "1h30m", "0" (unload), "-1m" (forever).
+DURATION = re.compile(r"[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h))+)")
 
 
 class ConfigError(ValueError):
@@ -48,6 +52,7 @@ class RunConfig:
     num_predict: int = 2048
     num_ctx: int | None = None
     request_timeout: float = 600.0
+    keep_alive: str = "30m"  # how long Ollama keeps a model loaded after a request
     # Evaluation protocol.
     train_samples: int | None = None
     test_samples: int | None = None
@@ -79,6 +84,8 @@ class RunConfig:
             (self.parallel >= 1, "parallel must be at least 1"),
             (self.novelty in ("record", "reject"), "novelty must be 'record' or 'reject'"),
             (0 < self.novelty_tau <= 1, "novelty-tau must be in (0, 1]"),
+            (isinstance(self.keep_alive, str) and DURATION.fullmatch(self.keep_alive) is not None,
+             "keep-alive must be a duration like 30m, 1h or 0"),
         ]
         for ok, message in checks:
             if not ok:

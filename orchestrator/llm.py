@@ -7,6 +7,7 @@ import ipaddress
 import math
 import os
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -58,19 +59,13 @@ class GenerationOptions:
     temperature: float = 0.7
     top_p: float = 0.9
     num_predict: int = 2048
-    num_ctx: int | None = None  # None: sized per call from the prompt
+    num_ctx: int | None = None  # None: one per model, sized for the run, grown when needed
     request_timeout: float = 600.0
-
-    def context_for(self, prompt_chars: int) -> int:
-        """The num_ctx for a prompt of `prompt_chars` characters."""
-        if self.num_ctx is not None:
-            return self.num_ctx
-        return auto_num_ctx(prompt_chars, self.num_predict)
+    keep_alive: str | None = "30m"  # how long the server keeps a model loaded after a call
 
     def reply_char_limit(self) -> int:
         """Characters kept of a reply: a server that ignores num_predict cannot flood the run."""
-        tokens = self.num_predict if self.num_predict > 0 else UNLIMITED_PREDICT_TOKENS
-        return tokens * REPLY_CHARS_PER_TOKEN
+        return reply_tokens(self.num_predict) * REPLY_CHARS_PER_TOKEN
 
 
 @dataclass
@@ -150,6 +145,11 @@ def default_host() -> str:
 def full_model_name(name: str) -> str:
     """Add the default ':latest' tag when the name has none ('host:port/ns/m' is untagged)."""
     return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+def reply_tokens(num_predict: int) -> int:
+    """The most tokens a reply can have: num_predict, or a large bound when unlimited (<= 0)."""
+    return num_predict if num_predict > 0 else UNLIMITED_PREDICT_TOKENS
 
 
 def auto_num_ctx(prompt_chars: int, num_predict: int) -> int:
@@ -237,6 +237,9 @@ class OllamaClient:
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.client = ollama.Client(host=self.host, timeout=self._timeout())
+        self._num_ctx: dict[str, int] = {}  # full model name -> its num_ctx for this run
+        self._ctx_limits: dict[str, int] = {}  # full model name -> the model's context length
+        self._ctx_lock = threading.Lock()  # search chains share one client
 
     def _timeout(self) -> httpx.Timeout:
         """request_timeout per read/write; connecting gets at most CONNECT_TIMEOUT seconds."""
@@ -356,6 +359,54 @@ class OllamaClient:
             detail = exc.error if isinstance(exc, ollama.ResponseError) else repr(exc)
             raise LLMError(f"pulling {model} from {self.host} failed: {detail}") from exc
 
+    # -- context window --------------------------------------------------------------------
+    def context_length(self, model: str) -> int | None:
+        """The model's context length from /api/show; None when the server does not say."""
+        try:
+            shown = self._retrying(f"showing {model}")(self.client.show, model)
+        except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
+            raise self._fail(exc, f"showing {model}", model) from exc
+        info = shown.modelinfo or {}
+        length = info.get(f"{info.get('general.architecture')}.context_length")
+        return length if isinstance(length, int) and length > 0 else None
+
+    def set_num_ctx(self, sizes: Mapping[str, int]) -> dict[str, int]:
+        """Fix each model's num_ctx for the run: the configured num_ctx if given, else its size
+        here; capped at the model's context length. Returns model -> num_ctx."""
+        fixed: dict[str, int] = {}
+        for model, size in sizes.items():
+            limit = self.context_length(model)
+            wanted = size if self.options.num_ctx is None else self.options.num_ctx
+            fixed[model] = min(wanted, limit) if limit else wanted
+            if self.options.num_ctx is not None and fixed[model] < wanted:
+                self._warn(f"{model}: num_ctx {wanted} is more than the model's context length; "
+                           f"using {limit}")
+            with self._ctx_lock:
+                self._num_ctx[full_model_name(model)] = fixed[model]
+                if limit:
+                    self._ctx_limits[full_model_name(model)] = limit
+        return fixed
+
+    def num_ctx_for(self, model: str, chars: int) -> int:
+        """The model's num_ctx for a prompt of `chars` characters: the run's value, raised (never
+        lowered, at most to the model's context length) when the prompt needs more. Ollama
+        reloads a model whose num_ctx changes, so it stays the same for every call otherwise."""
+        key = full_model_name(model)
+        need = auto_num_ctx(chars, self.options.num_predict)
+        with self._ctx_lock:
+            current = self._num_ctx.get(key)
+            if self.options.num_ctx is not None:
+                return self.options.num_ctx if current is None else current
+            limit = self._ctx_limits.get(key)
+            wanted = min(need, limit) if limit else need
+            if current is not None and wanted <= current:
+                return current
+            self._num_ctx[key] = wanted
+        if current is not None:
+            self._warn(f"{model}: a prompt needs num_ctx {wanted}, more than {current}: raising "
+                       "it for the rest of the run; Ollama reloads the model once for this")
+        return wanted
+
     # -- chat ------------------------------------------------------------------------------
     def chat(
         self,
@@ -376,18 +427,24 @@ class OllamaClient:
         """
         msgs = as_messages(messages)
         chars = prompt_chars(msgs)
-        num_ctx = self.options.context_for(chars)
+        options = self._request_options(seed, temperature)
         request = {
             "model": model,
             "messages": msgs,
-            "options": self._request_options(num_ctx, seed, temperature),
+            "options": options,
             "format": format or None,
+            "keep_alive": self.options.keep_alive,
         }
+
+        def attempt() -> tuple[ollama.ChatResponse, str]:
+            # Each attempt asks with the model's current num_ctx: another chain may have
+            # raised it meanwhile, and an older value would reload the model again.
+            options["num_ctx"] = self.num_ctx_for(model, chars)
+            return self._chat_once(request, stream, on_progress)
+
         start = time.monotonic()
         try:
-            final, text = self._retrying(f"chat with {model}")(
-                self._chat_once, request, stream, on_progress
-            )
+            final, text = self._retrying(f"chat with {model}")(attempt)
         except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
             raise self._fail(exc, f"chat with {model}", model) from exc
         result = ChatResult(
@@ -397,20 +454,17 @@ class OllamaClient:
             prompt_tokens=final.prompt_eval_count,
             completion_tokens=final.eval_count,
             seconds=time.monotonic() - start,
-            num_ctx=num_ctx,
+            num_ctx=options["num_ctx"],
             done_reason=final.done_reason,
         )
         self._check_limits(result, chars)
         return result
 
-    def _request_options(
-        self, num_ctx: int, seed: int | None, temperature: float | None = None
-    ) -> dict[str, Any]:
+    def _request_options(self, seed: int | None, temperature: float | None) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "temperature": self.options.temperature if temperature is None else temperature,
             "top_p": self.options.top_p,
             "num_predict": self.options.num_predict,
-            "num_ctx": num_ctx,
         }
         if seed is not None:
             opts["seed"] = seed

@@ -6,6 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from .config import RunConfig
+from .llm import (
+    CHARS_PER_TOKEN_GENEROUS,
+    auto_num_ctx,
+    full_model_name,
+    prompt_chars,
+    reply_tokens,
+)
 from .memory import Triple
 
 PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
@@ -47,6 +55,18 @@ class GeneratorInput:
     previous: list[Attempt] = field(default_factory=list)  # extended prompt: recent attempts
 
 
+@dataclass
+class PromptBounds:
+    """The most each variable part of the prompts can hold."""
+
+    code: int  # characters of one code slot
+    diagnosis: int  # characters of one diagnosis: the suggestions, or a problem and suggestion
+    outcome: int  # characters of one outcome line
+    history: int  # triples in the Improver's window
+    top: int  # extended prompt: top architectures
+    recent: int  # extended prompt: recent attempts
+
+
 class PromptBook:
     """Loads the templates once; renders chat messages for both roles."""
 
@@ -79,6 +99,16 @@ class PromptBook:
         user = self._render("improver", task.fields(), sections)
         return _messages(self.templates["improver_system"], user)
 
+    def longest(self, task: Task, bounds: PromptBounds) -> dict[str, list[dict]]:
+        """Both roles' messages with every variable part at its bound."""
+        attempt = Attempt(10**6, "x" * bounds.code, "o" * bounds.outcome)
+        half = "x" * (bounds.diagnosis // 2)
+        given = GeneratorInput(attempt, attempt, "x" * bounds.diagnosis,
+                               [attempt] * bounds.top, [attempt] * bounds.recent)
+        triples = [Triple(half, half, "o" * bounds.outcome)] * bounds.history
+        return {"generator": self.generator(task, given),
+                "improver": self.improver(task, attempt, attempt, triples)}
+
     def _render(self, name: str, fields: dict, sections: dict) -> str:
         return Template(self.templates[name]).safe_substitute({**fields, **sections})
 
@@ -108,3 +138,23 @@ def _history(triples: list[Triple]) -> str:
         lines.append(f"{i}. Problem: {t.problem.strip()}\n   Suggestion: {t.suggestion.strip()}"
                      f"\n   Outcome: {t.outcome.strip()}")
     return "\n".join(lines) + "\n"
+
+
+def num_ctx_per_model(book: PromptBook, task: Task, config: RunConfig,
+                      outcome_chars: int) -> dict[str, int]:
+    """The num_ctx each model needs for the whole run: the longest prompt its roles can get
+    (every code slot and diagnosis at most num_predict tokens, K triples, the extended prompt's
+    attempts) plus the reply, by `auto_num_ctx`. Roles on one model share the larger value;
+    models are keyed by their full names."""
+    chars = reply_tokens(config.num_predict) * CHARS_PER_TOKEN_GENEROUS  # = num_predict tokens
+    extended = config.extended_prompt
+    bounds = PromptBounds(chars, chars, outcome_chars, config.history_size,
+                          config.top_k if extended else 0, config.history_size if extended else 0)
+    longest = book.longest(task, bounds)
+    sizes: dict[str, int] = {}
+    for role, model in (("generator", config.generator_model),
+                        ("improver", config.improver_model)):
+        need = auto_num_ctx(prompt_chars(longest[role]), config.num_predict)
+        model = full_model_name(model)
+        sizes[model] = max(sizes.get(model, 0), need)
+    return sizes

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
+import ollama
 import pytest
 
 from orchestrator.diagnosis import DIAGNOSIS_SCHEMA
@@ -73,22 +75,101 @@ def test_options_and_format_reach_the_server(server: FakeOllama) -> None:
     assert body["model"] == IMPROVER
     assert body["messages"] == messages
     assert body["format"] == DIAGNOSIS_SCHEMA
+    assert body["keep_alive"] == "30m"
     assert body["options"] == {
         "temperature": 0.2, "top_p": 0.5, "num_predict": 512, "num_ctx": 8192, "seed": 1234,
     }
 
 
-def test_num_ctx_is_sized_from_the_prompt(server: FakeOllama) -> None:
-    server.add_script(Reply(content="ok"), Reply(content="ok"))
-    client = make_client(server, num_predict=2048)
-    client.chat(CODER, "short")
-    big = "x" * 20_000
-    result = client.chat(CODER, big)
-    small_ctx, big_ctx = (b["options"]["num_ctx"] for b in server.chat_requests())
-    assert small_ctx == 4096
-    assert big_ctx == result.num_ctx == 9216  # ceil(20000/3) + 2048 = 8715 -> 9216
+def sent_num_ctx(fake: FakeOllama) -> list[int]:
+    return [b["options"]["num_ctx"] for b in fake.chat_requests()]
+
+
+def test_num_ctx_is_one_per_model_whatever_the_prompt_size(server: FakeOllama) -> None:
+    server.add_script(*[Reply(content="ok")] * 5)
+    warnings: list[str] = []
+    client = make_client(server, warnings, num_predict=2048)
+    assert client.set_num_ctx({CODER: 10240}) == {CODER: 10240}
+    results = [client.chat(CODER, prompt) for prompt in ("short", "x" * 20_000, "y" * 900)]
+    assert sent_num_ctx(server) == [r.num_ctx for r in results] == [10240] * 3
+    # A model nobody sized starts from its first prompt (ceil(20000/3) + 2048 = 8715 -> 9216).
+    assert client.chat(IMPROVER, "x" * 20_000).num_ctx == 9216
+    assert client.chat(IMPROVER, "short").num_ctx == 9216  # never shrinks
+    assert server.loads() == {CODER: 1, full_model_name(IMPROVER): 1} and server.reloads() == 0
+    assert warnings == []
     assert "seed" not in server.chat_requests()[0]["options"]
     assert "format" not in server.chat_requests()[0]
+
+
+def test_num_ctx_grows_once_with_a_warning_and_never_shrinks(server: FakeOllama) -> None:
+    server.add_script(*[Reply(content="ok")] * 4)
+    warnings: list[str] = []
+    client = make_client(server, warnings, num_predict=2048)
+    client.set_num_ctx({CODER: 4096})
+    for prompt in ("short", "x" * 20_000, "short", "x" * 19_000):
+        client.chat(CODER, prompt)
+    assert sent_num_ctx(server) == [4096, 9216, 9216, 9216]
+    assert len(warnings) == 1
+    assert CODER in warnings[0] and "9216" in warnings[0] and "reloads" in warnings[0]
+    assert server.loads() == {CODER: 2}  # the one reload the warning announced
+
+
+def test_num_ctx_is_capped_at_the_models_context_length() -> None:
+    with FakeOllama(models=[CODER], context_length=8192,
+                    default=Reply(content="ok")) as fake:
+        warnings: list[str] = []
+        client = make_client(fake, warnings, num_predict=2048)
+        assert client.context_length(CODER) == 8192
+        assert client.set_num_ctx({CODER: 20480}) == {CODER: 8192}
+        assert client.chat(CODER, "x" * 24_000).num_ctx == 8192  # needs 10240: no growth
+        assert warnings == [] and fake.reloads() == 0
+
+
+def test_a_given_num_ctx_is_used_for_every_model_capped_with_a_warning() -> None:
+    with FakeOllama(models=[CODER, IMPROVER], context_length=16384,
+                    default=Reply(content="ok")) as fake:
+        warnings: list[str] = []
+        client = make_client(fake, warnings, num_ctx=6144)
+        assert client.set_num_ctx({CODER: 20480, IMPROVER: 4096}) == {CODER: 6144, IMPROVER: 6144}
+        assert warnings == []
+        client.chat(CODER, "short")
+        client.chat(IMPROVER, "x " * 15_000)  # needs 12288: a given num_ctx does not grow
+        assert sent_num_ctx(fake) == [6144, 6144]
+        assert len(warnings) == 1 and "truncated" in warnings[0]
+        big = make_client(fake, warnings, num_ctx=65536)
+        assert big.set_num_ctx({CODER: 4096}) == {CODER: 16384}
+        assert len(warnings) == 2 and "65536" in warnings[1] and "16384" in warnings[1]
+        assert big.chat(CODER, "short").num_ctx == 16384
+
+
+def test_no_cap_when_the_server_does_not_state_the_context_length(server: FakeOllama) -> None:
+    client = make_client(server)
+    client.client.show = lambda model: ollama.ShowResponse(  # type: ignore[method-assign]
+        model_info={"general.architecture": "llama"})
+    assert client.context_length(CODER) is None
+    assert client.set_num_ctx({CODER: 65536}) == {CODER: 65536}
+
+
+def test_num_ctx_growth_is_thread_safe(server: FakeOllama) -> None:
+    warnings: list[str] = []
+    client = make_client(server, warnings, num_predict=1024)
+    client.set_num_ctx({CODER: 4096})
+    sizes = [3 * 1024 * k for k in range(1, 25)]  # needs 4096 .. 25600
+    start = threading.Barrier(len(sizes))
+    got: dict[int, int] = {}
+
+    def ask(chars: int) -> None:
+        start.wait()
+        got[chars] = client.num_ctx_for(CODER, chars)
+
+    threads = [threading.Thread(target=ask, args=(chars,)) for chars in sizes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(got[chars] >= auto_num_ctx(chars, 1024) for chars in sizes)
+    assert client.num_ctx_for(CODER, 0) == auto_num_ctx(sizes[-1], 1024) == 25600
+    assert 1 <= len(warnings) <= len(sizes) - 1
 
 
 def test_auto_num_ctx_rule() -> None:
@@ -96,6 +177,15 @@ def test_auto_num_ctx_rule() -> None:
     assert auto_num_ctx(3 * 3000, 1096) == 4096
     assert auto_num_ctx(3 * 3000 + 3, 1096) == 5120
     assert auto_num_ctx(30_000, 2048) % 1024 == 0
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_keep_alive_is_in_every_chat_request(server: FakeOllama, stream: bool) -> None:
+    server.add_script(Reply(status=503), Reply(content="ok"), Reply(content="ok"))
+    client = make_client(server, keep_alive="1h")
+    client.chat(CODER, "go", stream=stream)
+    client.chat(IMPROVER, "diagnose", format="json", stream=stream)
+    assert [b["keep_alive"] for b in server.chat_requests()] == ["1h"] * 3
 
 
 def test_callable_script_item_sees_the_request(server: FakeOllama) -> None:
