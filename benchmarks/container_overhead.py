@@ -6,8 +6,8 @@ Measures, with the sandbox's own container settings (DockerSandbox._container_co
   * import: `docker import` of the cached offline base tarball (sandbox-image/offline-base.sh);
   * trivial: create, start, run `true` to exit, remove, per container;
   * ready: container start until the runner prints READY (`--wait`: import torch, load data);
-  * run(): one trivial candidate end to end, cold (prewarm=False) and taking a pre-warmed
-    container (prewarm=True, whose warm-up already finished).
+  * run(): one trivial candidate end to end, cold (no pool) and taking a pre-warmed
+    container (a pool of one, whose warm-up already finished).
 Prints medians (and min/max) over the repetitions.
 """
 
@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from orchestrator.sandbox.base import Limits  # noqa: E402
 from orchestrator.sandbox.docker import DockerSandbox, connect  # noqa: E402
 from orchestrator.sandbox.image import DEFAULT_CACHE, IMAGE, ensure_image  # noqa: E402
+from orchestrator.sandbox.pool import PoolSize  # noqa: E402
 
 CANDIDATE = """
 import torch.nn as nn
@@ -76,7 +77,7 @@ def bench_runtime(client, data: Path, runtime: str, reps: int) -> dict[str, list
         "run() cold", "run() pre-warmed")}
     limits = Limits(timeout=120, memory="2g")
     with DockerSandbox(data, limits, device="cpu", gpus="none", runtime=runtime, image=IMAGE,
-                       prewarm=False, client=client) as sb:
+                       pool=PoolSize(depth=0), client=client) as sb:
         for _ in range(reps):
             config = sb._container_config(wait=False)
             config.update(entrypoint=["true"], command=[])
@@ -106,10 +107,9 @@ def bench_runtime(client, data: Path, runtime: str, reps: int) -> dict[str, list
             assert ex.exit_code == 0 and ex.result_bytes, ex.log_tail
             out["run() cold"].append(time.perf_counter() - t)
     with DockerSandbox(data, limits, device="cpu", gpus="none", runtime=runtime, image=IMAGE,
-                       prewarm=True, client=client) as sb:
+                       pool=PoolSize(depth=1), client=client) as sb:
         for _ in range(reps + 1):
-            sb._warm_thread.join()
-            sb._warm.pump.wake.wait(300)  # fully warm, as after an LLM generation
+            sb._pool.peek().pump.wake.wait(300)  # fully warm, as after an LLM generation
             t = time.perf_counter()
             ex = sb.run(CANDIDATE, JOB)
             assert ex.exit_code == 0 and ex.result_bytes, ex.log_tail

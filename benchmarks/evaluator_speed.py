@@ -7,9 +7,9 @@ Evaluates the same reference nets (benchmarks/reference_nets.py) on the same dat
  (a) paper: benchmarks/paper_evaluator.py in a fresh `python` process per candidate
      (torch + torchvision, PIL transforms, DataLoader with 2 workers), run by an interpreter that
      has torchvision (--paper-python; found automatically, see README.md);
- (b) orchestrator: LocalSandbox(prewarm=True) + orchestrator.evaluation.score, with the job dict
+ (b) orchestrator: LocalSandbox (pre-warming) + orchestrator.evaluation.score, with the job dict
      built by orchestrator.loop.Search.job(), exactly as the search loop does; with
-     `--sandbox docker`, DockerSandbox(prewarm=True) (the product's default) instead.
+     `--sandbox docker`, DockerSandbox (the product's default) instead.
 Prints, per candidate, the critical-path seconds by phase, both accuracies and the (a)/(b) time
 ratio, then candidates/hour of N concurrent LocalSandboxes for the tiny net. See README.md.
 
@@ -319,7 +319,7 @@ class SlotProbe:
 def wait_warm(box: LocalSandbox) -> Any:
     """Block until the box's pre-started runner printed READY (LLM generation outlasted the
     warm-up); returns that slot."""
-    slot = box._warm
+    slot = box._pool.peek()
     slot.ready.wait()
     while getattr(slot, "bench_ready_at", 0) is None:
         time.sleep(0.001)
@@ -329,7 +329,7 @@ def wait_warm(box: LocalSandbox) -> Any:
 def evaluate_orch(box: LocalSandbox, code: str, job: dict, labels: np.ndarray,
                   num_classes: int) -> dict:
     """One candidate through the box as the loop does it: box.run(code, job), then score()."""
-    slot = box._warm
+    slot = box._pool.peek()
     submit_wall = time.time()
     t0 = time.perf_counter()
     execution = box.run(code, job)
@@ -351,7 +351,7 @@ def evaluate_orch(box: LocalSandbox, code: str, job: dict, labels: np.ndarray,
     }
     preds_at = slot.bench_mtimes.get("predictions.npy") or slot.bench_waited_wall
     inside = m.get("import_seconds", 0.0) + m["train_seconds"] + m["predict_seconds"]
-    nxt = box._warm
+    nxt = box._pool.peek()
     row["phases"] = {
         "start": 0.0, "import": 0.0, "cuda": 0.0, "data": 0.0,
         # job hand-off (runner polls job.json), candidate import, Net(), validation forward,
@@ -425,8 +425,8 @@ def make_box(kind: str, data_dir: Path, limits: Limits, device: str) -> Any:
         # Imported here: a GPU machine without Docker (or docker-py) runs the local path only.
         from orchestrator.sandbox.docker import DockerSandbox
 
-        return DockerSandbox(data_dir, limits, device, prewarm=True)
-    return LocalSandbox(data_dir, limits, device, prewarm=True)
+        return DockerSandbox(data_dir, limits, device)
+    return LocalSandbox(data_dir, limits, device)
 
 
 def run_orch(prepared: datasets.PreparedDataset, job: dict, code: str, device: str,
@@ -436,8 +436,7 @@ def run_orch(prepared: datasets.PreparedDataset, job: dict, code: str, device: s
     num_classes = prepared.spec.num_classes
     with make_box(sandbox, prepared.sandbox_dir, Limits(), device) as box:
         if sandbox == "docker":
-            box._warm_thread.join()
-            box._warm.pump.wake.wait()  # READY (or an early exit, which run() reports)
+            box._pool.peek().pump.wake.wait()  # READY (or an early exit, which run() reports)
             return evaluate_docker(box, code, job, labels, num_classes)
         wait_warm(box)
         return evaluate_orch(box, code, job, labels, num_classes)
@@ -662,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{paper_info['torchvision']}, torch threads {paper_info['torch_threads']} "
           f"(default), DataLoader num_workers={args.workers}, PIL transforms")
     if args.sandbox == "docker":
-        print("  (b) orch : DockerSandbox(prewarm=True) Limits() as the loop's defaults, the "
+        print("  (b) orch : DockerSandbox (pre-warming) Limits() as the loop's defaults, the "
               "sandbox image's torch (runc unless the daemon's default differs), job from "
               "Search.job()")
     else:

@@ -35,11 +35,13 @@ from .loop import (
     NoveltyGate,
     Search,
     run_chains,
+    task_for,
 )
 from .progress import Reporter
-from .prompts import PromptBook, Task, num_ctx_per_model
+from .prompts import PromptBook, num_ctx_per_model
 from .roles import Roles
 from .sandbox.base import Limits, Sandbox
+from .sandbox.pool import PoolSize
 
 app = typer.Typer(help="LLM-driven neural architecture search with feedback memory.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -94,6 +96,9 @@ def run(
     no_improver: Annotated[bool, Opt("--no-improver", help="Ablation: no improver.")] = False,
     no_pull: Annotated[bool, Opt("--no-pull", help="Fail if a model is missing.")] = False,
     parallel: Annotated[int | None, Opt(help="Independent search chains sharing the GPU.")]
+    = None,
+    warm_pool: Annotated[int | None, Opt(help="Warm sandboxes kept ready per chain (default: "
+                                              "sized from measured times and memory; 0: off).")]
     = None,
     novelty: Annotated[str | None, Opt(help="record (default) or reject near-duplicates.")]
     = None,
@@ -168,14 +173,9 @@ def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: P
                    journal: Journal, resume: bool) -> dict[str, int]:
     """Each model's num_ctx to start the run with: the value a resumed run stored, else sized
     from the longest prompts the templates can produce for this task."""
-    spec = dataset.spec
-    protocol = {k: getattr(cfg, k) for k in ("epochs", "lr", "momentum", "weight_decay",
-                                             "batch_size")}
-    task = Task(dataset.name, tuple(spec.input_shape), spec.num_classes, protocol,
-                cfg.max_params)
     stored = (journal.config().get("num_ctx_per_model") or {}) if resume else {}
-    return {model: stored.get(model, size)
-            for model, size in num_ctx_per_model(prompts, task, cfg, OUTCOME_CHARS).items()}
+    sizes = num_ctx_per_model(prompts, task_for(cfg, dataset), cfg, OUTCOME_CHARS)
+    return {model: stored.get(model, size) for model, size in sizes.items()}
 
 
 def _diagnosis_format(version: str, reporter: Reporter) -> dict | str:
@@ -237,10 +237,11 @@ def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset) -> list[Sandbo
     cpus = cfg.cpus or (max(1.0, (os.cpu_count() or 1) / cfg.parallel) if cfg.parallel > 1
                         else None)
     limits = Limits(timeout=cfg.timeout, memory=cfg.memory, cpus=cpus)
+    pool = PoolSize(depth=cfg.warm_pool, share=1 / cfg.parallel)
     if cfg.sandbox == "local":
         from .sandbox.local import LocalSandbox
 
-        return [LocalSandbox(dataset.sandbox_dir, limits, cfg.device)
+        return [LocalSandbox(dataset.sandbox_dir, limits, cfg.device, pool)
                 for _ in range(cfg.parallel)]
     from .sandbox.docker import DockerSandbox, check_engine, connect, remove_orphans
     from .sandbox.image import ensure_image
@@ -252,7 +253,8 @@ def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset) -> list[Sandbo
         console.print(f"removed {removed} sandbox container(s) of a killed run")
     ensure_image(client, offline=cfg.offline_build)
     return [DockerSandbox(dataset.sandbox_dir, limits, cfg.device, gpus=cfg.gpus,
-                          runtime=cfg.runtime, client=client) for _ in range(cfg.parallel)]
+                          runtime=cfg.runtime, pool=pool, client=client)
+            for _ in range(cfg.parallel)]
 
 
 def _sandbox_errors() -> tuple[type[Exception], ...]:

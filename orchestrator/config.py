@@ -11,7 +11,7 @@ from pathlib import Path
 DEFAULT_MODEL = "qwen2.5-coder:7b"
 # Settings that may change when a stopped run is resumed; the rest are the run's identity.
 RESUMABLE = frozenset({"iterations", "ollama_host", "timeout", "no_pull", "request_timeout",
-                       "keep_alive"})
+                       "keep_alive", "warm_pool"})
 # A Go duration, as Ollama parses keep_alive: "30m", "1h30m", "0" (unload), "-1m" (forever).
 DURATION = re.compile(r"[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h))+)")
 
@@ -69,6 +69,7 @@ class RunConfig:
     cpus: float | None = None
     gpus: str = "auto"
     runtime: str | None = None
+    warm_pool: int | None = None  # warm sandboxes kept ahead per chain; None: sized as measured
     offline_build: bool = False
     prompts_dir: str | None = None
 
@@ -82,6 +83,7 @@ class RunConfig:
             (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
             (self.batch_size >= 1, "batch-size must be at least 1"),
             (self.parallel >= 1, "parallel must be at least 1"),
+            (self.warm_pool is None or self.warm_pool >= 0, "warm-pool must be 0 or more"),
             (self.novelty in ("record", "reject"), "novelty must be 'record' or 'reject'"),
             (0 < self.novelty_tau <= 1, "novelty-tau must be in (0, 1]"),
             (isinstance(self.keep_alive, str) and DURATION.fullmatch(self.keep_alive) is not None,

@@ -18,6 +18,7 @@ from .progress import Reporter
 from .prompts import Attempt, GeneratorInput, PromptBook, Task
 from .roles import RoleCall, Roles
 from .sandbox.base import Execution, Sandbox
+from .sandbox.pool import CANDIDATES_GPU_SHARE
 
 OUTCOME_CHARS = 600
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")
@@ -71,6 +72,15 @@ class SearchState:
         return state
 
 
+def task_for(config: RunConfig, dataset: PreparedDataset) -> Task:
+    """What the prompts tell both roles about the task."""
+    spec = dataset.spec
+    protocol = {k: getattr(config, k) for k in ("epochs", "lr", "momentum", "weight_decay",
+                                                "batch_size")}
+    return Task(dataset.name, tuple(spec.input_shape), spec.num_classes, protocol,
+                config.max_params)
+
+
 class NoveltyGate:
     """The run-wide novelty index, shared by the chains (datasketch's LSH is not thread-safe)."""
 
@@ -103,11 +113,7 @@ class Search:
         self.novelty, self.chain = novelty, chain
         self.prefix = f"c{chain}_" if config.parallel > 1 else ""
         self.labels = dataset.test_labels()
-        spec = dataset.spec
-        self.task = Task(dataset.name, tuple(spec.input_shape), spec.num_classes, {
-            "epochs": config.epochs, "lr": config.lr, "momentum": config.momentum,
-            "weight_decay": config.weight_decay, "batch_size": config.batch_size},
-            config.max_params)
+        self.task = task_for(config, dataset)
         mine = [r for r in records if r.get("chain", 0) == chain]
         self.state = SearchState.rebuild(journal, mine, config.history_size)
         roles.calls = self.state.llm_calls
@@ -266,7 +272,7 @@ class Search:
             "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
             "seed": config.seed, "device": config.device, "precision": config.precision,
             "validate_batch": 2, "max_params": config.max_params,
-            "gpu_memory_fraction": round(0.95 / config.parallel, 3)
+            "gpu_memory_fraction": round(CANDIDATES_GPU_SHARE / config.parallel, 3)
             if config.parallel > 1 else None,
         }
 

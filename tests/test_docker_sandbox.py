@@ -54,6 +54,7 @@ from orchestrator.sandbox.docker import (  # noqa: E402
     remove_orphans,
 )
 from orchestrator.sandbox.image import IMAGE, ensure_image  # noqa: E402
+from orchestrator.sandbox.pool import PoolSize  # noqa: E402
 from tests.helpers import tiny_job, write_tiny_cache  # noqa: E402
 
 
@@ -283,9 +284,10 @@ def runtime(request) -> str:
 
 @pytest.fixture(scope="session")
 def sandbox(runtime, image, data, suite_guard):
-    """One pre-warming sandbox per runtime, shared by the hostile cases."""
+    """One pre-warming sandbox per runtime, shared by the hostile cases (one warm container:
+    back to back, an auto-sized pool would grow to eight on this small machine)."""
     sb = DockerSandbox(data, Limits(**LIMITS), device="cpu", gpus="none", runtime=runtime,
-                       image=IMAGE)
+                       image=IMAGE, pool=PoolSize(depth=1))
     yield sb
     sb.close()
     left = CLIENT.containers.list(
@@ -648,7 +650,7 @@ def test_disk_flood_is_capped_per_file_and_nothing_else_is_writable(run):
 def test_prewarm_and_cold_start_give_identical_predictions(sandbox, data, image, runtime):
     warm = sandbox.run(VALID, JOB)
     with DockerSandbox(data, Limits(**{**LIMITS, "timeout": 120.0}), device="cpu",
-                       gpus="none", runtime=runtime, prewarm=False) as cold_box:
+                       gpus="none", runtime=runtime, pool=PoolSize(depth=0)) as cold_box:
         cold = cold_box.run(VALID, JOB)
         assert cold.info["prewarmed"] is False and "ready_wait_s" not in cold.info
     assert warm.info["prewarmed"] is True
@@ -656,19 +658,39 @@ def test_prewarm_and_cold_start_give_identical_predictions(sandbox, data, image,
     assert warm.predictions_bytes and warm.predictions_bytes == cold.predictions_bytes
 
 
-@pytest.mark.parametrize("prewarm", [True, False])
-def test_missing_image_is_a_sandbox_error(data, prewarm, suite_guard):
+@pytest.mark.parametrize("depth", [None, 0], ids=["pool", "cold"])
+def test_missing_image_is_a_sandbox_error(data, depth, suite_guard):
     with DockerSandbox(data, Limits(**LIMITS), device="cpu", gpus="none",
-                       image="orchestrator-sandbox:does-not-exist", prewarm=prewarm) as sb:
+                       image="orchestrator-sandbox:does-not-exist",
+                       pool=PoolSize(depth=depth)) as sb:
         ex = sb.run(VALID, JOB)
         assert sb.describe()["image_id"] is None
     assert ex.sandbox_error and "does-not-exist" in ex.sandbox_error
     assert ex.exit_code is None and ex.result_bytes is None
 
 
+def test_torn_data_is_a_sandbox_error_in_phase_data(data, labels, tmp_path, image, suite_guard):
+    """The warm container's runner fails loading the data, before READY: no candidate code
+    ran, so the host reports the runner's own fault with its phase."""
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    for path in Path(data).iterdir():
+        torn.joinpath(path.name).write_bytes(path.read_bytes())
+    images = torn / "train_x.npy"
+    images.write_bytes(images.read_bytes()[:1000])
+    os.chmod(torn, 0o755)
+    with DockerSandbox(torn, Limits(**LIMITS), device="cpu", gpus="none",
+                       pool=PoolSize(depth=1)) as sb:
+        ex = sb.run(VALID, JOB)
+    outcome = score(ex, labels, 10)
+    assert (outcome.status, outcome.phase) == (fc.SANDBOX_ERROR, "data"), outcome.error
+    assert "warming up" in outcome.error["message"] and "cannot load data" in \
+        outcome.error["message"]
+
+
 def test_missing_data_dir_is_a_sandbox_error(tmp_path, image, suite_guard):
     with DockerSandbox(tmp_path / "nope", Limits(**LIMITS), device="cpu", gpus="none",
-                       prewarm=False) as sb:
+                       pool=PoolSize(depth=0)) as sb:
         ex = sb.run(VALID, JOB)
     assert ex.sandbox_error and "does not exist" in ex.sandbox_error
 
@@ -699,7 +721,7 @@ def test_unreachable_engine_is_explained(monkeypatch, tmp_path):
 
 
 def test_no_host_leftovers_after_the_cases(runtime, sandbox):
-    """Only the pre-warmed container of each sandbox may exist between candidates."""
+    """Only the pool's pre-warmed container (one here) may exist between candidates."""
     mine = [c for c in my_containers() if c.labels.get("org.orchestrator.sandbox-instance")
             == sandbox._instance]
     assert len(mine) <= 1
@@ -763,10 +785,9 @@ from orchestrator.sandbox.base import Limits
 from orchestrator.sandbox.docker import DockerSandbox
 box = DockerSandbox(sys.argv[1], Limits(memory="512m"), device="cpu", gpus="none",
                     runtime=sys.argv[2])
-box._warm_thread.join()
-box._warm.pump.wake.wait()
-print("READY" if box._warm.pump.ready.is_set() else "NOT READY", box._warm.container.id,
-      flush=True)
+warm = box._pool.peek()
+warm.pump.wake.wait()
+print("READY" if warm.pump.ready.is_set() else "NOT READY", warm.container.id, flush=True)
 sys.stdin.read()  # until SIGKILL
 """
 

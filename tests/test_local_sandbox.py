@@ -13,6 +13,7 @@ from orchestrator import failures as fc
 from orchestrator.evaluation import score
 from orchestrator.sandbox.base import Limits
 from orchestrator.sandbox.local import LocalSandbox
+from orchestrator.sandbox.pool import PoolSize
 from tests import replies
 from tests.helpers import tiny_job
 
@@ -148,7 +149,41 @@ def test_interpreter_crash_is_a_runtime_error(evaluate):
 def test_relative_data_dir_is_resolved(tiny_cache, monkeypatch):
     monkeypatch.chdir(tiny_cache.parent.parent)
     relative = Path(tiny_cache.parent.name) / "sandbox"
-    with LocalSandbox(relative, Limits(timeout=60), device="cpu", prewarm=False) as box:
+    with LocalSandbox(relative, Limits(timeout=60), device="cpu", pool=PoolSize(depth=0)) as box:
         execution = box.run(replies.VALID_NET, tiny_job())
     assert execution.exit_code == 0, execution.log_tail
     assert execution.predictions_bytes
+
+
+PID_NET = "import os\nprint('PID', os.getpid(), flush=True)\n" + replies.VALID_NET
+
+
+def test_each_candidate_gets_its_own_warm_runner_from_the_pool(tiny_cache, tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    with LocalSandbox(tiny_cache, Limits(timeout=60), device="cpu", scratch=scratch,
+                      pool=PoolSize(depth=2)) as box:
+        runs = [box.run(PID_NET, tiny_job()) for _ in range(3)]
+    pids = {re.search(r"PID (\d+)", ex.log_tail)[1] for ex in runs}
+    assert len(pids) == 3  # one runner per candidate, never reused
+    for ex in runs:
+        assert ex.exit_code == 0 and ex.result_bytes, ex.log_tail
+        assert ex.info["pool_depth"] == 2 and ex.info["warmup_s"] > 0
+        assert ex.info["ready_wait_s"] >= 0
+    assert list(scratch.iterdir()) == []  # the pool's unused runners are gone too
+
+
+@pytest.mark.parametrize("depth", [None, 0], ids=["pool", "cold"])
+def test_corrupted_data_is_a_sandbox_error_in_phase_data(tiny_cache, tmp_path, depth):
+    """A torn cache file fails the runner before any candidate code: never the design's."""
+    torn = tmp_path / "torn"
+    torn.mkdir()
+    for path in tiny_cache.iterdir():
+        torn.joinpath(path.name).write_bytes(path.read_bytes())
+    data = torn / "train_x.npy"
+    data.write_bytes(data.read_bytes()[:1000])
+    labels = np.load(tiny_cache.parent / "labels" / "test_y.npy")
+    with LocalSandbox(torn, Limits(timeout=60), device="cpu", pool=PoolSize(depth=depth)) as box:
+        outcome = score(box.run(replies.VALID_NET, tiny_job()), labels, 10)
+    assert (outcome.status, outcome.phase) == (fc.SANDBOX_ERROR, "data"), outcome.error
+    assert "cannot load data" in outcome.error["message"]

@@ -22,6 +22,7 @@ from orchestrator.prompts import PROMPTS_DIR, TEMPLATES, Attempt, GeneratorInput
 from orchestrator.roles import Roles
 from orchestrator.sandbox.base import Limits
 from orchestrator.sandbox.local import LocalSandbox
+from orchestrator.sandbox.pool import PoolSize
 from tests import replies
 from tests.fake_ollama import Reply
 
@@ -237,7 +238,7 @@ def make_search(tmp_path: Path, tiny_cache: Path):
         records = loop_records(journal)
         dataset = PreparedDataset("fashionmnist", tiny_cache.parent, SPECS["fashionmnist"], {})
         roles = Roles(OllamaClient(url, retries=1), "coder:test", "improver:test", config.seed)
-        box = LocalSandbox(tiny_cache, Limits(timeout=10), "cpu", prewarm=False)
+        box = LocalSandbox(tiny_cache, Limits(timeout=10), "cpu", pool=PoolSize(depth=0))
         reporter = Reporter(config.iterations, Console(file=io.StringIO()))
         return Search(config, journal, roles, box, dataset, PromptBook(config.prompts_dir),
                       reporter, records, NoveltyGate(config.novelty_tau))

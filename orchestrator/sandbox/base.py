@@ -16,6 +16,7 @@ RUNNER_PATH = Path(__file__).resolve().parents[2] / "sandbox-image" / "runner.py
 RESULT_MAX_BYTES = 1 << 20
 PREDICTIONS_MAX_BYTES = 64 << 20
 LOG_TAIL_CHARS = 4000
+READY_TIMEOUT = 300.0  # seconds a sandbox may take to warm up (print READY)
 
 
 @dataclass
@@ -72,6 +73,15 @@ class Sandbox(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def warmup_failure(execution: Execution) -> Execution:
+    """`execution` of a runner that ended before READY, as the sandbox fault it is: no job had
+    been handed over, so no candidate code ran. A result.json the runner wrote names the phase."""
+    last = execution.log_tail.strip().splitlines()[-1:] or ["no output"]
+    execution.sandbox_error = (f"the sandbox ended while warming up (exit code "
+                               f"{execution.exit_code}); last output: {last[0][:300]}")
+    return execution
 
 
 def write_job(job_dir: Path, code: str, job: dict) -> None:

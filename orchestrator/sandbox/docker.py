@@ -15,11 +15,11 @@ thread kills the container past `limits.output_bytes`) and reports OOM kills. Ev
 comes back is untrusted: `orchestrator/evaluation.py` validates result.json and recomputes the
 accuracy from predictions.npy and the test labels, which no container ever sees.
 
-Pre-warming (default): the container for the next candidate is started (`runner.py --wait`:
-`import torch`, data loading) in a background thread when `run()` returns, so its start-up overlaps
-the LLM's generation. `run()` takes it, waits for its `READY` line, writes candidate.py and then
-job.json (atomically) into its job directory, and counts the timeout from there. Each container
-runs exactly one candidate.
+Pre-warming (default): containers for the next candidates are started (`runner.py --wait`:
+`import torch`, data loading) ahead of need by a pool (`pool.py`), so their start-up overlaps the
+LLM's generation and the evaluations before them. `run()` takes the oldest, waits for its `READY`
+line, writes candidate.py and then job.json (atomically) into its job directory, and counts the
+timeout from there. Each container runs exactly one candidate.
 
 Lifeline: the host stays attached to each container's stdin until it removes the container. If
 the host process dies without cleaning up (SIGKILL, OOM killer), the engine closes that stdin and
@@ -51,14 +51,17 @@ from ..files import read_capped
 from .base import (
     LOG_TAIL_CHARS,
     PREDICTIONS_MAX_BYTES,
+    READY_TIMEOUT,
     RESULT_MAX_BYTES,
     Execution,
     Limits,
     Sandbox,
     parse_size,
+    warmup_failure,
     write_job,
 )
 from .image import IMAGE, image_id
+from .pool import Footprint, PoolSize, Sizer, WarmPool
 
 LABEL = "org.orchestrator.sandbox"  # "1" on every container a DockerSandbox creates
 LABEL_PID = "org.orchestrator.host-pid"  # the creating process
@@ -66,7 +69,6 @@ LABEL_PIDNS = "org.orchestrator.host-pidns"  # ... its host boot and PID namespa
 LABEL_STARTED = "org.orchestrator.host-started"  # ... its start time (PID reuse)
 LABEL_INSTANCE = "org.orchestrator.sandbox-instance"  # the creating DockerSandbox
 SANDBOX_USER = "10001:10001"
-READY_TIMEOUT = 300.0  # seconds a pre-warmed container may take to print READY
 KILL_WAIT = 30.0  # seconds to wait for a killed container to stop
 LOG_DRAIN = 10.0  # seconds to wait for the log reader after the container stopped
 FSIZE_LIMIT = 256 << 20  # largest file the candidate may write: bounds its disk use
@@ -234,6 +236,7 @@ class _LogPump(threading.Thread):
         self.ready = threading.Event()
         self.wake = threading.Event()  # READY seen, or the stream ended
         self.ready_at: float | None = None
+        self.footprint = Footprint()
         self._tail = bytearray()
         self._line = bytearray()
         self._stream = None
@@ -264,8 +267,10 @@ class _LogPump(threading.Thread):
         self._line += chunk
         *lines, rest = bytes(self._line).split(b"\n")
         self._line = bytearray(rest[-256:])
-        if any(line.strip() == b"READY" for line in lines):
+        ready = [line for line in lines if line.startswith(b"READY")]
+        if ready:
             self.ready_at = time.perf_counter()
+            self.footprint = Footprint.parse(ready[0])
             self.ready.set()
             self.wake.set()
 
@@ -380,7 +385,7 @@ class DockerSandbox(Sandbox):
         gpus: str = "auto",
         runtime: str | None = None,
         image: str = IMAGE,
-        prewarm: bool = True,
+        pool: PoolSize | None = None,
         client: docker.DockerClient | None = None,
     ) -> None:
         super().__init__(Path(data_dir).resolve(), limits, device)
@@ -391,7 +396,6 @@ class DockerSandbox(Sandbox):
         self._runtime_name = runtime or info.get("DefaultRuntime") or "runc"
         self._gvisor = "runsc" in self._runtime_name or "gvisor" in self._runtime_name
         self.image = image
-        self.prewarm = prewarm
         if device == "cuda" and self.gpus == "none":
             raise SandboxUnavailable(
                 "device cuda needs GPUs in the container: pass --gpus all (or a list such as "
@@ -405,10 +409,10 @@ class DockerSandbox(Sandbox):
         self._registry = _Registry(self.client, self._instance)
         self._finalizer = weakref.finalize(self, self._registry.cleanup)
         self._lock = threading.Lock()
-        self._warm: _Slot | None = None
-        self._warm_thread: threading.Thread | None = None
-        if prewarm:
-            self._prewarm_async()
+        pool = pool or PoolSize()
+        self._pool = None if pool.depth == 0 else WarmPool(
+            lambda: self._new_slot(wait=True), self._registry.destroy, Sizer(pool),
+            name="docker-sandbox-pool")
 
     # ------------------------------------------------------------------ public
 
@@ -418,10 +422,12 @@ class DockerSandbox(Sandbox):
         with self._lock:
             slot: _Slot | None = None
             teardown_error: str | None = None
-            info: dict = {"runtime": self._runtime_name, "prewarmed": self.prewarm}
+            info: dict = {"runtime": self._runtime_name, "prewarmed": self._pool is not None}
             try:
                 slot = self._take_slot(code, job)
                 ex = self._supervise(slot)
+                if slot.pump is not None and not slot.pump.ready.is_set() and self._pool:
+                    ex = warmup_failure(ex)  # it ended before READY: no candidate code ran
             except _Fault as e:
                 if isinstance(e, _SlotFault):
                     slot = e.slot
@@ -452,8 +458,6 @@ class DockerSandbox(Sandbox):
             if teardown_error and ex.sandbox_error is None:
                 ex.sandbox_error = teardown_error
             ex.info = {**info, **ex.info}
-            if self.prewarm:
-                self._prewarm_async()
             return ex
 
     def describe(self) -> dict:
@@ -467,12 +471,9 @@ class DockerSandbox(Sandbox):
         }
 
     def close(self) -> None:
-        """Destroy the pre-warmed container and anything else this sandbox still holds."""
-        self.prewarm = False
-        thread = self._warm_thread
-        if thread is not None:
-            thread.join(timeout=READY_TIMEOUT)
-        self._warm = None
+        """Destroy the pre-warmed containers and anything else this sandbox still holds."""
+        if self._pool is not None:
+            self._pool.close()
         self._finalizer()  # runs _registry.cleanup once
 
     # ------------------------------------------------------------------ containers
@@ -579,46 +580,33 @@ class DockerSandbox(Sandbox):
             slot.error = f"cannot prepare the sandbox directories: {e}"
         return slot
 
-    def _prewarm_async(self) -> None:
-        if self._warm is not None or self._registry.closed:
-            return
-        if self._warm_thread is not None and self._warm_thread.is_alive():
-            return
-
-        def warm() -> None:
-            self._warm = self._new_slot(wait=True)
-
-        self._warm_thread = threading.Thread(target=warm, daemon=True, name="sandbox-prewarm")
-        self._warm_thread.start()
-
     def _take_slot(self, code: str, job: dict) -> _Slot:
-        """A started container with the job handed over; the timeout counts from its
-        `started_at`. Raises _Fault (after storing the slot for cleanup) on faults."""
-        if not self.prewarm:
+        """A started container with the job handed over (or, from the pool, one that ended
+        before READY); the timeout counts from its `started_at`. Raises _Fault (after storing
+        the slot for cleanup) on faults."""
+        if self._pool is None:
             slot = self._new_slot(wait=False, code=code, job=job)
             if slot.error:
                 raise _SlotFault(slot)
             return slot
-        if self._warm_thread is not None:
-            self._warm_thread.join()
-        slot, self._warm = self._warm, None
-        if slot is None:
-            slot = self._new_slot(wait=True)
+        slot = self._pool.take()
         if slot.error:
             raise _SlotFault(slot)
-        assert slot.pump is not None
+        assert slot.pump is not None and slot.job_dir is not None
         t = time.perf_counter()
         slot.pump.wake.wait(READY_TIMEOUT)
-        slot.timings["ready_wait_s"] = round(time.perf_counter() - t, 3)
-        if not slot.pump.ready.is_set():
-            last = slot.pump.tail().strip().splitlines()[-1:] or ["no output"]
-            slot.error = (
-                f"the pre-warmed sandbox did not become READY within {READY_TIMEOUT:.0f}s "
-                f"or exited first; last output: {last[0][:300]}"
-            )
-            raise _SlotFault(slot)
-        slot.timings["warmup_s"] = round((slot.pump.ready_at or 0) - slot.started_at, 3)
-        assert slot.job_dir is not None
+        waited = time.perf_counter() - t
+        slot.timings["ready_wait_s"] = round(waited, 3)
+        warmup = slot.pump.ready_at - slot.started_at if slot.pump.ready_at else None
+        self._pool.observe(warmup, waited, slot.pump.footprint)
+        slot.timings["pool_depth"] = self._pool.depth()
+        if warmup is None:
+            if not slot.pump.wake.is_set():  # neither READY nor ended
+                slot.error = f"the pre-warmed sandbox did not become READY within " \
+                             f"{READY_TIMEOUT:.0f}s"
+                raise _SlotFault(slot)
+            return slot  # it ended first: its output tells why
+        slot.timings["warmup_s"] = round(warmup, 3)
         write_job(slot.job_dir, code, job)
         slot.started_at = time.perf_counter()
         return slot

@@ -26,14 +26,17 @@ from ..files import read_capped
 from .base import (
     LOG_TAIL_CHARS,
     PREDICTIONS_MAX_BYTES,
+    READY_TIMEOUT,
     RESULT_MAX_BYTES,
     RUNNER_PATH,
     Execution,
     Limits,
     Sandbox,
     parse_size,
+    warmup_failure,
     write_job,
 )
+from .pool import Footprint, PoolSize, Sizer, WarmPool
 
 REAPER_PATH = Path(__file__).with_name("reaper.py")
 KILL_GRACE_SECONDS = 10.0
@@ -53,7 +56,10 @@ class _Slot:
         self.output = bytearray()
         self.output_bytes = 0
         self.over_limit = threading.Event()
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # set at READY, or when the process ended first
+        self.ready_at: float | None = None
+        self.footprint = Footprint()
+        self.started_at = time.monotonic()
         command = [
             sys.executable, str(REAPER_PATH), str(self.status_file),
             str(parse_size(limits.memory)), str(os.getpid()), "--",
@@ -71,8 +77,8 @@ class _Slot:
     def _read_output(self) -> None:
         """Keep a tail of stdout+stderr; past the byte cap, kill the sandbox."""
         for chunk in iter(lambda: self.proc.stdout.read1(1 << 16), b""):
-            if not self.ready.is_set() and b"READY\n" in self.output + chunk:
-                self.ready.set()
+            if not self.ready.is_set():
+                self._scan_ready(bytes(self.output[-256:]) + chunk)
             self.output_bytes += len(chunk)
             self.output += chunk[-LOG_TAIL_CHARS:]
             del self.output[:-LOG_TAIL_CHARS]
@@ -81,9 +87,22 @@ class _Slot:
                 threading.Thread(target=self.stop, daemon=True).start()
         self.ready.set()  # the process ended: nobody waits for READY any more
 
+    def _scan_ready(self, data: bytes) -> None:
+        """READY is the runner's own line, printed before any candidate code exists."""
+        for line in data.split(b"\n")[:-1]:
+            if line.startswith(b"READY"):
+                self.ready_at = time.monotonic()
+                self.footprint = Footprint.parse(line)
+                self.ready.set()
+                return
+
+    @property
+    def warmup(self) -> float | None:
+        """Seconds from start to READY; None if it never got there."""
+        return None if self.ready_at is None else self.ready_at - self.started_at
+
     def submit(self, code: str, job: dict) -> None:
         """Hand the candidate to the waiting runner; job.json last, atomically."""
-        self.was_ready = self.ready.is_set()
         write_job(self.job_dir, code, job)
 
     def wait(self, timeout: float) -> str | None:
@@ -124,7 +143,6 @@ class _Slot:
             result_bytes=read_capped(self.out_dir / "result.json", RESULT_MAX_BYTES),
             predictions_bytes=read_capped(self.out_dir / "predictions.npy", PREDICTIONS_MAX_BYTES),
             killed=killed,
-            info={"prewarmed": self.was_ready},
         )
 
     def destroy(self) -> None:
@@ -138,39 +156,59 @@ class _Slot:
 
 
 class LocalSandbox(Sandbox):
-    """Runs each candidate in a fresh supervised process; the next one is started early."""
+    """Runs each candidate in a fresh supervised process, taken from a pool of warm ones
+    (`pool.py`) unless `pool` is PoolSize(depth=0)."""
 
     kind = "local"
 
     def __init__(self, data_dir: Path, limits: Limits, device: str = "auto",
-                 prewarm: bool = True, scratch: Path | None = None) -> None:
+                 pool: PoolSize | None = None, scratch: Path | None = None) -> None:
         super().__init__(data_dir, limits, device)
-        self.prewarm = prewarm
         self.scratch = scratch  # where the per-candidate folders go (default: the temp dir)
-        self._warm: _Slot | None = self._slot() if prewarm else None
+        pool = pool or PoolSize()
+        self._pool = None if pool.depth == 0 else WarmPool(
+            self._slot, _Slot.destroy, Sizer(pool), name="local-sandbox-pool")
 
     def _slot(self) -> _Slot:
         return _Slot(self.data_dir, self.limits, self.device, self.scratch)
 
     def run(self, code: str, job: dict) -> Execution:
-        slot, self._warm = self._warm or self._slot(), None
+        slot: _Slot | None = None
         try:
+            slot = self._pool.take() if self._pool else self._slot()
+            waited = self._await_ready(slot)
+            if slot.warmup is None:  # it ended before READY: no candidate code ran
+                return warmup_failure(slot.collect(0.0, slot.wait(KILL_GRACE_SECONDS)))
             slot.submit(code, job)
             started = time.monotonic()
             killed = slot.wait(self.limits.timeout)
             execution = slot.collect(time.monotonic() - started, killed)
-        except OSError as exc:
-            execution = Execution(None, 0.0, sandbox_error=f"local sandbox failed: {exc}")
+            execution.info.update(warmup_s=round(slot.warmup, 3), ready_wait_s=round(waited, 3),
+                                  pool_depth=self._pool.depth() if self._pool else 0)
+            return execution
+        except Exception as exc:  # OSError, or a slot that could not start
+            return Execution(None, 0.0, sandbox_error=f"local sandbox failed: {exc}")
         finally:
-            slot.destroy()
-            if self.prewarm:
-                self._warm = self._slot()
-        return execution
+            if slot is not None:
+                slot.destroy()
+
+    def _await_ready(self, slot: _Slot) -> float:
+        """Wait for the runner's READY (or its end); report the pool's measurements."""
+        started = time.monotonic()
+        if not slot.ready.wait(READY_TIMEOUT):
+            raise OSError(f"the runner did not get ready within {READY_TIMEOUT:.0f}s")
+        waited = time.monotonic() - started
+        if self._pool:
+            self._pool.observe(slot.warmup, waited, slot.footprint)
+        return waited
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "warm_pool": "off" if self._pool is None else (
+            self._pool.sizer.size.depth or "auto")}
 
     def close(self) -> None:
-        if self._warm is not None:
-            self._warm.destroy()
-            self._warm = None
+        if self._pool is not None:
+            self._pool.close()
 
 
 def _minimal_env(home: Path, limits: Limits) -> dict[str, str]:
