@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +14,10 @@ from .sandbox.base import Execution
 
 MESSAGE_CHARS = 2000
 TRACEBACK_CHARS = 4000
+PHASE_CHARS = 40
+SANDBOX_PHASE = "sandbox"  # a fault of the host's sandbox machinery, outside the runner
+RUNNER_FAULT_EXIT = 2  # the runner's exit code for its own faults (docs/contracts.md)
+RUNNER_FAULT_LINE = re.compile(r"^runner: (\w{1,40}): ", re.MULTILINE)  # its stderr report
 
 
 @dataclass
@@ -59,18 +64,20 @@ def score(execution: Execution, test_labels: np.ndarray, num_classes: int) -> Ou
 
 
 def _classify(execution: Execution, labels: np.ndarray, num_classes: int) -> Outcome:
+    result = _parse_result(execution.result_bytes)
     if execution.sandbox_error:
-        return failure(fc.SANDBOX_ERROR, execution.sandbox_error)
+        return _sandbox_fault(execution.sandbox_error, result)
     if execution.killed:
         return _killed(execution)
-    result = _parse_result(execution.result_bytes)
     if result is None:
         return _no_result(execution)
     status, phase = result.get("status"), result.get("phase")
     metrics = result.get("metrics") if isinstance(result.get("metrics"), dict) else {}
     if not isinstance(status, str) or status not in fc.RUNNER_CLASSES:
         return failure(fc.RUNTIME_ERROR, f"runner reported an unknown status {status!r:.200}")
-    phase = phase if isinstance(phase, str) else None
+    phase = phase[:PHASE_CHARS] if isinstance(phase, str) else None
+    if status == fc.SANDBOX_ERROR:
+        return _sandbox_fault("the runner failed", result)
     if status != fc.OK:
         outcome = _runner_failure(status, result.get("error"), phase)
         outcome.metrics = _clean_metrics(metrics)
@@ -81,6 +88,19 @@ def _classify(execution: Execution, labels: np.ndarray, num_classes: int) -> Out
         return failure(fc.RUNTIME_ERROR, f"invalid predictions: {exc}", phase="predict")
     accuracy = float(np.mean(predictions == labels.astype(np.int64)))
     return Outcome(fc.OK, accuracy=accuracy, metrics=_clean_metrics(metrics), phase=phase)
+
+
+def _sandbox_fault(message: str, result: dict | None) -> Outcome:
+    """A `sandbox_error` with the runner's phase and error where it reported its own fault,
+    else the phase "sandbox"."""
+    if result is None or result.get("status") != fc.SANDBOX_ERROR:
+        return failure(fc.SANDBOX_ERROR, message, phase=SANDBOX_PHASE)
+    phase = result.get("phase")
+    phase = phase[:PHASE_CHARS] if isinstance(phase, str) else SANDBOX_PHASE
+    error = result.get("error") if isinstance(result.get("error"), dict) else {}
+    detail = f"{str(error.get('type', ''))[:200]}: {str(error.get('message', ''))}".strip(": ")
+    return failure(fc.SANDBOX_ERROR, f"{message} in phase {phase}: {detail}",
+                   traceback=str(error.get("traceback", "")), phase=phase)
 
 
 def _killed(execution: Execution) -> Outcome:
@@ -96,6 +116,11 @@ def _killed(execution: Execution) -> Outcome:
 def _no_result(execution: Execution) -> Outcome:
     code = execution.exit_code
     tail = execution.log_tail.strip().splitlines()[-1:] or [""]
+    if code == RUNNER_FAULT_EXIT:  # a runner fault whose result.json could not be written
+        phases = RUNNER_FAULT_LINE.findall(execution.log_tail)
+        return failure(fc.SANDBOX_ERROR, "the runner failed and could not write its result; "
+                       f"last output: {tail[0][:300]}", traceback=execution.log_tail,
+                       phase=phases[-1] if phases else SANDBOX_PHASE)
     if code is not None and code < 0 or (code or 0) > 128:
         message = f"the interpreter died (exit code {code}) without writing a result"
     else:

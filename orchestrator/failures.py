@@ -23,9 +23,11 @@ FAILURE_CLASSES = frozenset(
         DUPLICATE,
     }
 )
-# Classes a runner may report in result.json; anything else there is not trusted.
-RUNNER_CLASSES = frozenset(
-    {OK, CONTRACT_ERROR, INSTANTIATE_ERROR, SHAPE_ERROR, RUNTIME_ERROR, NAN_LOSS, OOM, CUDA_OOM}
-)
+# Classes a runner may report in result.json; anything else there is not trusted. The runner
+# reports its own faults (before or around the candidate's calls) as SANDBOX_ERROR.
+RUNNER_CLASSES = frozenset({
+    OK, CONTRACT_ERROR, INSTANTIATE_ERROR, SHAPE_ERROR, RUNTIME_ERROR, NAN_LOSS, OOM, CUDA_OOM,
+    SANDBOX_ERROR,
+})
 # Not the candidate's fault: the Prompt Improver is not told the candidate caused them.
 INFRASTRUCTURE_CLASSES = frozenset({SANDBOX_ERROR, LLM_ERROR})

@@ -6,8 +6,10 @@
 See docs/contracts.md ("Runner"). Standard library, numpy and torch only. The data stay on the
 device as uint8; augmentation (random crop with zero padding, horizontal flip) and normalisation
 run there per batch. Writes `predictions.npy` then `result.json` to OUT_DIR, in place, and
-exits 0 whenever `result.json` was written. Infrastructure faults (no job, no data) exit 2 with no
-`result.json`: they are not the candidate's doing.
+exits 0 when the candidate's outcome, whatever it was, is in `result.json`. The runner's own faults
+(no job, unreadable data, a device it cannot set up, a crash outside the candidate's calls) are not
+the candidate's doing: `result.json` says `sandbox_error` with the runner's phase, and the exit code
+is 2.
 """
 
 # ruff: noqa: E402  (the clock starts before `import torch`: warm-up time includes it)
@@ -83,7 +85,14 @@ class NonFiniteLoss(Failure):
 
 
 class InfrastructureError(Exception):
-    """A fault of the job or data, not of the candidate: no result.json, exit code 2."""
+    """A fault of the job or data, not of the candidate."""
+
+
+@dataclass
+class Step:
+    """Where the runner's own work is: the phase a runner fault is reported with."""
+
+    phase: str = "start"
 
 
 @dataclass
@@ -152,12 +161,32 @@ def channel_stats(job: dict[str, Any], device: torch.device) -> tuple[torch.Tens
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cpu' and 'cuda' as given."""
+    """'auto' -> cuda when available, else cpu. A CUDA device carries its index: some calls
+    (set_per_process_memory_fraction) refuse a bare 'cuda'."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name not in ("cpu", "cuda"):
         raise InfrastructureError(f"unknown device {name!r}")
-    return torch.device(name)
+    return with_index(torch.device(name))
+
+
+def with_index(device: torch.device,
+               current: Callable[[], int] = torch.cuda.current_device) -> torch.device:
+    """A CUDA device without an index -> the `current()` CUDA device; others unchanged."""
+    if device.type != "cuda" or device.index is not None:
+        return device
+    return torch.device("cuda", current())
+
+
+def footprint(device: torch.device) -> dict[str, int]:
+    """What this warm runner holds: resident host memory; on CUDA, the allocator's reserve and
+    the device's total memory (the pool of warm runners is sized from these)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1]) if sys.platform == "linux" else 0
+    held = {"rss_bytes": pages * os.sysconf("SC_PAGE_SIZE") if pages else 0}
+    if device.type == "cuda":
+        held["gpu_bytes"] = torch.cuda.memory_reserved(device)
+        held["gpu_total_bytes"] = torch.cuda.get_device_properties(device).total_memory
+    return held
 
 
 def configure_torch() -> None:
@@ -551,25 +580,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def prepare(args: argparse.Namespace) -> Run:
-    """Warm up (device, data), then obtain the job: at once, or after READY with --wait."""
+def prepare(args: argparse.Namespace, step: Step) -> Run:
+    """Warm up (device, data), then obtain the job: at once, or after READY with --wait.
+    `step.phase` follows the work, for a fault's report."""
     job_dir = args.job.resolve()
+    step.phase = "job"
     job = None if args.wait else read_job(job_dir)
+    step.phase = "device"
     device = resolve_device(args.device or (job or {}).get("device", "auto"))
     configure_torch()
+    step.phase = "warmup"
     warm_libraries(device, optimizer=args.wait)
+    step.phase = "data"
     data = load_data(args.data.resolve(), device)
     if args.wait:  # before READY, so off the critical path; a cold runner would only pay twice
+        step.phase = "warmup"
         rehearse(data)
     warmup = time.perf_counter() - _T0
     if args.wait:
-        print("READY", flush=True)
+        print("READY", json.dumps(footprint(device)), flush=True)
+        step.phase = "job"
         job = wait_for_job(job_dir)
+        step.phase = "device"
         wanted = resolve_device(args.device or job.get("device", "auto"))
         if wanted != device:
             warm_libraries(wanted, optimizer=False)
             data = data.to(wanted)
+    step.phase = "job"
     check_job(job, data)
+    step.phase = "memory_share"
     share = job.get("gpu_memory_fraction")
     if share and data.device.type == "cuda":  # neighbours on the same GPU keep their part
         torch.cuda.set_per_process_memory_fraction(float(share), data.device)
@@ -592,20 +631,33 @@ def watch_lifeline() -> None:
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
+def runner_fault(out_dir: Path, phase: str, exc: BaseException) -> int:
+    """Report a fault of the runner itself (not of the candidate) in `phase`: on stderr, and as
+    a `sandbox_error` result where it can still be written. Returns the exit code, 2."""
+    error = describe(exc)
+    print(f"runner: {phase}: {error['type']}: {error['message']}", file=sys.stderr, flush=True)
+    result = {"status": "sandbox_error", "phase": phase, "error": error, "metrics": {}}
+    with contextlib.suppress(BaseException):
+        write_outputs(out_dir, result, None)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; exit 0 whenever result.json was written, 2 on infrastructure faults."""
+    """Entry point: 0 when result.json holds the candidate's outcome, 2 on the runner's faults."""
     sys.dont_write_bytecode = True
     args = parse_args(argv)
     if args.lifeline:
         watch_lifeline()
     out_dir = args.out.resolve()
+    step = Step()
     try:
-        run = prepare(args)
-    except InfrastructureError as e:
-        print(f"runner: {e}", file=sys.stderr, flush=True)
-        return 2
-    result, preds = run_job(run, args.job.resolve())
-    write_outputs(out_dir, result, preds)
+        run = prepare(args, step)
+        step.phase = "result"  # run_job catches whatever the candidate raises
+        result, preds = run_job(run, args.job.resolve())
+        step.phase = "write"
+        write_outputs(out_dir, result, preds)
+    except BaseException as e:  # the runner's own fault, wherever it happened
+        return runner_fault(out_dir, step.phase, e)
     return 0
 
 

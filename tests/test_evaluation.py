@@ -224,8 +224,8 @@ def test_result_that_is_not_a_json_object_is_a_runtime_error(body: bytes) -> Non
 
 
 @pytest.mark.parametrize("status", ["excellent", "OK", "", None, 1, fc.TIMEOUT,
-                                    fc.OUTPUT_LIMIT, fc.SANDBOX_ERROR, fc.LLM_ERROR,
-                                    fc.EXTRACT_ERROR, fc.DUPLICATE])
+                                    fc.OUTPUT_LIMIT, fc.LLM_ERROR, fc.EXTRACT_ERROR,
+                                    fc.DUPLICATE])
 def test_status_the_runner_may_not_report_is_a_runtime_error(status: object) -> None:
     assert status not in fc.RUNNER_CLASSES
     outcome = score(execution(result(status=status), npy(PREDICTED)), LABELS, CLASSES)
@@ -244,7 +244,7 @@ def test_unhashable_status_is_a_runtime_error(status: object) -> None:
     assert_runtime_error(outcome, "unknown status")
 
 
-@pytest.mark.parametrize("status", sorted(fc.RUNNER_CLASSES - {fc.OK}))
+@pytest.mark.parametrize("status", sorted(fc.RUNNER_CLASSES - {fc.OK, fc.SANDBOX_ERROR}))
 def test_runner_failures_pass_through(status: str) -> None:
     error = {"type": "RuntimeError", "message": "mat1 and mat2 shapes cannot be multiplied",
              "traceback": 'File "candidate.py", line 9, in forward\n  return self.fc(x)'}
@@ -256,6 +256,33 @@ def test_runner_failures_pass_through(status: str) -> None:
     assert outcome.phase == "train"
     assert outcome.error == error
     assert outcome.metrics == {"params": 5, "sandbox_seconds": 2.5}
+
+
+RUNNER_FAULT = {"type": "ValueError", "message": "Expected a torch.device with a specified index",
+                "traceback": "Traceback ...\nValueError: Expected a torch.device"}
+
+
+def test_a_runner_fault_is_a_sandbox_error_with_its_phase() -> None:
+    """The runner's own fault (here the GPU memory share) is infrastructure, never the
+    candidate's runtime_error, and names the runner's phase."""
+    body = result(status=fc.SANDBOX_ERROR, phase="memory_share", error=RUNNER_FAULT, metrics={})
+    outcome = score(execution(body, exit_code=2), LABELS, CLASSES)
+    assert (outcome.status, outcome.phase, outcome.accuracy) == (
+        fc.SANDBOX_ERROR, "memory_share", None)
+    assert outcome.status in fc.INFRASTRUCTURE_CLASSES
+    assert outcome.error["message"] == ("the runner failed in phase memory_share: ValueError: "
+                                        "Expected a torch.device with a specified index")
+    assert outcome.error["traceback"] == RUNNER_FAULT["traceback"]
+
+
+def test_a_sandbox_that_ended_while_warming_up_keeps_the_runner_phase() -> None:
+    body = result(status=fc.SANDBOX_ERROR, phase="data" + "x" * 500, error=RUNNER_FAULT)
+    outcome = score(execution(body, sandbox_error="the sandbox ended while warming up"),
+                    LABELS, CLASSES)
+    assert outcome.status == fc.SANDBOX_ERROR and outcome.phase == ("data" + "x" * 500)[:40]
+    assert outcome.error["message"].startswith("the sandbox ended while warming up in phase data")
+    host_only = score(execution(sandbox_error="Docker API error"), LABELS, CLASSES)
+    assert (host_only.phase, host_only.error["message"]) == ("sandbox", "Docker API error")
 
 
 def test_runner_failure_error_is_trimmed() -> None:
@@ -322,11 +349,21 @@ def test_interpreter_death_without_result(code: int) -> None:
                          "Segmentation fault (core dumped)")
 
 
-@pytest.mark.parametrize("code", [1, 2, 0, None])
+@pytest.mark.parametrize("code", [1, 0, None])
 def test_runner_exit_without_result(code: int | None) -> None:
     outcome = score(execution(exit_code=code, log_tail=""), LABELS, CLASSES)
     assert_runtime_error(outcome, f"exited with code {code}", "without a valid result")
     assert "interpreter died" not in outcome.error["message"]
+
+
+def test_a_runner_fault_without_result_is_a_sandbox_error() -> None:
+    """Exit code 2 is the runner's own fault; it could not even write result.json."""
+    tail = "runner: write: OSError: [Errno 28] No space left on device\n"
+    outcome = score(execution(exit_code=2, log_tail=tail), LABELS, CLASSES)
+    assert (outcome.status, outcome.phase) == (fc.SANDBOX_ERROR, "write")
+    assert "No space left on device" in outcome.error["message"]
+    unnamed = score(execution(exit_code=2, log_tail="Killed\n"), LABELS, CLASSES)
+    assert (unnamed.status, unnamed.phase) == (fc.SANDBOX_ERROR, "sandbox")
 
 
 def test_last_output_line_in_message_is_capped() -> None:

@@ -286,7 +286,8 @@ def test_wait_mode_prints_ready_before_the_job(
     ) as proc:
         try:
             assert proc.stdout is not None
-            assert proc.stdout.readline() == "READY\n"
+            word, held = proc.stdout.readline().split(" ", 1)
+            assert word == "READY" and json.loads(held)["rss_bytes"] > 100 << 20  # torch is in
             assert not (job_dir / "job.json").exists() and not any(out_dir.iterdir())
             (job_dir / "candidate.py").write_text(TINY)
             write_job(job_dir, {**JOB, "epochs": 1, "device": "auto"})
@@ -310,7 +311,7 @@ def test_lifeline_exits_when_stdin_closes(tmp_path: Path, dataset: tuple[Path, n
                           stderr=subprocess.PIPE, text=True) as proc:
         try:
             assert proc.stdout is not None and proc.stdin is not None
-            assert proc.stdout.readline() == "READY\n"
+            assert proc.stdout.readline().startswith("READY ")
             proc.stdin.close()
             assert proc.wait(timeout=60) == load_runner().LIFELINE_EXIT
             assert "the host is gone" in proc.stderr.read()
@@ -319,17 +320,93 @@ def test_lifeline_exits_when_stdin_closes(tmp_path: Path, dataset: tuple[Path, n
     assert not any(out_dir.iterdir())
 
 
+def runner_fault(job_dir: Path, data_dir: Path, out_dir: Path, *extra: str) -> dict:
+    """Run the runner where it must fail by its own fault: exit 2, a sandbox_error result."""
+    proc = subprocess.run(command(job_dir, data_dir, out_dir, *extra), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    result = json.loads((out_dir / "result.json").read_text())
+    assert result["status"] == "sandbox_error" and result["metrics"] == {}
+    assert f"runner: {result['phase']}: " in proc.stderr
+    assert not (out_dir / "predictions.npy").exists()
+    return result
+
+
 def test_missing_job_is_not_blamed_on_the_candidate(
     tmp_path: Path, dataset: tuple[Path, np.ndarray]
 ) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    proc = subprocess.run(
-        command(tmp_path / "nojob", dataset[0], out_dir), capture_output=True, text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and "job.json" in proc.stderr
-    assert not (out_dir / "result.json").exists()
+    result = runner_fault(tmp_path / "nojob", dataset[0], out_dir)
+    assert result["phase"] == "job" and "job.json" in result["error"]["message"]
+
+
+@pytest.mark.parametrize("extra", [(), ("--wait",)], ids=["cold", "prewarmed"])
+def test_corrupted_data_is_a_runner_fault_in_phase_data(
+    tmp_path: Path, dataset: tuple[Path, np.ndarray], extra: tuple[str, ...]
+) -> None:
+    """A torn dataset cache file fails before any candidate code runs, in both modes."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for name in ("train_x.npy", "train_y.npy", "test_x.npy"):
+        (data_dir / name).write_bytes((dataset[0] / name).read_bytes())
+    torn = data_dir / "train_x.npy"
+    torn.write_bytes(torn.read_bytes()[: torn.stat().st_size // 2])
+    job_dir, out_dir = make_job(tmp_path, TINY)
+    result = runner_fault(job_dir, data_dir, out_dir, *extra)
+    assert result["phase"] == "data" and "cannot load data" in result["error"]["message"]
+
+
+# A job the runner cannot apply: (job overrides, phase, text in the message).
+UNAPPLICABLE_JOBS = {
+    "shape": ({"input_shape": [3, 32, 32]}, "job", "input_shape"),
+    "channels": ({"mean": [0.1, 0.2]}, "job", "one value per channel"),
+}
+if not torch.cuda.is_available():
+    UNAPPLICABLE_JOBS["no-cuda"] = ({"device": "cuda"}, "device", "")
+
+
+@pytest.mark.parametrize("name", list(UNAPPLICABLE_JOBS))
+@pytest.mark.parametrize("extra", [(), ("--wait",)], ids=["cold", "prewarmed"])
+def test_a_job_the_runner_cannot_apply_is_a_runner_fault(
+    tmp_path: Path, dataset: tuple[Path, np.ndarray], name: str, extra: tuple[str, ...]
+) -> None:
+    overrides, phase, needle = UNAPPLICABLE_JOBS[name]
+    job_dir, out_dir = make_job(tmp_path, TINY, **overrides)
+    result = runner_fault(job_dir, dataset[0], out_dir, *extra)
+    assert result["phase"] == phase and needle in result["error"]["message"], result
+
+
+def test_a_failed_write_is_a_runner_fault(tmp_path: Path, dataset: tuple[Path, np.ndarray]) -> None:
+    """The outputs cannot be written (here result.json is a folder): exit 2, said on stderr."""
+    job_dir, out_dir = make_job(tmp_path, TINY)
+    (out_dir / "result.json").mkdir()
+    proc = subprocess.run(command(job_dir, dataset[0], out_dir), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "runner: write: IsADirectoryError" in proc.stderr
+
+
+def test_a_cuda_device_gets_an_index_for_the_memory_share() -> None:
+    """torch refuses a bare 'cuda' in set_per_process_memory_fraction (it crashed every
+    --parallel candidate on GPUs); the runner's CUDA devices carry an index. Checked with
+    torch's own validation, which is plain code."""
+    from torch.cuda._utils import _get_device_index
+
+    runner = load_runner()
+    with pytest.raises(ValueError, match="specified index"):
+        _get_device_index(torch.device("cuda"), optional=False)
+    device = runner.with_index(torch.device("cuda"), current=lambda: 3)
+    assert device == torch.device("cuda", 3) and _get_device_index(device, optional=False) == 3
+    assert runner.with_index(torch.device("cuda", 1), current=lambda: 3).index == 1
+    assert runner.with_index(torch.device("cpu")) == torch.device("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NO GPU HERE: the CUDA memory share "
+                    "is only run on a GPU (and by benchmarks/search_throughput.py there)")
+def test_memory_share_on_cuda(tmp_path: Path, dataset: tuple[Path, np.ndarray]) -> None:
+    job_dir, out_dir = make_job(tmp_path, TINY, device="cuda", gpu_memory_fraction=0.2)
+    result = run_runner(job_dir, dataset[0], out_dir, "--wait")
+    assert result["status"] == "ok" and result["metrics"]["device"].startswith("cuda:")
 
 
 # ---------------------------------------------------------------- augmentation

@@ -299,12 +299,14 @@ def test_a_broken_sandbox_stops_the_run_after_a_streak_of_faults(fake_ollama, fa
                         scratch=scratch)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 3, output
-    assert "5 infrastructure faults in a row (iterations 1-5)" in output
+    assert "5 infrastructure faults in a row (iterations 2-6)" in output
     assert "orchestrator run --name broken --resume" in output
     records = read_records(tmp_path / "broken")
-    assert [r["status"] for r in records] == [fc.SANDBOX_ERROR] * 5
-    assert all("sandbox failed" in r["error"]["message"] for r in records)
-    assert len([b for b in server.chat_requests() if not b.get("format")]) == 5
+    # The saboteur broke its own sandbox (its supervisor could not report): its fault. The
+    # sandboxes after it have no folder to work in: infrastructure faults.
+    assert [r["status"] for r in records] == [fc.RUNTIME_ERROR] + [fc.SANDBOX_ERROR] * 5
+    assert all("sandbox failed" in r["error"]["message"] for r in records[1:])
+    assert len([b for b in server.chat_requests() if not b.get("format")]) == 6
     assert scratch.is_file()  # the sabotage did happen
 
 
@@ -351,3 +353,63 @@ def test_a_full_disk_stops_the_run_cleanly_and_resume_completes(fake_ollama, fas
     output, _ = third.communicate(timeout=900)
     assert third.returncode == 0, output
     assert [r["iteration"] for r in read_records(tmp_path / "full")] == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_device_the_runner_cannot_set_up_stops_the_run(fake_ollama, fashion_data_dir, tmp_path):
+    """--device cuda without a GPU: every warm runner fails in its device phase, before any
+    candidate code. Five sandbox_errors, exit 3; the Improver never hears of them."""
+    server = fake_ollama(default=by_role([replies.VALID_NET] * 8, DIAGNOSIS))
+    args = run_args(server, fashion_data_dir, tmp_path, "nocuda", 8)
+    args[args.index("--device") + 1] = "cuda"
+    proc = orchestrator(*args)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 3, output
+    assert "5 infrastructure faults in a row (iterations 1-5)" in output
+    records = read_records(tmp_path / "nocuda")
+    assert [(r["status"], r["phase"]) for r in records] == [(fc.SANDBOX_ERROR, "device")] * 5
+    assert all("warming up" in r["error"]["message"] for r in records)
+    assert not [b for b in server.chat_requests() if b.get("format")]  # no diagnosis asked
+
+
+def test_data_torn_mid_run_stops_it_and_resume_completes(fake_ollama, fashion_data_dir,
+                                                        tmp_path):
+    """The subset's training images are torn once the run has started (after the host checked
+    the cache): runner faults in phase data, exit 3; repaired, --resume completes the run."""
+    first = orchestrator(*run_args(fake_ollama(default=by_role([replies.VALID_NET], DIAGNOSIS)),
+                                   fashion_data_dir, tmp_path, "warm", 1))
+    assert first.communicate(timeout=900)[0] and first.returncode == 0  # caches the subset
+    (images,) = (fashion_data_dir / "fashionmnist" / "subsets").glob("*/sandbox/train_x.npy")
+    intact = images.read_bytes()
+
+    tear = threading.Event()
+    tear.set()
+
+    def generate(body: dict) -> Reply:
+        if not body.get("format") and tear.is_set():
+            images.write_bytes(intact[: len(intact) // 2])  # before this iteration's runner
+        return by_role([replies.VALID_NET], [DIAGNOSIS[0]])(body)
+
+    server = fake_ollama(default=generate)
+    args = run_args(server, fashion_data_dir, tmp_path, "torn", 7)
+    try:
+        proc = orchestrator(*args, "--warm-pool", "0")  # each runner starts after generation
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        tear.clear()
+        images.write_bytes(intact)
+    assert proc.returncode == 3, output
+    assert "--resume" in output
+    records = read_records(tmp_path / "torn")
+    assert [(r["status"], r["phase"]) for r in records] == [(fc.SANDBOX_ERROR, "data")] * 5
+    assert "cannot load data" in records[0]["error"]["message"]
+    assert not [b for b in server.chat_requests() if b.get("format")]
+
+    again = orchestrator(*args, "--resume")
+    output, _ = again.communicate(timeout=900)
+    assert again.returncode == 0, output
+    records = read_records(tmp_path / "torn")
+    assert [r["status"] for r in records] == [fc.SANDBOX_ERROR] * 5 + [fc.OK] * 2
+    # The faults stayed out of the memory: the Improver's first window holds no sandbox_error.
+    improver = [user_message(b) for b in server.chat_requests() if b.get("format")]
+    assert improver and all("sandbox_error" not in prompt for prompt in improver)
