@@ -24,6 +24,7 @@ from orchestrator.sandbox.pool import (
 )
 
 GIB = 1 << 30
+GPU_RUNNER = Footprint(rss_bytes=GIB, gpu_total_bytes=80 * GIB)  # holds a context, no data
 WAIT = 30  # seconds an event wait may take before the test fails (never reached when passing)
 
 
@@ -34,7 +35,7 @@ def sizer(depth: int | None = None, share: float = 1.0, host: int = 64 * GIB) ->
 def test_depth_covers_the_warmup_with_the_measured_cycle() -> None:
     s = sizer()
     assert s.depth() == FIRST_DEPTH  # nothing measured yet
-    s.observe_warmup(8.0, Footprint(rss_bytes=GIB))
+    s.observe_warmup(8.0, GPU_RUNNER)
     s.observe_cycle(2.5)
     assert s.depth() == 4  # a sandbox started 4 takes ahead is warm: 4 x 2.5 s >= 8 s
     s.observe_cycle(2.5)
@@ -44,18 +45,18 @@ def test_depth_covers_the_warmup_with_the_measured_cycle() -> None:
 
 def test_a_slow_llm_needs_one_warm_sandbox() -> None:
     s = sizer()
-    s.observe_warmup(8.0, Footprint(rss_bytes=GIB))
+    s.observe_warmup(8.0, GPU_RUNNER)
     s.observe_cycle(11.0)  # a 7B model's generation and diagnosis outlast the warm-up
     assert s.depth() == 1
 
 
 def test_depth_is_bounded_by_host_memory() -> None:
     s = sizer(host=16 * GIB, share=0.5)
-    s.observe_warmup(60.0, Footprint(rss_bytes=GIB))
+    s.observe_warmup(60.0, GPU_RUNNER)
     s.observe_cycle(1.0)
     assert s.depth() == int(0.5 * WARM_MEMORY_SHARE * 16) == 2
     unbounded = sizer(host=1024 * GIB)
-    unbounded.observe_warmup(60.0, Footprint(rss_bytes=GIB))
+    unbounded.observe_warmup(60.0, GPU_RUNNER)
     unbounded.observe_cycle(1.0)
     assert unbounded.depth() == AUTO_MAX_DEPTH
 
@@ -70,7 +71,7 @@ def test_depth_is_bounded_by_gpu_memory() -> None:
 
 def test_never_less_than_one_and_a_fixed_depth_wins() -> None:
     s = sizer(host=GIB)
-    s.observe_warmup(60.0, Footprint(rss_bytes=4 * GIB))  # not even one fits the budget
+    s.observe_warmup(60.0, Footprint(rss_bytes=4 * GIB, gpu_total_bytes=80 * GIB))  # too big
     s.observe_cycle(0.0)
     assert s.depth() == 1
     fixed = sizer(depth=5)
@@ -100,8 +101,10 @@ class Tokens:
         self.changed = threading.Condition()
         self.gate = threading.Event()
         self.gate.set()
+        self.calls = threading.Semaphore(0)  # one release per start() entered
 
     def start(self) -> int:
+        self.calls.release()
         assert self.gate.wait(WAIT)
         with self.changed:
             n = len(self.started)
@@ -140,6 +143,7 @@ def test_close_destroys_one_still_starting() -> None:
     tokens.wait_started(1)
     tokens.gate.clear()  # the replacement blocks in start()
     assert pool.take() == 0
+    assert tokens.calls.acquire(timeout=WAIT) and tokens.calls.acquire(timeout=WAIT)
     closing = threading.Thread(target=pool.close)
     closing.start()
     tokens.gate.set()
@@ -158,3 +162,23 @@ def test_a_failed_start_is_raised_by_the_take_that_would_have_had_it() -> None:
         pool.take()
     assert pool.take() == 2  # the pool goes on
     pool.close()
+
+
+def test_on_a_cpu_only_host_the_next_warmup_waits_for_the_running_candidate() -> None:
+    """A CPU runner's warm-up would compete with the candidate for the same cores: the auto
+    pool keeps one sandbox, and starts the next when the taken one is released."""
+    tokens = Tokens()
+    pool = WarmPool(tokens.start, tokens.destroy, sizer())
+    tokens.wait_started(1)
+    pool.observe(3.0, 0.0, Footprint(rss_bytes=GIB))  # what a CPU runner's READY line says
+    pool.observe(3.0, 0.0, Footprint(rss_bytes=GIB))  # and a cycle far shorter than 3 s
+    assert pool.sizer.cpu_only and pool.depth() == 1
+    assert pool.take() == 0
+    assert tokens.started == [0]  # the candidate runs alone
+    pool.release()
+    tokens.wait_started(2)
+    pool.close()
+    assert tokens.destroyed == [1]
+    gpu = sizer()
+    gpu.observe_warmup(3.0, Footprint(rss_bytes=GIB, gpu_bytes=GIB, gpu_total_bytes=80 * GIB))
+    assert not gpu.cpu_only and not sizer(depth=3).cpu_only

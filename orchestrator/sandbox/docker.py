@@ -424,13 +424,13 @@ class DockerSandbox(Sandbox):
             teardown_error: str | None = None
             info: dict = {"runtime": self._runtime_name, "prewarmed": self._pool is not None}
             try:
-                slot = self._take_slot(code, job)
+                slot = self._pool.take() if self._pool else self._new_slot(
+                    wait=False, code=code, job=job)
+                self._hand_over(slot, code, job)
                 ex = self._supervise(slot)
                 if slot.pump is not None and not slot.pump.ready.is_set() and self._pool:
                     ex = warmup_failure(ex)  # it ended before READY: no candidate code ran
             except _Fault as e:
-                if isinstance(e, _SlotFault):
-                    slot = e.slot
                 ex = Execution(exit_code=None, seconds=0.0, sandbox_error=str(e))
                 if slot is not None and slot.pump is not None:
                     ex.log_tail = slot.pump.tail()
@@ -455,6 +455,8 @@ class DockerSandbox(Sandbox):
                     if slot.container is not None:
                         info["container_id"] = slot.container.id
                     info["host_out_dir"] = str(slot.out_dir) if slot.out_dir else None
+                    if self._pool:
+                        self._pool.release()
             if teardown_error and ex.sandbox_error is None:
                 ex.sandbox_error = teardown_error
             ex.info = {**info, **ex.info}
@@ -580,18 +582,14 @@ class DockerSandbox(Sandbox):
             slot.error = f"cannot prepare the sandbox directories: {e}"
         return slot
 
-    def _take_slot(self, code: str, job: dict) -> _Slot:
-        """A started container with the job handed over (or, from the pool, one that ended
-        before READY); the timeout counts from its `started_at`. Raises _Fault (after storing
-        the slot for cleanup) on faults."""
-        if self._pool is None:
-            slot = self._new_slot(wait=False, code=code, job=job)
-            if slot.error:
-                raise _SlotFault(slot)
-            return slot
-        slot = self._pool.take()
+    def _hand_over(self, slot: _Slot, code: str, job: dict) -> None:
+        """Give a pre-warmed container its job once it is READY (a cold one has it already);
+        the timeout counts from `slot.started_at`. A pre-warmed one that ended before READY
+        gets no job: its output tells why. Raises _Fault on faults."""
         if slot.error:
-            raise _SlotFault(slot)
+            raise _Fault(slot.error)
+        if self._pool is None:
+            return
         assert slot.pump is not None and slot.job_dir is not None
         t = time.perf_counter()
         slot.pump.wake.wait(READY_TIMEOUT)
@@ -602,14 +600,12 @@ class DockerSandbox(Sandbox):
         slot.timings["pool_depth"] = self._pool.depth()
         if warmup is None:
             if not slot.pump.wake.is_set():  # neither READY nor ended
-                slot.error = f"the pre-warmed sandbox did not become READY within " \
-                             f"{READY_TIMEOUT:.0f}s"
-                raise _SlotFault(slot)
-            return slot  # it ended first: its output tells why
+                raise _Fault(f"the pre-warmed sandbox did not become READY within "
+                             f"{READY_TIMEOUT:.0f}s")
+            return
         slot.timings["warmup_s"] = round(warmup, 3)
         write_job(slot.job_dir, code, job)
         slot.started_at = time.perf_counter()
-        return slot
 
     def _supervise(self, slot: _Slot) -> Execution:
         """Wait for the container with the timeout; kill it past the timeout; read outputs."""
@@ -656,12 +652,6 @@ class DockerSandbox(Sandbox):
             killed=killed,
             info={"output_bytes": pump.total, "oom_killed": bool(state.get("OOMKilled"))},
         )
-
-
-class _SlotFault(_Fault):
-    def __init__(self, slot: _Slot) -> None:
-        super().__init__(slot.error)
-        self.slot = slot
 
 
 def _output_file(path: Path) -> Path:

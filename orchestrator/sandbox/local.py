@@ -191,6 +191,8 @@ class LocalSandbox(Sandbox):
         finally:
             if slot is not None:
                 slot.destroy()
+                if self._pool:
+                    self._pool.release()
 
     def _await_ready(self, slot: _Slot) -> float:
         """Wait for the runner's READY (or its end); report the pool's measurements."""

@@ -7,7 +7,10 @@ starts a replacement the moment a sandbox is taken and keeps `depth` of them war
 a sandbox started `depth` candidates ago is the one taken now. Auto sizing picks the depth from
 the measured warm-up time W and the measured time between takes (less the time a take waited
 for its sandbox) C, as ceil(W / C), and bounds it by the memory the warm sandboxes may hold: a
-share of the host's available memory and of the GPU's. Each sandbox still runs one candidate.
+share of the host's available memory and of the GPU's. On a CPU-only host a warm-up competes
+with the candidate for the same cores, so it cannot be hidden behind an evaluation, only behind
+the LLM: there the auto pool keeps one sandbox, started when the previous one is done. Each
+sandbox still runs one candidate.
 """
 
 from __future__ import annotations
@@ -94,9 +97,17 @@ class Sizer:
         """Time from one take to the next, less what the next waited for its sandbox."""
         self.cycles.append(max(0.0, seconds))
 
+    @property
+    def cpu_only(self) -> bool:
+        """Auto-sized, and the runners reported no GPU."""
+        held = self.footprint
+        return self.size.depth is None and held.rss_bytes > 0 and not held.gpu_total_bytes
+
     def depth(self) -> int:
         if self.size.depth is not None:
             return self.size.depth
+        if self.cpu_only:
+            return 1
         if not self.warmups or not self.cycles:
             return min(FIRST_DEPTH, self.max_depth())
         need = math.ceil(statistics.median(self.warmups) / max(statistics.median(self.cycles),
@@ -121,6 +132,8 @@ class WarmPool(Generic[S]):
 
     `start()` makes a sandbox (it warms up on its own) and `destroy(s)` removes one. An
     exception from `start()` is raised by the `take()` that would have had that sandbox.
+    `release()` says a taken sandbox is done; on a CPU-only host the pool counts the taken
+    ones until then, so the next warm-up does not compete with the running candidate.
     """
 
     def __init__(self, start: Callable[[], S], destroy: Callable[[S], None],
@@ -128,6 +141,7 @@ class WarmPool(Generic[S]):
         self.start, self.destroy, self.sizer = start, destroy, sizer
         self._slots: collections.deque[S | BaseException] = collections.deque()
         self._starting = 0
+        self._in_use = 0
         self._closed = False
         self._last_take: float | None = None
         self._cond = threading.Condition()
@@ -142,10 +156,18 @@ class WarmPool(Generic[S]):
                     raise RuntimeError("the sandbox pool is closed")
                 self._cond.wait()
             slot = self._slots.popleft()
+            self._in_use += 1
             self._cond.notify_all()
         if isinstance(slot, BaseException):
+            self.release()
             raise slot
         return slot
+
+    def release(self) -> None:
+        """A sandbox that take() returned is done (destroyed)."""
+        with self._cond:
+            self._in_use -= 1
+            self._cond.notify_all()
 
     def peek(self) -> S:
         """The sandbox the next take() returns, left in the pool (waits for one to exist)."""
@@ -187,8 +209,7 @@ class WarmPool(Generic[S]):
     def _fill(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and len(self._slots) + self._starting >= \
-                        self.sizer.depth():
+                while not self._closed and self._held() >= self.sizer.depth():
                     self._cond.wait()
                 if self._closed:
                     return
@@ -205,6 +226,11 @@ class WarmPool(Generic[S]):
                     continue
             self._discard(slot)
             return
+
+    def _held(self) -> int:
+        """Sandboxes that count against the depth (call with the lock held)."""
+        taken = self._in_use if self.sizer.cpu_only else 0
+        return len(self._slots) + self._starting + taken
 
     def _discard(self, slot: S | BaseException) -> None:
         if not isinstance(slot, BaseException):
