@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,8 +15,6 @@ MESSAGE_CHARS = 2000
 TRACEBACK_CHARS = 4000
 PHASE_CHARS = 40
 SANDBOX_PHASE = "sandbox"  # a fault of the host's sandbox machinery, outside the runner
-RUNNER_FAULT_EXIT = 2  # the runner's exit code for its own faults (docs/contracts.md)
-RUNNER_FAULT_LINE = re.compile(r"^runner: (\w{1,40}): ", re.MULTILINE)  # its stderr report
 
 
 @dataclass
@@ -116,11 +113,6 @@ def _killed(execution: Execution) -> Outcome:
 def _no_result(execution: Execution) -> Outcome:
     code = execution.exit_code
     tail = execution.log_tail.strip().splitlines()[-1:] or [""]
-    if code == RUNNER_FAULT_EXIT:  # a runner fault whose result.json could not be written
-        phases = RUNNER_FAULT_LINE.findall(execution.log_tail)
-        return failure(fc.SANDBOX_ERROR, "the runner failed and could not write its result; "
-                       f"last output: {tail[0][:300]}", traceback=execution.log_tail,
-                       phase=phases[-1] if phases else SANDBOX_PHASE)
     if code is not None and code < 0 or (code or 0) > 128:
         message = f"the interpreter died (exit code {code}) without writing a result"
     else:

@@ -349,21 +349,13 @@ def test_interpreter_death_without_result(code: int) -> None:
                          "Segmentation fault (core dumped)")
 
 
-@pytest.mark.parametrize("code", [1, 0, None])
+@pytest.mark.parametrize("code", [1, 2, 0, None])
 def test_runner_exit_without_result(code: int | None) -> None:
+    """Exit code 2 without result.json is no proof of a runner fault: a sandbox the candidate
+    wrecked (a fork bomb under gVisor) ends that way too."""
     outcome = score(execution(exit_code=code, log_tail=""), LABELS, CLASSES)
     assert_runtime_error(outcome, f"exited with code {code}", "without a valid result")
     assert "interpreter died" not in outcome.error["message"]
-
-
-def test_a_runner_fault_without_result_is_a_sandbox_error() -> None:
-    """Exit code 2 is the runner's own fault; it could not even write result.json."""
-    tail = "runner: write: OSError: [Errno 28] No space left on device\n"
-    outcome = score(execution(exit_code=2, log_tail=tail), LABELS, CLASSES)
-    assert (outcome.status, outcome.phase) == (fc.SANDBOX_ERROR, "write")
-    assert "No space left on device" in outcome.error["message"]
-    unnamed = score(execution(exit_code=2, log_tail="Killed\n"), LABELS, CLASSES)
-    assert (unnamed.status, unnamed.phase) == (fc.SANDBOX_ERROR, "sandbox")
 
 
 def test_last_output_line_in_message_is_capped() -> None:
