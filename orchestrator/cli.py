@@ -222,10 +222,10 @@ def _dataset(cfg: RunConfig) -> datasets.PreparedDataset:
 
 
 def _novelty_gate(cfg: RunConfig, journal: Journal, records: list[dict]) -> NoveltyGate:
-    """The run-wide novelty index, holding every candidate recorded so far."""
+    """The run-wide novelty index, holding every candidate evaluated successfully so far."""
     gate = NoveltyGate(cfg.novelty_tau)
     for record in records:
-        if record.get("code_file") and record["status"] != fc.DUPLICATE:
+        if record["status"] == fc.OK:
             gate.add(record.get("chain", 0), record["iteration"],
                      (journal.root / record["code_file"]).read_text())
     return gate

@@ -144,7 +144,7 @@ class Search:
         generation, code, outcome, novelty = self._generate(i, timings)
         if outcome is None:
             outcome = self._evaluate(i, code, timings)
-        if code is not None and outcome.status != fc.DUPLICATE:
+        if outcome.ok:  # only working code makes a later one a duplicate: repairs stay open
             self.novelty.add(self.chain, i, code)
         triple = self._triple(outcome)
         improve_call, diagnosis = self._improve(i, code, generation.text, outcome, triple, timings)

@@ -402,7 +402,8 @@ def train(model: nn.Module, run: Run) -> None:
         model.parameters(), lr=job["lr"], momentum=job["momentum"],
         weight_decay=job["weight_decay"],
     )
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=math.ceil(n / bs) * epochs)
+    batches = n // bs + (n % bs > 1)  # a last batch of one is dropped: BatchNorm cannot train
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=batches * epochs)
     gen = torch.Generator(device=device)
     gen.manual_seed(int(job["seed"]))
     mean, std = channel_stats(job, device)
@@ -414,7 +415,7 @@ def train(model: nn.Module, run: Run) -> None:
     run.metrics["steps"] = 0
     for _ in range(epochs):
         perm = torch.randperm(n, device=device, generator=gen)
-        for idx in perm.split(bs):
+        for idx in perm.split(bs)[:batches]:
             x = normalise(augment_batch(data.train_x[idx], padding, flip, gen), mean, std)
             with autocast(job, device):
                 out = model(x)
@@ -478,12 +479,12 @@ def execute(run: Run, job_dir: Path) -> np.ndarray:
     module = timed(run, "import_seconds", import_candidate, job_dir / "candidate.py")
     run.phase = "instantiate"
     model = instantiate(net_class(module), run.data.device)
+    run.phase = "validate"
+    validate(model, run)  # also gives lazy modules (nn.LazyLinear, ...) their parameters
     run.metrics["params"] = params = sum(p.numel() for p in model.parameters())
     budget = run.job.get("max_params")
     if budget and params > budget:
         raise ContractError(f"`Net` has {params:,} parameters; the budget is {budget:,}")
-    run.phase = "validate"
-    validate(model, run)
     run.phase = "train"
     timed(run, "train_seconds", train, model, run)
     run.phase = "predict"

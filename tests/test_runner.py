@@ -61,6 +61,10 @@ class Net(nn.Module):
         return self.fc(x.flatten(1))
 """
 
+BATCHNORM_1D = TINY.replace(
+    "nn.Linear(28 * 28, 4)",
+    "nn.Sequential(nn.Linear(28 * 28, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 4))")
+LAZY = TINY.replace("nn.Linear(28 * 28, 4)", "nn.LazyLinear(4)")  # in_features from the input
 NO_NET = "import torch\nX = 1\n"
 NET_ARGS = TINY.replace("def __init__(self):", "def __init__(self, width):")
 NOT_MODULE = "class Net:\n    pass\n"
@@ -230,6 +234,8 @@ def outcomes(
     jobs = [(name, case[0], {"epochs": 1, "batch_size": 128}) for name, case in CASES.items()]
     jobs.append(("bf16", TINY, {"epochs": 1, "precision": "bf16"}))
     jobs.append(("budget", TINY, {"max_params": 3000}))
+    jobs.append(("lazy", LAZY, {"max_params": 3140}))
+    jobs.append(("last-batch-of-one", BATCHNORM_1D, {"batch_size": 73}))  # 512 = 7 x 73 + 1
 
     def one(name: str, code: str, overrides: dict) -> tuple[str, tuple[Path, dict]]:
         job_dir, out_dir = make_job(tmp_path_factory.mktemp(name), code, **overrides)
@@ -263,9 +269,27 @@ def test_train_failure_records_progress(outcomes: dict[str, tuple[Path, dict]]) 
 
 def test_parameter_budget_fails_before_training(outcomes: dict[str, tuple[Path, dict]]) -> None:
     result = outcomes["budget"][1]
-    assert (result["status"], result["phase"]) == ("contract_error", "instantiate")
+    assert (result["status"], result["phase"]) == ("contract_error", "validate")
     assert "3,140 parameters; the budget is 3,000" in result["error"]["message"]
     assert "train_seconds" not in result["metrics"]
+
+
+def test_lazy_modules_are_counted_after_the_validation_forward(
+    outcomes: dict[str, tuple[Path, dict]]
+) -> None:
+    """nn.LazyLinear has no parameters until its first forward: counted before it, every such
+    net failed. Within its budget of 3,140 (28 x 28 x 4 + 4) it trains."""
+    result = outcomes["lazy"][1]
+    assert result["status"] == "ok", result["error"]
+    assert result["metrics"]["params"] == 28 * 28 * 4 + 4
+
+
+def test_a_last_batch_of_one_is_dropped(outcomes: dict[str, tuple[Path, dict]]) -> None:
+    """BatchNorm1d cannot train on one sample ("Expected more than 1 value per channel"); a
+    subset leaving one over must not fail the net."""
+    result = outcomes["last-batch-of-one"][1]
+    assert result["status"] == "ok", result["error"]
+    assert result["metrics"]["steps"] == 7
 
 
 def test_bf16_precision_runs(outcomes: dict[str, tuple[Path, dict]]) -> None:

@@ -260,6 +260,21 @@ def test_novelty_reject_regenerates_and_skips_duplicates(fake_ollama, fashion_da
     assert temperatures == [0.7, 0.7, pytest.approx(0.8), 0.7]
 
 
+def test_novelty_reject_lets_a_one_token_repair_through(fake_ollama, fashion_data_dir, tmp_path):
+    """The fix of a shape error is a near-copy of the broken net (Jaccard about 0.90); only
+    code that worked may make a later candidate a duplicate, so the repair is evaluated."""
+    fixed = replies.SHAPE_MISMATCH_NET.replace("nn.Linear(64 * 8 * 8, 128)",
+                                               "nn.Linear(64 * 7 * 7, 128)")
+    server = fake_ollama(default=by_role([replies.SHAPE_MISMATCH_NET, fixed], DIAGNOSIS[:2]))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "repair", 2),
+                        "--novelty", "reject")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    broken, repaired = read_records(tmp_path / "repair")
+    assert (broken["status"], repaired["status"]) == (fc.SHAPE_ERROR, fc.OK)
+    assert repaired["novelty"]["rejected"] == []
+
+
 def test_lone_surrogates_and_nul_bytes_in_replies_are_journaled(fake_ollama, fashion_data_dir,
                                                                 tmp_path):
     # JSON escapes for lone surrogates decode to text that cannot be encoded as UTF-8; a
