@@ -39,6 +39,7 @@ from .loop import (
 )
 from .progress import Reporter
 from .prompts import PromptBook, num_ctx_per_model
+from .reply_text import printable
 from .roles import Roles
 from .sandbox.base import Limits, Sandbox
 from .sandbox.pool import PoolSize
@@ -57,7 +58,8 @@ class UserError(Exception):
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    console.print(f"[red]error:[/] {escape(printable(message))}", highlight=False,
+                  soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -343,7 +345,7 @@ def show(
         text = render_show(read_run(run_name, results_dir), iteration)
     except (FileNotFoundError, KeyError) as exc:
         raise fail(f"cannot show iteration {iteration} of {run_name}: {exc}") from None
-    print(text)
+    print(printable(text))
 
 
 @app.command()

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from . import failures as fc
+from .reply_text import printable
 
 
 class Reporter:
@@ -47,7 +48,7 @@ class Reporter:
         )
 
     def note(self, message: str) -> None:
-        self.console.print(escape(message), highlight=False)
+        self.console.print(escape(printable(message)), highlight=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+        self.console.print(f"[yellow]warning:[/] {escape(printable(message))}", highlight=False)

@@ -6,6 +6,7 @@ check that no traceback leaks); the others use typer's in-process CliRunner to s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -185,3 +186,24 @@ def test_models_lists_and_marks_roles_then_pulls_with_progress(fake_ollama, tmp_
     assert "new:3b" in server.models
     missing = CliRunner().invoke(app, ["models", "--ollama-host", server.url, "pull", "nope"])
     assert missing.exit_code == 2
+
+
+HOSTILE_ERROR = "boom\x1b]0;owned title\x07\x1b[2J\x1b[31mred\r\x9b6n done"
+
+
+def test_show_prints_no_terminal_control_sequences(tmp_path: Path) -> None:
+    """A candidate's error text may hold ANSI/OSC sequences: `show` must not pass them to the
+    terminal; the journal keeps them as they were."""
+    run_dir = tmp_path / "hostile"
+    run_dir.mkdir()
+    line = json.dumps({"iteration": 1, "status": "runtime_error", "accuracy": None,
+                       "code_file": None, "error": {"type": "RuntimeError",
+                                                    "message": HOSTILE_ERROR,
+                                                    "traceback": "\x1b[1mtrace"},
+                       "suggestions": None, "phase": "train\x1b[A"}) + "\n"
+    (run_dir / "iterations.jsonl").write_text(line)
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "show", str(run_dir), "1"],
+                          capture_output=True, text=True, check=True)
+    assert "boom" in proc.stdout and "owned title" in proc.stdout and "done" in proc.stdout
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", proc.stdout)
+    assert (run_dir / "iterations.jsonl").read_text() == line
