@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,31 +76,86 @@ class RunConfig:
     prompts_dir: str | None = None
 
     def validate(self) -> RunConfig:
-        checks = [
-            (self.iterations >= 1, "iterations must be at least 1"),
-            (self.history_size >= 0, "history-size must be 0 or more"),
-            (self.timeout > 0, "timeout must be positive"),
-            (self.sandbox in ("local", "docker"), "sandbox must be 'local' or 'docker'"),
-            (self.precision in ("fp32", "bf16"), "precision must be 'fp32' or 'bf16'"),
-            (self.device in ("auto", "cpu", "cuda"), "device must be auto, cpu or cuda"),
-            (self.batch_size >= 1, "batch-size must be at least 1"),
-            (self.parallel >= 1, "parallel must be at least 1"),
-            (self.warm_pool is None or self.warm_pool >= 0, "warm-pool must be 0 or more"),
-            (self.novelty in ("record", "reject"), "novelty must be 'record' or 'reject'"),
-            (0 < self.novelty_tau <= 1, "novelty-tau must be in (0, 1]"),
-            (isinstance(self.keep_alive, str) and DURATION.fullmatch(self.keep_alive) is not None,
-             "keep-alive must be a duration like 30m, 1h or 0"),
-        ]
-        for ok, message in checks:
+        """Every setting of its type and in its range, else ConfigError naming the key, the
+        value and what is expected (a TOML `lr = "0.01"` would fail every candidate)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _has_type(value, HINTS[f.name]):
+                raise ConfigError(_refusal(f.name, value, _type_name(HINTS[f.name])))
+        for key, ok, expected in self._ranges():
             if not ok:
-                raise ConfigError(message)
+                raise ConfigError(_refusal(key, getattr(self, key), expected))
         return self
+
+    def _ranges(self) -> list[tuple[str, bool, str]]:
+        """(setting, whether its value is allowed, what is expected)."""
+        def optional(value: float | None, low: float) -> bool:
+            return value is None or value >= low
+
+        return [
+            ("iterations", self.iterations >= 1, "at least 1"),
+            ("history_size", self.history_size >= 0, "0 or more"),
+            ("top_k", self.top_k >= 0, "0 or more"),
+            ("timeout", self.timeout > 0, "a positive number of seconds"),
+            ("request_timeout", self.request_timeout > 0, "a positive number of seconds"),
+            ("sandbox", self.sandbox in ("local", "docker"), "local or docker"),
+            ("precision", self.precision in ("fp32", "bf16"), "fp32 or bf16"),
+            ("device", self.device in ("auto", "cpu", "cuda"), "auto, cpu or cuda"),
+            ("epochs", self.epochs >= 1, "at least 1"),
+            ("batch_size", self.batch_size >= 1, "at least 1"),
+            ("lr", self.lr > 0, "a positive number"),
+            ("momentum", 0 <= self.momentum < 1, "in [0, 1)"),
+            ("weight_decay", self.weight_decay >= 0, "0 or more"),
+            ("temperature", self.temperature >= 0, "0 or more"),
+            ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+            ("num_ctx", optional(self.num_ctx, 1), "at least 1, or unset"),
+            ("train_samples", optional(self.train_samples, 1), "at least 1, or unset"),
+            ("test_samples", optional(self.test_samples, 1), "at least 1, or unset"),
+            ("max_params", optional(self.max_params, 1), "at least 1, or unset"),
+            ("cpus", self.cpus is None or self.cpus > 0, "a positive number, or unset"),
+            ("memory", MEMORY.fullmatch(self.memory.strip().lower()) is not None,
+             "a size such as 8g or 512m"),
+            ("parallel", self.parallel >= 1, "at least 1"),
+            ("warm_pool", optional(self.warm_pool, 0), "0 or more, or unset"),
+            ("novelty", self.novelty in ("record", "reject"), "record or reject"),
+            ("novelty_tau", 0 < self.novelty_tau <= 1, "in (0, 1]"),
+            ("novelty_retries", self.novelty_retries >= 0, "0 or more"),
+            ("keep_alive", DURATION.fullmatch(self.keep_alive) is not None,
+             "a duration like 30m, 1h or 0"),
+        ]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+HINTS = typing.get_type_hints(RunConfig)
+MEMORY = re.compile(r"\d+(\.\d+)?[kmgt]?b?")  # as sandbox.base.parse_size reads it
+
+
+def _has_type(value: object, hint: object) -> bool:
+    """isinstance for the settings' hints (X, or X | None); an int is a float, a bool is not a
+    number."""
+    if isinstance(hint, types.UnionType):
+        return any(_has_type(value, arg) for arg in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if isinstance(value, bool):
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)
+
+
+def _type_name(hint: object) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    optional = ", or unset" if type(None) in typing.get_args(hint) else ""
+    return " or ".join(names.get(a, str(a)) for a in args) + optional
+
+
+def _refusal(key: str, value: object, expected: str) -> str:
+    return f"setting {key.replace('_', '-')} = {value!r}: expected {expected}"
 
 
 def load_toml(path: Path) -> dict:

@@ -207,3 +207,14 @@ def test_show_prints_no_terminal_control_sequences(tmp_path: Path) -> None:
     assert "boom" in proc.stdout and "owned title" in proc.stdout and "done" in proc.stdout
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", proc.stdout)
     assert (run_dir / "iterations.jsonl").read_text() == line
+
+
+def test_a_setting_of_the_wrong_type_is_refused_before_anything_is_journaled(
+        fake_ollama, fashion_data_dir: Path, tmp_path: Path) -> None:
+    server = fake_ollama()
+    config = tmp_path / "run.toml"
+    config.write_text('[run]\nlr = "0.01"\n')
+    result = invoke(*run_args(fashion_data_dir, tmp_path, server.url, "--name", "typo",
+                              "--config", str(config)))
+    assert_user_error(result, "setting lr = '0.01': expected a number")
+    assert not (tmp_path / "typo").exists() and server.chat_requests() == []

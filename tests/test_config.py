@@ -217,3 +217,26 @@ def test_resume_with_same_values_reports_nothing() -> None:
 def test_resume_validates_resumable_values() -> None:
     with pytest.raises(ConfigError, match="iterations"):
         for_resume(STORED, cli(iterations=0))
+
+
+@pytest.mark.parametrize("text, key, expected", [
+    ('lr = "0.01"', "lr = '0.01'", "a number"),
+    ("iterations = true", "iterations = True", "an integer"),
+    ("iterations = 2.5", "iterations = 2.5", "an integer"),
+    ('max-params = "1M"', "max-params = '1M'", "an integer, or unset"),
+    ("extended-prompt = 1", "extended-prompt = 1", "true or false"),
+    ("momentum = 1.5", "momentum = 1.5", "in [0, 1)"),
+    ("lr = 0", "lr = 0", "a positive number"),
+    ('memory = "lots"', "memory = 'lots'", "a size such as 8g or 512m"),
+    ("train-samples = 0", "train-samples = 0", "at least 1, or unset"),
+])
+def test_a_setting_of_the_wrong_type_or_range_is_refused(tmp_path: Path, text: str, key: str,
+                                                         expected: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build(load_toml(toml(tmp_path, f"[run]\n{text}\n")), cli())
+    assert str(refused.value) == f"setting {key}: expected {expected}"
+
+
+def test_numbers_given_as_integers_are_fine_for_floats(tmp_path: Path) -> None:
+    cfg = build(load_toml(toml(tmp_path, "[run]\nweight-decay = 0\ntimeout = 60\n")), cli())
+    assert (cfg.weight_decay, cfg.timeout) == (0, 60)

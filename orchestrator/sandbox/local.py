@@ -204,10 +204,6 @@ class LocalSandbox(Sandbox):
             self._pool.observe(slot.warmup, waited, slot.footprint)
         return waited
 
-    def describe(self) -> dict:
-        return {"kind": self.kind, "warm_pool": "off" if self._pool is None else (
-            self._pool.sizer.size.depth or "auto")}
-
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()

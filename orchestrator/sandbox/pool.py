@@ -173,6 +173,8 @@ class WarmPool(Generic[S]):
         """The sandbox the next take() returns, left in the pool (waits for one to exist)."""
         with self._cond:
             while not self._slots:
+                if self._closed:
+                    raise RuntimeError("the sandbox pool is closed")
                 self._cond.wait()
             slot = self._slots[0]
         if isinstance(slot, BaseException):
