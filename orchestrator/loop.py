@@ -126,17 +126,17 @@ class Search:
             self._check_fault_streak()
 
     def _check_fault_streak(self) -> None:
-        """Raise InfrastructureDown after FAULT_STREAK infrastructure faults in a row."""
+        """Raise InfrastructureDown after FAULT_STREAK infrastructure faults in a row: the
+        sandbox's or the LLM's, the Prompt Improver's included (without it the run would go on
+        as the --no-improver ablation)."""
         last = self.state.records[-FAULT_STREAK:]
-        if len(last) < FAULT_STREAK or any(
-                r["status"] not in fc.INFRASTRUCTURE_CLASSES for r in last):
+        faults = [fault_of(r) for r in last]
+        if len(last) < FAULT_STREAK or not all(faults):
             return
-        error = last[-1].get("error") or {}
         chain = f" in chain {self.chain}" if self.config.parallel > 1 else ""
         raise InfrastructureDown(
             f"{FAULT_STREAK} infrastructure faults in a row{chain} (iterations "
-            f"{last[0]['iteration']}-{last[-1]['iteration']}), the last: {last[-1]['status']}: "
-            f"{str(error.get('message', ''))[:300]}")
+            f"{last[0]['iteration']}-{last[-1]['iteration']}), the last: {faults[-1][:300]}")
 
     def step(self, i: int) -> dict:
         """One iteration, committed (fsynced) before it returns."""
@@ -340,6 +340,16 @@ def run_chains(searches: list[Search]) -> None:
         raise
     if errors:
         raise errors[0]
+
+
+def fault_of(record: dict) -> str | None:
+    """The infrastructure fault of an iteration, if it had one: its status, or the Prompt
+    Improver's failure."""
+    if record["status"] in fc.INFRASTRUCTURE_CLASSES:
+        return f"{record['status']}: {(record.get('error') or {}).get('message', '')}"
+    if record.get("improver_error"):
+        return f"the Prompt Improver failed: {record['improver_error']}"
+    return None
 
 
 def describe(outcome: Outcome) -> str:

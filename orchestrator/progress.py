@@ -18,6 +18,7 @@ class Reporter:
         self.console = console or Console(stderr=True)
         self.chains = chains
         self.last_error: str | None = None
+        self.improver_errors = 0
 
     @contextlib.contextmanager
     def phase(self, iteration: int, name: str) -> Iterator[None]:
@@ -32,6 +33,10 @@ class Reporter:
         status, accuracy = record["status"], record["accuracy"]
         if status != fc.OK:
             self.last_error = status
+        if record.get("improver_error"):
+            self.improver_errors += 1
+        improver = (f"  [red]improver errors {self.improver_errors}[/]"
+                    if self.improver_errors else "")
         style = "green" if status == fc.OK else "red"
         acc = f"{accuracy:6.2%}" if accuracy is not None else "   -  "
         best = summary["best_accuracy"]
@@ -41,7 +46,7 @@ class Reporter:
         self.console.print(
             f"{chain}[{record['iteration']:>4}/{self.total}] [{style}]{status:<17}[/] acc {acc}  "
             f"best {best_text}  success {summary['success_rate']:6.1%}  "
-            f"last error {self.last_error or '-'}  "
+            f"last error {self.last_error or '-'}{improver}  "
             f"[dim]gen {t['generate']:.1f}s eval {t['evaluate']:.1f}s "
             f"improve {t['improve']:.1f}s[/]",
             highlight=False, soft_wrap=True,

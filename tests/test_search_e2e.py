@@ -429,3 +429,23 @@ def test_data_torn_mid_run_stops_it_and_resume_completes(fake_ollama, fashion_da
     # The faults stayed out of the memory: the Improver's first window holds no sandbox_error.
     improver = [user_message(b) for b in server.chat_requests() if b.get("format")]
     assert improver and all("sandbox_error" not in prompt for prompt in improver)
+
+
+def test_a_prompt_improver_that_keeps_failing_stops_the_run(fake_ollama, fashion_data_dir,
+                                                            tmp_path):
+    """Unparseable diagnoses, iteration after iteration: without the Improver the run would
+    silently be the --no-improver ablation. They are counted, shown and stop it (exit 3)."""
+    server = fake_ollama(default=by_role([replies.VALID_NET] * 8, [replies.DIAGNOSIS_GARBAGE] * 8))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "mute", 8))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 3, output
+    assert "5 infrastructure faults in a row (iterations 1-5), the last: the Prompt Improver " \
+           "failed: unusable diagnosis" in flat(output)
+    assert "improver errors 5" in output and "--resume" in output
+    records = read_records(tmp_path / "mute")
+    assert [r["status"] for r in records] == [fc.OK] * 5  # the designs themselves were fine
+    assert all(r["improver_error"] for r in records)
+
+
+def flat(text: str) -> str:
+    return " ".join(text.split())
