@@ -21,6 +21,7 @@ CODE_START = re.compile(r"^(?:import|from|class|def|@)\b")
 MAX_TRIM_LINES = 60
 MAX_TRIM_CHARS = 200_000
 BUILTIN_NAMES = frozenset(dir(builtins)) | {"__name__", "__file__", "__doc__"}
+MAX_DEFINITION_ROUNDS = 8  # helpers of helpers: a chain this long is already unusual
 
 
 @dataclass
@@ -131,6 +132,16 @@ def defines_net(code: str) -> bool:
     return net_class(tree) is not None
 
 
+def has_init(code: str) -> bool:
+    """Whether the code's Net defines __init__ (textually when it does not parse)."""
+    tree = parse(code)
+    if tree is None:
+        return "def __init__" in code
+    net = net_class(tree)
+    return net is not None and any(
+        isinstance(n, ast.FunctionDef) and n.name == "__init__" for n in net.body)
+
+
 def looks_like_code(tree: ast.Module) -> bool:
     """Parsed text counts as code only with a top-level import, def or class."""
     kinds = (ast.Import, ast.ImportFrom, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
@@ -139,11 +150,14 @@ def looks_like_code(tree: ast.Module) -> bool:
 
 # -- choosing the code -----------------------------------------------------------------------
 def choose_block(blocks: list[Block]) -> Block | None:
-    """The last block defining Net; else the largest Python block (last on ties)."""
+    """The last block defining a complete Net (one with __init__), else the last defining Net,
+    so a trailing fragment (a "fixed forward") does not replace the whole; else the largest
+    Python block (last on ties)."""
     filled = [b for b in blocks if b.code.strip()]
     with_net = [b for b in filled if defines_net(b.code)]
+    complete = [b for b in with_net if has_init(b.code)]
     if with_net:
-        return with_net[-1]
+        return (complete or with_net)[-1]
     python = [b for b in filled if b.lang in PYTHON_LANGS]
     if not python:
         return None
@@ -209,35 +223,64 @@ def undefined_names(tree: ast.Module) -> set[str]:
     return loaded - bound_names(tree) - BUILTIN_NAMES
 
 
-def import_statements(code: str) -> list[tuple[str, set[str]]]:
-    """Top-level import statements of a block as (source, names bound)."""
+def definitions(code: str) -> list[tuple[str, set[str]]]:
+    """Top-level imports, classes, functions and assignments of a block as (source, names
+    bound); of a block that does not parse, its import lines."""
     tree = parse(code)
-    if tree is not None:
-        nodes = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
-        return [(ast.get_source_segment(code, n) or "", import_binds(n)) for n in nodes]
+    if tree is None:
+        found = []
+        for line in code.split("\n"):
+            sub = parse(line) if re.match(r"^(?:import|from)\s", line) else None
+            if sub is not None and isinstance(sub.body[0], (ast.Import, ast.ImportFrom)):
+                found.append((line, import_binds(sub.body[0])))
+        return found
+    lines = code.split("\n")
     found = []
-    for line in code.split("\n"):
-        sub = parse(line) if re.match(r"^(?:import|from)\s", line) else None
-        if sub is not None and isinstance(sub.body[0], (ast.Import, ast.ImportFrom)):
-            found.append((line, import_binds(sub.body[0])))
+    for node in tree.body:
+        binds = statement_binds(node)
+        if binds:
+            first = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", []))])
+            found.append(("\n".join(lines[first - 1 : node.end_lineno]), binds))
     return found
 
 
-def add_missing_imports(code: str, others: list[Block]) -> tuple[str, int]:
-    """Prepend imports from other blocks that bind names the code uses but never defines."""
-    tree = parse(code)
-    if tree is None:
-        return code, 0
-    missing = undefined_names(tree)
-    added: list[str] = []
-    for block in others:
-        for source, binds in import_statements(block.code):
-            if source and binds & missing and source not in added:
-                added.append(source)
-                missing -= binds
-    if not added:
-        return code, 0
-    return "\n".join(added) + "\n\n" + code, len(added)
+def statement_binds(node: ast.stmt) -> set[str]:
+    """Names a top-level import, class, function or assignment binds (others: none)."""
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+        return import_binds(node)
+    if isinstance(node, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+        return {node.name}
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return set()
+
+
+def add_missing_definitions(code: str, others: list[Block]) -> tuple[str, int]:
+    """Prepend what other blocks define that the code uses but never defines: imports, helper
+    classes and functions (a residual block in a block of its own), and in turn what those
+    use. Returns the module and how many statements were added."""
+    imports: list[str] = []
+    helpers: list[str] = []
+    for _ in range(MAX_DEFINITION_ROUNDS):
+        tree = parse(_assemble(imports, helpers, code))
+        missing = undefined_names(tree) if tree is not None else set()
+        before, new = len(imports), []
+        for block in others:
+            for source, binds in definitions(block.code):
+                if binds & missing and source not in imports + helpers + new:
+                    missing -= binds  # a later block binding the same name: the first wins
+                    is_import = source.lstrip().startswith(("import ", "from "))
+                    (imports if is_import else new).append(source)
+        if not new and len(imports) == before:
+            break
+        helpers = new + helpers  # what a helper needs (its base class) comes before it
+    return _assemble(imports, helpers, code), len(imports) + len(helpers)
+
+
+def _assemble(imports: list[str], helpers: list[str], code: str) -> str:
+    parts = ["\n".join(imports), *helpers, code]
+    return "\n\n".join(p for p in parts if p)
 
 
 # -- checks ----------------------------------------------------------------------------------
@@ -295,10 +338,10 @@ def _extract(reply: str) -> Extraction:
     chosen = choose_block(blocks)
     if chosen is not None:
         others = [b for b in blocks if b is not chosen and b.lang in PYTHON_LANGS]
-        code, added = add_missing_imports(chosen.code, others)
+        code, added = add_missing_definitions(chosen.code, others)
         where = f"fenced block {blocks.index(chosen) + 1} of {len(blocks)}"
         if added:
-            where += f", with {added} import(s) from other blocks"
+            where += f", with {added} import(s) and definition(s) from other blocks"
     else:
         code = unfenced_code(text)
         where = "unfenced reply"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import random
 
 import pytest
 
-from orchestrator.extract import Extraction, extract_code
+from orchestrator.extract import Extraction, extract_code, undefined_names
 from orchestrator.failures import CONTRACT_ERROR, EXTRACT_ERROR, OK, SYNTAX_ERROR
 from tests.replies import (
     NAN_NET,
@@ -103,7 +104,7 @@ def test_imports_from_a_separate_block_are_prepended() -> None:
     # Only the imports binding names the code uses (it never names `torch` itself).
     assert result.code.startswith("import torch.nn as nn\nimport torch.nn.functional as F\n\n")
     assert "import os" not in result.code and "import torch\n" not in result.code
-    assert "import(s) from other blocks" in result.message
+    assert "2 import(s) and definition(s) from other blocks" in result.message
 
 
 def test_non_python_blocks_are_not_chosen() -> None:
@@ -235,3 +236,63 @@ def test_a_think_tag_inside_the_answer_is_kept() -> None:
     code = VALID_NET.replace("import torch\n", "import torch  # no <think> tags here\n", 1)
     result = extract_code(fenced(code))
     assert result.status == OK and "no <think> tags here" in result.code
+
+
+RESIDUAL_BLOCK = '''import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Shortcut(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class ResidualBlock(Shortcut):
+    def __init__(self, channels):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return F.relu(x + self.bn1(self.conv1(x)))
+'''
+
+NET_USING_BLOCKS = '''class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(1, WIDTH, 3, padding=1)
+        self.blocks = nn.Sequential(ResidualBlock(WIDTH), ResidualBlock(WIDTH))
+        self.head = nn.Linear(WIDTH, 10)
+
+    def forward(self, x):
+        x = self.blocks(F.relu(self.stem(x)))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+'''
+
+
+def test_helper_classes_from_other_blocks_are_assembled() -> None:
+    """A residual block (and its base class, and a constant) defined in blocks of their own:
+    the Net block depends on them, so they come along, each before what uses it."""
+    reply = (f"First the building block:\n{fenced(RESIDUAL_BLOCK)}\nA constant:\n"
+             f"{fenced('WIDTH = 32')}\nThen the network:\n{fenced(NET_USING_BLOCKS)}")
+    result = extract_code(reply)
+    assert result.status == OK, result.message
+    code = result.code
+    assert code.index("class Shortcut") < code.index("class ResidualBlock") < \
+        code.index("class Net") and "WIDTH = 32" in code
+    assert undefined_names(ast.parse(code)) == set()
+    assert "from other blocks" in result.message
+
+
+FIXED_FORWARD = '''class Net(nn.Module):
+    def forward(self, x):  # the fix: pool before the head
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+'''
+
+
+def test_a_trailing_fragment_does_not_replace_the_complete_net() -> None:
+    reply = (f"Here is the model:\n{fenced(VALID_NET)}\nAnd the fixed forward:\n"
+             f"{fenced(FIXED_FORWARD)}")
+    result = extract_code(reply)
+    assert result.status == OK and result.code == VALID_NET.rstrip("\n")
