@@ -130,12 +130,13 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     reporter = Reporter(cfg.iterations, console, chains=cfg.parallel)
     client = OllamaClient(cfg.ollama_host, GenerationOptions(
         temperature=cfg.temperature, top_p=cfg.top_p, num_predict=cfg.num_predict,
-        num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout, keep_alive=cfg.keep_alive),
-        on_warning=reporter.warn)
+        num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout, keep_alive=cfg.keep_alive,
+        think_tokens=cfg.think_tokens), on_warning=reporter.warn)
     ollama_version = client.check_server()
     diagnosis_format = _diagnosis_format(ollama_version, reporter)
     digests = client.ensure_models([cfg.generator_model, cfg.improver_model],
                                    pull=not cfg.no_pull)
+    think = _think_per_role(cfg, client)
     prompts = PromptBook(cfg.prompts_dir)
     num_ctx = client.set_num_ctx(_num_ctx_start(cfg, dataset, prompts, journal, resume))
     with contextlib.ExitStack() as stack:
@@ -154,7 +155,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
         searches = [
             Search(cfg, journal, Roles(client, cfg.generator_model, cfg.improver_model,
                                        cfg.seed + chain * CHAIN_SEED_STRIDE, digests,
-                                       diagnosis_format),
+                                       diagnosis_format, think),
                    box, dataset, prompts, reporter, records, novelty, chain)
             for chain, box in enumerate(boxes)
         ]
@@ -178,6 +179,20 @@ def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: P
     stored = (journal.config().get("num_ctx_per_model") or {}) if resume else {}
     sizes = num_ctx_per_model(prompts, task_for(cfg, dataset), cfg, OUTCOME_CHARS)
     return {model: stored.get(model, size) for model, size in sizes.items()}
+
+
+def _think_per_role(cfg: RunConfig, client: OllamaClient) -> dict[str, bool | None]:
+    """Each role's think option as sent: only to a model that can think; asking a model that
+    cannot is a setting error."""
+    think: dict[str, bool | None] = {}
+    for role, model, wanted in (("generator", cfg.generator_model, cfg.generator_think),
+                                ("improver", cfg.improver_model, cfg.improver_think)):
+        thinks = wanted is not None and client.thinks(model)
+        if wanted and not thinks:
+            raise UserError(f"{role}-think = true, but {model} cannot think (it is not a "
+                            f"reasoning model); drop the setting or choose one that is")
+        think[role] = wanted if thinks else None
+    return think
 
 
 def _diagnosis_format(version: str, reporter: Reporter) -> dict | str:

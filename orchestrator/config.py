@@ -55,6 +55,11 @@ class RunConfig:
     num_ctx: int | None = None
     request_timeout: float = 600.0
     keep_alive: str = "30m"  # how long Ollama keeps a model loaded after a request
+    # Ollama's think option for reasoning models, per role (None: the server's default); sent
+    # only to models that can think. think_tokens are added to num_predict for the trace.
+    generator_think: bool | None = False
+    improver_think: bool | None = None
+    think_tokens: int = 4096
     # Evaluation protocol.
     train_samples: int | None = None
     test_samples: int | None = None
@@ -120,6 +125,7 @@ class RunConfig:
             ("novelty", self.novelty in ("record", "reject"), "record or reject"),
             ("novelty_tau", 0 < self.novelty_tau <= 1, "in (0, 1]"),
             ("novelty_retries", self.novelty_retries >= 0, "0 or more"),
+            ("think_tokens", self.think_tokens >= 0, "0 or more"),
             ("keep_alive", DURATION.fullmatch(self.keep_alive) is not None,
              "a duration like 30m, 1h or 0"),
         ]

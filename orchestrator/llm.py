@@ -62,6 +62,8 @@ class GenerationOptions:
     num_ctx: int | None = None  # None: one per model, sized for the run, grown when needed
     request_timeout: float = 600.0
     keep_alive: str | None = "30m"  # how long the server keeps a model loaded after a call
+    think_tokens: int = 4096  # added to num_predict when a reasoning model thinks: its trace
+    # counts toward num_predict on the server, and must not leave the answer without tokens
 
     def reply_char_limit(self) -> int:
         """Characters kept of a reply: a server that ignores num_predict cannot flood the run."""
@@ -360,13 +362,19 @@ class OllamaClient:
             raise LLMError(f"pulling {model} from {self.host} failed: {detail}") from exc
 
     # -- context window --------------------------------------------------------------------
-    def context_length(self, model: str) -> int | None:
-        """The model's context length from /api/show; None when the server does not say."""
+    def _show(self, model: str) -> ollama.ShowResponse:
         try:
-            shown = self._retrying(f"showing {model}")(self.client.show, model)
+            return self._retrying(f"showing {model}")(self.client.show, model)
         except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
             raise self._fail(exc, f"showing {model}", model) from exc
-        info = shown.modelinfo or {}
+
+    def thinks(self, model: str) -> bool:
+        """Whether the model can think (a reasoning model: "thinking" among its capabilities)."""
+        return "thinking" in (self._show(model).capabilities or [])
+
+    def context_length(self, model: str) -> int | None:
+        """The model's context length from /api/show; None when the server does not say."""
+        info = self._show(model).modelinfo or {}
         length = info.get(f"{info.get('general.architecture')}.context_length")
         return length if isinstance(length, int) and length > 0 else None
 
@@ -387,12 +395,13 @@ class OllamaClient:
                     self._ctx_limits[full_model_name(model)] = limit
         return fixed
 
-    def num_ctx_for(self, model: str, chars: int) -> int:
+    def num_ctx_for(self, model: str, chars: int, reply_tokens: int | None = None) -> int:
         """The model's num_ctx for a prompt of `chars` characters: the run's value, raised (never
         lowered, at most to the model's context length) when the prompt needs more. Ollama
         reloads a model whose num_ctx changes, so it stays the same for every call otherwise."""
         key = full_model_name(model)
-        need = auto_num_ctx(chars, self.options.num_predict)
+        need = auto_num_ctx(chars, self.options.num_predict if reply_tokens is None
+                            else reply_tokens)
         with self._ctx_lock:
             current = self._num_ctx.get(key)
             if self.options.num_ctx is not None:
@@ -418,16 +427,21 @@ class OllamaClient:
         stream: bool = True,
         on_progress: Callable[[int], None] | None = None,
         temperature: float | None = None,
+        think: bool | None = None,
     ) -> ChatResult:
         """One chat completion with retries; LLMError (or a subclass) when it cannot finish.
 
         `messages` may be a prompt string (one user message). `format` is "json" or a JSON
         schema. When streaming, `on_progress(chunks_so_far)` runs per chunk (it restarts
-        from 1 on a retry). `temperature` overrides the configured one for this call.
+        from 1 on a retry). `temperature` overrides the configured one for this call. `think`
+        is Ollama's option for reasoning models (None: not sent, the server decides); with
+        True, num_predict grows by `think_tokens` for the trace.
         """
         msgs = as_messages(messages)
         chars = prompt_chars(msgs)
         options = self._request_options(seed, temperature)
+        if think:
+            options["num_predict"] += self.options.think_tokens
         request = {
             "model": model,
             "messages": msgs,
@@ -435,11 +449,13 @@ class OllamaClient:
             "format": format or None,
             "keep_alive": self.options.keep_alive,
         }
+        if think is not None:
+            request["think"] = think
 
         def attempt() -> tuple[ollama.ChatResponse, str]:
             # Each attempt asks with the model's current num_ctx: another chain may have
             # raised it meanwhile, and an older value would reload the model again.
-            options["num_ctx"] = self.num_ctx_for(model, chars)
+            options["num_ctx"] = self.num_ctx_for(model, chars, options["num_predict"])
             return self._chat_once(request, stream, on_progress)
 
         start = time.monotonic()

@@ -154,7 +154,8 @@ def num_ctx_per_model(book: PromptBook, task: Task, config: RunConfig,
     sizes: dict[str, int] = {}
     for role, model in (("generator", config.generator_model),
                         ("improver", config.improver_model)):
-        need = auto_num_ctx(prompt_chars(longest[role]), config.num_predict)
+        thinking = config.think_tokens if getattr(config, f"{role}_think") else 0
+        need = auto_num_ctx(prompt_chars(longest[role]), config.num_predict + thinking)
         model = full_model_name(model)
         sizes[model] = max(sizes.get(model, 0), need)
     return sizes

@@ -23,12 +23,14 @@ class Roles:
 
     def __init__(self, client: OllamaClient, generator_model: str, improver_model: str,
                  seed: int, digests: dict[str, str] | None = None,
-                 diagnosis_format: dict | str = DIAGNOSIS_SCHEMA) -> None:
+                 diagnosis_format: dict | str = DIAGNOSIS_SCHEMA,
+                 think: dict[str, bool | None] | None = None) -> None:
         self.client = client
         self.models = {"generator": generator_model, "improver": improver_model}
         self.digests = digests or {}
         self.seed = seed
         self.diagnosis_format = diagnosis_format  # "json" for servers older than Ollama 0.5
+        self.think = think or {}  # role -> Ollama's think option (None or absent: not sent)
         self.calls = 0  # restored from the journal on resume
 
     def generate(self, messages: list[dict], temperature: float | None = None) -> RoleCall:
@@ -55,7 +57,8 @@ class Roles:
             call.info["temperature"] = temperature
         try:
             result: ChatResult = self.client.chat(model, messages, seed=seed, format=format,
-                                                  temperature=temperature)
+                                                  temperature=temperature,
+                                                  think=self.think.get(role))
         except LLMError as exc:
             call.error = str(exc)
             return call

@@ -218,3 +218,14 @@ def test_a_setting_of_the_wrong_type_is_refused_before_anything_is_journaled(
                               "--config", str(config)))
     assert_user_error(result, "setting lr = '0.01': expected a number")
     assert not (tmp_path / "typo").exists() and server.chat_requests() == []
+
+
+def test_thinking_asked_of_a_model_that_cannot_think_is_refused(
+        fake_ollama, fashion_data_dir: Path, tmp_path: Path) -> None:
+    server = fake_ollama()  # its models are not reasoning models
+    config = tmp_path / "run.toml"
+    config.write_text("[run]\nimprover-think = true\n")
+    result = invoke(*run_args(fashion_data_dir, tmp_path, server.url, "--name", "nothink",
+                              "--config", str(config)))
+    assert_user_error(result, "improver-think = true", "improver:test cannot think")
+    assert not (tmp_path / "nothink").exists() and server.chat_requests() == []

@@ -411,3 +411,23 @@ def test_default_host_reads_ollama_host(monkeypatch: pytest.MonkeyPatch) -> None
     assert default_host() == "http://127.0.0.1:11434"
     monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0")
     assert default_host() == "http://0.0.0.0:11434"
+
+
+def test_think_is_sent_only_when_set_and_leaves_the_answer_its_tokens(server: FakeOllama) -> None:
+    """A reasoning model's trace counts toward num_predict on the server: with think on, the
+    request gets think_tokens more, so the trace cannot eat the answer's budget."""
+    client = make_client(server, num_predict=512, think_tokens=1000)
+    server.add_script(Reply(content="a"), Reply(content="b"), Reply(content="c"))
+    client.chat(CODER, "x")
+    client.chat(CODER, "x", think=False)
+    client.chat(CODER, "x", think=True)
+    plain, off, on = server.chat_requests()
+    assert "think" not in plain and off["think"] is False and on["think"] is True
+    assert [b["options"]["num_predict"] for b in (plain, off, on)] == [512, 512, 1512]
+    assert on["options"]["num_ctx"] == off["options"]["num_ctx"]  # one num_ctx: no reload
+
+
+def test_thinks_reads_the_capabilities(server: FakeOllama) -> None:
+    assert make_client(server).thinks(CODER) is False
+    with FakeOllama(models=[CODER], thinking=True) as reasoning:
+        assert make_client(reasoning).thinks(CODER) is True

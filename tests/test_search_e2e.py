@@ -449,3 +449,23 @@ def test_a_prompt_improver_that_keeps_failing_stops_the_run(fake_ollama, fashion
 
 def flat(text: str) -> str:
     return " ".join(text.split())
+
+
+def test_a_reasoning_model_thinks_only_where_asked(fake_ollama, fashion_data_dir, tmp_path):
+    """The Generator's thinking is off by default; the Improver's is on here. Its trace comes
+    apart from the answer and does not spend the answer's num_predict."""
+    think = Reply(content=DIAGNOSIS[0], thinking="Let me weigh the options. " * 50)
+    server = fake_ollama(thinking=True, default=by_role([replies.VALID_NET], [think]))
+    config = tmp_path / "run.toml"
+    config.write_text("[run]\nimprover-think = true\n")
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "think", 1),
+                        "--config", str(config))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    generator, improver = server.chat_requests()
+    assert generator["think"] is False and improver["think"] is True
+    assert (generator["options"]["num_predict"], improver["options"]["num_predict"]) == (
+        2048, 2048 + 4096)
+    (record,) = read_records(tmp_path / "think")
+    assert record["status"] == fc.OK and record["suggestions"]["suggestions"] == \
+        "suggestion number 0"
