@@ -395,6 +395,17 @@ class OllamaClient:
                     self._ctx_limits[full_model_name(model)] = limit
         return fixed
 
+    def fits(self, model: str, messages: Messages, think: bool | None = None) -> bool:
+        """Whether the messages and the reply fit the model's context length (generously
+        estimated); True when the server did not state a length. Ollama would cut a longer
+        prompt silently."""
+        with self._ctx_lock:
+            limit = self._ctx_limits.get(full_model_name(model))
+        if limit is None:
+            return True
+        reply = self.options.num_predict + (self.options.think_tokens if think else 0)
+        return math.ceil(prompt_chars(messages) / CHARS_PER_TOKEN_GENEROUS) + reply <= limit
+
     def num_ctx_for(self, model: str, chars: int, reply_tokens: int | None = None) -> int:
         """The model's num_ctx for a prompt of `chars` characters: the run's value, raised (never
         lowered, at most to the model's context length) when the prompt needs more. Ollama

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import failures as fc
@@ -158,7 +159,9 @@ class Search:
     def _generate(self, i: int, timings: dict
                   ) -> tuple[RoleCall, str | None, Outcome | None, dict | None]:
         """Ask for code; with --novelty reject, ask again (hotter) while it is a duplicate."""
-        messages = self.prompts.generator(self.task, self._generator_input())
+        given = self._generator_input()
+        messages, dropped = self._fitted("generator", lambda: self.prompts.generator(
+            self.task, given), generator_parts(given))
         rejected: list[dict] = []
         started = time.monotonic()
         with self.reporter.phase(i, "generating"):
@@ -176,6 +179,8 @@ class Search:
                     f"near-duplicate of iteration {novelty['nearest_iteration']} (similarity "
                     f"{novelty['max_similarity']:.2f}) after {len(rejected)} attempts"))
         timings["generate"] = round(time.monotonic() - started, 3)
+        if dropped:
+            call.info["prompt_dropped"] = dropped
         if novelty is not None:
             novelty["rejected"] = rejected
         return call, code, outcome, novelty
@@ -214,12 +219,35 @@ class Search:
                           describe(outcome))
         history = [] if self.config.no_history else [*self.state.memory.window(), triple]
         history = history[-self.config.history_size:] if self.config.history_size else []
-        messages = self.prompts.improver(self.task, best, current, history)
+        kept = {"best": best}
+        parts = [(f"the oldest triple of the memory window ({len(history) - k} kept)",
+                  lambda: history.pop(0)) for k in range(1, len(history))]
+        if best is not None:
+            parts.append((f"the best architecture's code (iteration {best.iteration})",
+                          lambda: kept.update(best=None)))
+        messages, dropped = self._fitted("improver", lambda: self.prompts.improver(
+            self.task, kept["best"], current, history), parts)
         with self.reporter.phase(i, "improving"):
             started = time.monotonic()
             call, diagnosis = self.roles.improve(messages)
             timings["improve"] = round(time.monotonic() - started, 3)
+        if dropped:
+            call.info["prompt_dropped"] = dropped
         return call, diagnosis
+
+    def _fitted(self, role: str, build: Callable[[], list[dict]],
+                parts: list[tuple[str, Callable[[], object]]]) -> tuple[list[dict], list[str]]:
+        """`build()`'s messages; while they overflow the context length of the role's model
+        (which Ollama would cut silently), drop `parts`, least important first. Returns the
+        messages and what was dropped."""
+        messages, dropped = build(), []
+        for what, drop in parts:
+            if self.roles.fits(role, messages):
+                break
+            drop()
+            dropped.append(what)
+            messages = build()
+        return messages, dropped
 
     def _triple(self, outcome: Outcome) -> Triple:
         previous = self.state.diagnosis
@@ -340,6 +368,21 @@ def run_chains(searches: list[Search]) -> None:
         raise
     if errors:
         raise errors[0]
+
+
+def generator_parts(given: GeneratorInput) -> list[tuple[str, Callable[[], object]]]:
+    """What a Generator prompt can do without, least important first: the extended prompt's
+    top architectures (lowest-ranked first) and recent attempts (oldest first), then the last
+    attempt's code. The reference and the suggestions always stay."""
+    parts: list[tuple[str, Callable[[], object]]] = [
+        (f"top architecture (iteration {a.iteration})", lambda a=a: given.top.remove(a))
+        for a in reversed(given.top)]
+    parts += [(f"recent attempt (iteration {a.iteration})",
+               lambda a=a: given.previous.remove(a)) for a in given.previous]
+    if given.current is not None:
+        parts.append((f"the last attempt's code (iteration {given.current.iteration})",
+                      lambda: setattr(given, "current", None)))
+    return parts
 
 
 def fault_of(record: dict) -> str | None:

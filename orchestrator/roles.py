@@ -33,6 +33,10 @@ class Roles:
         self.think = think or {}  # role -> Ollama's think option (None or absent: not sent)
         self.calls = 0  # restored from the journal on resume
 
+    def fits(self, role: str, messages: list[dict]) -> bool:
+        """Whether the role's prompt and reply fit its model's context length."""
+        return self.client.fits(self.models[role], messages, self.think.get(role))
+
     def generate(self, messages: list[dict], temperature: float | None = None) -> RoleCall:
         return self._call("generator", messages, temperature=temperature)
 

@@ -469,3 +469,24 @@ def test_a_reasoning_model_thinks_only_where_asked(fake_ollama, fashion_data_dir
     (record,) = read_records(tmp_path / "think")
     assert record["status"] == fc.OK and record["suggestions"]["suggestions"] == \
         "suggestion number 0"
+
+
+def test_a_prompt_past_the_models_context_drops_its_least_important_parts(
+        fake_ollama, fashion_data_dir, tmp_path):
+    """A model with a 4096-token context: the extended prompt would not fit with a 2048-token
+    reply, and Ollama would cut it silently. The loop drops the lowest-ranked top-k entries
+    first, then older attempts, and journals what it dropped."""
+    nets = [replies.VALID_NET, replies.VALID_NET_WIDER] * 2
+    server = fake_ollama(context_length=4096, default=by_role(nets, DIAGNOSIS[:4]))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "small", 4),
+                        "--extended-prompt")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    for body in server.chat_requests():  # every prompt fits: ceil(chars / 3) + 2048 <= 4096
+        assert sum(len(m["content"]) for m in body["messages"]) / 3 + 2048 <= 4096
+        assert body["options"]["num_ctx"] == 4096
+    records = read_records(tmp_path / "small")
+    assert "prompt_dropped" not in records[0]["llm"]["generator"]  # nothing to drop yet
+    dropped = records[3]["llm"]["generator"]["prompt_dropped"]
+    assert dropped[0].startswith("top architecture"), dropped
+    assert all(r["status"] == fc.OK for r in records)
