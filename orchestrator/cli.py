@@ -19,7 +19,7 @@ from rich.markup import escape
 from . import __version__, datasets
 from . import failures as fc
 from .config import ConfigError, RunConfig, build, for_resume, load_toml
-from .diagnosis import DIAGNOSIS_SCHEMA
+from .diagnosis import bounded_schema
 from .journal import Journal, JournalError
 from .llm import (
     GenerationOptions,
@@ -133,7 +133,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
         num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout, keep_alive=cfg.keep_alive,
         think_tokens=cfg.think_tokens), on_warning=reporter.warn)
     ollama_version = client.check_server()
-    diagnosis_format = _diagnosis_format(ollama_version, reporter)
+    diagnosis_format = _diagnosis_format(ollama_version, cfg.num_predict, reporter)
     digests = client.ensure_models([cfg.generator_model, cfg.improver_model],
                                    pull=not cfg.no_pull)
     think = _think_per_role(cfg, client)
@@ -195,10 +195,10 @@ def _think_per_role(cfg: RunConfig, client: OllamaClient) -> dict[str, bool | No
     return think
 
 
-def _diagnosis_format(version: str, reporter: Reporter) -> dict | str:
+def _diagnosis_format(version: str, num_predict: int, reporter: Reporter) -> dict | str:
     """The Improver's `format`: the diagnosis schema, or "json" for Ollama before 0.5."""
     if takes_schema_format(version):
-        return DIAGNOSIS_SCHEMA
+        return bounded_schema(num_predict)
     reporter.warn(f"Ollama {version} predates structured outputs (0.5): the diagnosis is asked "
                   "as plain JSON; upgrade Ollama for schema-constrained replies")
     return "json"

@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from orchestrator.diagnosis import DIAGNOSIS_SCHEMA, Diagnosis, DiagnosisError, parse_diagnosis
+from orchestrator.diagnosis import (
+    DIAGNOSIS_SCHEMA,
+    Diagnosis,
+    DiagnosisError,
+    bounded_schema,
+    parse_diagnosis,
+)
 from tests.replies import (
     DIAGNOSIS_GARBAGE,
     DIAGNOSIS_LIST_SUGGESTIONS,
@@ -21,6 +27,16 @@ def test_schema_requires_three_strings() -> None:
     assert set(DIAGNOSIS_SCHEMA["required"]) == {"reason", "inspiration", "suggestions"}
     assert all(p == {"type": "string"} for p in DIAGNOSIS_SCHEMA["properties"].values())
     json.dumps(DIAGNOSIS_SCHEMA)
+
+
+def test_the_schema_sent_bounds_each_field_by_num_predict() -> None:
+    """A rambling model (a real 270M one did) runs a field into num_predict and the JSON is
+    cut; with each field at most num_predict characters the grammar closes it in time."""
+    bounded = bounded_schema(512)
+    assert [p["maxLength"] for p in bounded["properties"].values()] == [128] * 3
+    assert bounded["required"] == DIAGNOSIS_SCHEMA["required"]
+    assert "maxLength" not in DIAGNOSIS_SCHEMA["properties"]["reason"]  # the base unchanged
+    assert bounded_schema(0) == bounded_schema(-1) == DIAGNOSIS_SCHEMA  # unlimited
 
 
 def test_plain_json() -> None:
