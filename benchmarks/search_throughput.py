@@ -42,6 +42,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 from benchmarks import reference_nets  # noqa: E402
 from orchestrator import datasets  # noqa: E402
 from orchestrator import failures as fc  # noqa: E402
+from orchestrator.journal import Journal  # noqa: E402
 from orchestrator.loop import CHAIN_SEED_STRIDE  # noqa: E402
 from tests import replies  # noqa: E402
 from tests.fake_ollama import FakeOllama, Reply  # noqa: E402
@@ -214,13 +215,6 @@ class Responder:
 # ---------------------------------------------------------------------------- checking
 
 
-def read_records(run_dir: Path) -> list[dict]:
-    journal = run_dir / "iterations.jsonl"
-    if not journal.exists():
-        return []
-    return [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
-
-
 def check_records(records: list[dict], run_dir: Path, cycle: list[Entry], chains: int,
                   iterations: int) -> list[dict]:
     """One row per (chain, iteration): status, expectation and whether they match.
@@ -338,7 +332,7 @@ def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[
         rc, wall = run_cli(cmd, results / f"parallel-{n}.log", limit)
         loads, reloads = server.loads(), server.reloads()
     run_dir = results / f"parallel-{n}"
-    records = read_records(run_dir)
+    records = Journal(run_dir).records()
     rows = check_records(records, run_dir, cycle, n, cfg.iterations)
     waits = sandbox_waits(records)
     return {

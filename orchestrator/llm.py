@@ -242,6 +242,7 @@ class OllamaClient:
         self._num_ctx: dict[str, int] = {}  # full model name -> its num_ctx for this run
         self._ctx_limits: dict[str, int] = {}  # full model name -> the model's context length
         self._ctx_lock = threading.Lock()  # search chains share one client
+        self._shown: dict[str, ollama.ShowResponse] = {}  # full model name -> /api/show
 
     def _timeout(self) -> httpx.Timeout:
         """request_timeout per read/write; connecting gets at most CONNECT_TIMEOUT seconds."""
@@ -363,10 +364,14 @@ class OllamaClient:
 
     # -- context window --------------------------------------------------------------------
     def _show(self, model: str) -> ollama.ShowResponse:
-        try:
-            return self._retrying(f"showing {model}")(self.client.show, model)
-        except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
-            raise self._fail(exc, f"showing {model}", model) from exc
+        """/api/show of the model, asked once per run (start-up asks it several things)."""
+        key = full_model_name(model)
+        if key not in self._shown:
+            try:
+                self._shown[key] = self._retrying(f"showing {model}")(self.client.show, model)
+            except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
+                raise self._fail(exc, f"showing {model}", model) from exc
+        return self._shown[key]
 
     def thinks(self, model: str) -> bool:
         """Whether the model can think (a reasoning model: "thinking" among its capabilities)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -37,3 +38,8 @@ def tiny_job(**overrides: object) -> dict:
            "precision": "fp32", "validate_batch": 2}
     job.update(overrides)
     return job
+
+
+def flat(text: str) -> str:
+    """Output with the console's line wrapping undone (rich wraps at the terminal width)."""
+    return re.sub(r"\s+", " ", text)

@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from orchestrator import datasets
 from orchestrator.cli import app
 from orchestrator.journal import Journal
+from tests.helpers import flat
 
 SCRIPT_OPTIONS = [
     "--dataset", "--iterations", "--generator-model", "--improver-model", "--ollama-host",
@@ -28,11 +29,6 @@ SCRIPT_OPTIONS = [
     "--extended-prompt", "--no-history", "--no-reference", "--no-improver", "--no-pull",
     "--parallel",
 ]
-
-
-def flat(text: str) -> str:
-    """Output with the console's line wrapping undone (rich wraps at the terminal width)."""
-    return re.sub(r"\s+", " ", text)
 
 
 def closed_port() -> int:

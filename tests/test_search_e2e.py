@@ -18,6 +18,7 @@ from orchestrator import failures as fc
 from orchestrator.journal import summarize
 from tests import replies
 from tests.fake_ollama import Reply
+from tests.helpers import flat
 
 pytestmark = pytest.mark.slow
 DIAGNOSIS = [replies.diagnosis_json(f"problem {i}", f"idea {i}", f"suggestion number {i}")
@@ -445,10 +446,6 @@ def test_a_prompt_improver_that_keeps_failing_stops_the_run(fake_ollama, fashion
     records = read_records(tmp_path / "mute")
     assert [r["status"] for r in records] == [fc.OK] * 5  # the designs themselves were fine
     assert all(r["improver_error"] for r in records)
-
-
-def flat(text: str) -> str:
-    return " ".join(text.split())
 
 
 def test_a_reasoning_model_thinks_only_where_asked(fake_ollama, fashion_data_dir, tmp_path):

@@ -151,10 +151,7 @@ class WarmPool(Generic[S]):
     def take(self) -> S:
         """The oldest sandbox (maybe still warming up); its replacement starts now."""
         with self._cond:
-            while not self._slots:
-                if self._closed:
-                    raise RuntimeError("the sandbox pool is closed")
-                self._cond.wait()
+            self._wait_for_one()
             slot = self._slots.popleft()
             self._in_use += 1
             self._cond.notify_all()
@@ -172,10 +169,7 @@ class WarmPool(Generic[S]):
     def peek(self) -> S:
         """The sandbox the next take() returns, left in the pool (waits for one to exist)."""
         with self._cond:
-            while not self._slots:
-                if self._closed:
-                    raise RuntimeError("the sandbox pool is closed")
-                self._cond.wait()
+            self._wait_for_one()
             slot = self._slots[0]
         if isinstance(slot, BaseException):
             raise slot
@@ -228,6 +222,13 @@ class WarmPool(Generic[S]):
                     continue
             self._discard(slot)
             return
+
+    def _wait_for_one(self) -> None:
+        """Until the pool holds a sandbox (call with the lock held)."""
+        while not self._slots:
+            if self._closed:
+                raise RuntimeError("the sandbox pool is closed")
+            self._cond.wait()
 
     def _held(self) -> int:
         """Sandboxes that count against the depth (call with the lock held)."""
