@@ -26,7 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from orchestrator.sandbox.base import Limits  # noqa: E402
-from orchestrator.sandbox.docker import DockerSandbox, connect  # noqa: E402
+from orchestrator.sandbox.docker import DockerSandbox  # noqa: E402
+from orchestrator.sandbox.engine import connect  # noqa: E402
 from orchestrator.sandbox.image import DEFAULT_CACHE, IMAGE, ensure_image  # noqa: E402
 from orchestrator.sandbox.pool import PoolSize  # noqa: E402
 

@@ -7,8 +7,9 @@ Evaluates the same reference nets (benchmarks/reference_nets.py) on the same dat
  (a) paper: benchmarks/paper_evaluator.py in a fresh `python` process per candidate
      (torch + torchvision, PIL transforms, DataLoader with 2 workers), run by an interpreter that
      has torchvision (--paper-python; found automatically, see README.md);
- (b) orchestrator: LocalSandbox (pre-warming) + orchestrator.evaluation.score, with the job dict
-     built by orchestrator.loop.Search.job(), exactly as the search loop does; with
+ (b) orchestrator: LocalSandbox (pre-warming) + orchestrator.search.evaluation.score, with the
+     job dict built by orchestrator.search.loop.Search.job(), exactly as the search loop does;
+     with
      `--sandbox docker`, DockerSandbox (the product's default) instead.
 Prints, per candidate, the critical-path seconds by phase, both accuracies and the (a)/(b) time
 ratio, then candidates/hour of N concurrent LocalSandboxes for the tiny net. See README.md.
@@ -39,13 +40,13 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks import reference_nets  # noqa: E402
-from orchestrator import datasets  # noqa: E402
 from orchestrator.config import RunConfig  # noqa: E402
-from orchestrator.evaluation import score  # noqa: E402
-from orchestrator.loop import Search  # noqa: E402
+from orchestrator.data import datasets  # noqa: E402
 from orchestrator.sandbox import local as local_sandbox  # noqa: E402
 from orchestrator.sandbox.base import Limits  # noqa: E402
 from orchestrator.sandbox.local import LocalSandbox  # noqa: E402
+from orchestrator.search.evaluation import score  # noqa: E402
+from orchestrator.search.loop import Search  # noqa: E402
 
 PAPER_SCRIPT = Path(__file__).resolve().with_name("paper_evaluator.py")
 PAPER_PYTHONS = (REPO / ".cache" / "venv-bench" / "bin" / "python",
@@ -212,7 +213,7 @@ def _spec(name: str, meta: dict) -> datasets.DatasetSpec:
 
 def fashion(data_dir: Path, source: Path, train: int | None, test: int | None, seed: int
             ) -> datasets.PreparedDataset:
-    """Real Fashion-MNIST via orchestrator.datasets, subset to train/test samples."""
+    """Real Fashion-MNIST via orchestrator.data.datasets, subset to train/test samples."""
     prepared = datasets.prepare("fashionmnist", data_dir, source, progress=False)
     train = None if train is None or train >= prepared.train_count else train
     test = None if test is None or test >= prepared.test_count else test

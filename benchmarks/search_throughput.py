@@ -40,10 +40,10 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks import reference_nets  # noqa: E402
-from orchestrator import datasets  # noqa: E402
-from orchestrator import failures as fc  # noqa: E402
-from orchestrator.journal import Journal  # noqa: E402
-from orchestrator.loop import CHAIN_SEED_STRIDE  # noqa: E402
+from orchestrator.data import datasets  # noqa: E402
+from orchestrator.search import failures as fc  # noqa: E402
+from orchestrator.search.loop import CHAIN_SEED_STRIDE  # noqa: E402
+from orchestrator.store.journal import Journal  # noqa: E402
 from tests import replies  # noqa: E402
 from tests.fake_ollama import FakeOllama, Reply  # noqa: E402
 

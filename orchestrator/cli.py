@@ -16,19 +16,22 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from . import __version__, datasets
-from . import failures as fc
-from .config import ConfigError, RunConfig, build, for_resume, load_toml
-from .diagnosis import bounded_schema
-from .journal import Journal, JournalError
-from .llm import (
+from orchestrator import __version__
+from orchestrator.config import ConfigError, RunConfig, build, for_resume, load_toml
+from orchestrator.data import datasets
+from orchestrator.llm.client import (
     GenerationOptions,
     LLMError,
     OllamaClient,
     full_model_name,
     takes_schema_format,
 )
-from .loop import (
+from orchestrator.llm.text import printable
+from orchestrator.sandbox.base import Limits, Sandbox
+from orchestrator.sandbox.pool import PoolSize
+from orchestrator.search import failures as fc
+from orchestrator.search.diagnosis import bounded_schema
+from orchestrator.search.loop import (
     CHAIN_SEED_STRIDE,
     OUTCOME_CHARS,
     InfrastructureDown,
@@ -37,12 +40,10 @@ from .loop import (
     run_chains,
     task_for,
 )
-from .progress import Reporter
-from .prompts import PromptBook, num_ctx_per_model
-from .reply_text import printable
-from .roles import Roles
-from .sandbox.base import Limits, Sandbox
-from .sandbox.pool import PoolSize
+from orchestrator.search.progress import Reporter
+from orchestrator.search.prompts import PromptBook, num_ctx_per_model
+from orchestrator.search.roles import Roles
+from orchestrator.store.journal import Journal, JournalError
 
 app = typer.Typer(help="LLM-driven neural architecture search with feedback memory.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -256,12 +257,14 @@ def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset) -> list[Sandbo
     limits = Limits(timeout=cfg.timeout, memory=cfg.memory, cpus=cpus)
     pool = PoolSize(depth=cfg.warm_pool, share=1 / cfg.parallel)
     if cfg.sandbox == "local":
-        from .sandbox.local import LocalSandbox
+        from orchestrator.sandbox.local import LocalSandbox
 
         return [LocalSandbox(dataset.sandbox_dir, limits, cfg.device, pool)
                 for _ in range(cfg.parallel)]
-    from .sandbox.docker import DockerSandbox, check_engine, connect, remove_orphans
-    from .sandbox.image import ensure_image
+    from orchestrator.sandbox.docker import DockerSandbox
+    from orchestrator.sandbox.engine import check_engine, connect
+    from orchestrator.sandbox.image import ensure_image
+    from orchestrator.sandbox.orphans import remove_orphans
 
     client = connect()
     check_engine(client, gpus=cfg.gpus, runtime=cfg.runtime)
@@ -275,8 +278,8 @@ def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset) -> list[Sandbo
 
 
 def _sandbox_errors() -> tuple[type[Exception], ...]:
-    from .sandbox.docker import SandboxUnavailable
-    from .sandbox.image import ImageBuildError
+    from orchestrator.sandbox.engine import SandboxUnavailable
+    from orchestrator.sandbox.image import ImageBuildError
 
     return SandboxUnavailable, ImageBuildError
 
@@ -308,8 +311,8 @@ def sandbox_build(
     rebuild: Annotated[bool, Opt("--rebuild", help="Rebuild even if up to date.")] = False,
 ) -> None:
     """Build the sandbox image (from a PyTorch CUDA image, or --offline)."""
-    from .sandbox.docker import SandboxUnavailable, connect
-    from .sandbox.image import ImageBuildError, ensure_image
+    from orchestrator.sandbox.engine import SandboxUnavailable, connect
+    from orchestrator.sandbox.image import ImageBuildError, ensure_image
 
     try:
         image_id = ensure_image(connect(), offline=offline, rebuild=rebuild)
@@ -330,8 +333,8 @@ def report(
     as_json: Annotated[bool, Opt("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
     """Table 2 statistics, per-window statistics, plot, Markdown and HTML for runs."""
-    from .report import build_report
-    from .runlog import read_run
+    from orchestrator.analysis.report import build_report
+    from orchestrator.store.run import read_run
 
     try:
         loaded = [read_run(r, results_dir) for r in runs]
@@ -353,8 +356,8 @@ def show(
     results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
     """One iteration: code, outcome, triple, suggestions and prompts."""
-    from .report import render_show
-    from .runlog import read_run
+    from orchestrator.analysis.report import render_show
+    from orchestrator.store.run import read_run
 
     try:
         text = render_show(read_run(run_name, results_dir), iteration)
@@ -372,8 +375,8 @@ def export(
     results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
     """Export the best architecture (--best) or a fine-tuning corpus (--corpus)."""
-    from .export import export_best, export_corpus
-    from .runlog import read_run
+    from orchestrator.analysis.export import export_best, export_corpus
+    from orchestrator.store.run import read_run
 
     if not best and not corpus:
         raise fail("say what to export: --best OUT.py and/or --corpus OUT.jsonl")

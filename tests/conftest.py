@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import datasets
+from orchestrator.data import datasets
 from tests.fake_ollama import FakeOllama
 from tests.helpers import write_tiny_cache
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from orchestrator import datasets
 from orchestrator.cli import app
-from orchestrator.journal import Journal
+from orchestrator.data import datasets
+from orchestrator.store.journal import Journal
 from tests.helpers import flat
 
 SCRIPT_OPTIONS = [

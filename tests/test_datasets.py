@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator import datasets as ds
-from orchestrator.datasets import DatasetError
+from orchestrator.data import datasets as ds
+from orchestrator.data.datasets import DatasetError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 CACHE_FILES = ("sandbox/train_x.npy", "sandbox/train_y.npy", "sandbox/test_x.npy",
@@ -421,7 +421,7 @@ def test_specs() -> None:
 
 
 def test_import_does_not_load_torch() -> None:
-    code = ("import sys, orchestrator.datasets; "
+    code = ("import sys, orchestrator.data.datasets; "
             "print(sorted(m for m in ('torch', 'torchvision', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

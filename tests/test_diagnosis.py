@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from orchestrator.diagnosis import (
+from orchestrator.search.diagnosis import (
     DIAGNOSIS_SCHEMA,
     Diagnosis,
     DiagnosisError,

@@ -36,25 +36,22 @@ import pytest
 
 docker = pytest.importorskip("docker")
 
-from orchestrator import failures as fc  # noqa: E402
-from orchestrator.evaluation import score  # noqa: E402
-from orchestrator.sandbox.base import RUNNER_PATH, Limits  # noqa: E402
-from orchestrator.sandbox.docker import (  # noqa: E402
-    FSIZE_LIMIT,
-    GVISOR_PIDS_EXTRA,
+from orchestrator.resources import RUNNER_PATH  # noqa: E402
+from orchestrator.sandbox.base import Limits  # noqa: E402
+from orchestrator.sandbox.docker import FSIZE_LIMIT, GVISOR_PIDS_EXTRA, DockerSandbox  # noqa: E402
+from orchestrator.sandbox.engine import SandboxUnavailable, check_engine, connect  # noqa: E402
+from orchestrator.sandbox.image import IMAGE, ensure_image  # noqa: E402
+from orchestrator.sandbox.orphans import (  # noqa: E402
     LABEL,
     LABEL_PID,
     LABEL_PIDNS,
     LABEL_STARTED,
-    DockerSandbox,
-    SandboxUnavailable,
-    check_engine,
-    connect,
     process_labels,
     remove_orphans,
 )
-from orchestrator.sandbox.image import IMAGE, ensure_image  # noqa: E402
 from orchestrator.sandbox.pool import PoolSize  # noqa: E402
+from orchestrator.search import failures as fc  # noqa: E402
+from orchestrator.search.evaluation import score  # noqa: E402
 from tests.helpers import tiny_job, write_tiny_cache  # noqa: E402
 
 

@@ -1,4 +1,4 @@
-"""Scoring untrusted sandbox output (orchestrator/evaluation.py) with hand-built Executions."""
+"""Scoring untrusted sandbox output (search/evaluation.py) with hand-built Executions."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
-from orchestrator import failures as fc
-from orchestrator.evaluation import (
+from orchestrator.sandbox.base import Execution
+from orchestrator.search import failures as fc
+from orchestrator.search.evaluation import (
     MESSAGE_CHARS,
     TRACEBACK_CHARS,
     key_traceback_line,
     load_predictions,
     score,
 )
-from orchestrator.sandbox.base import Execution
 
 LABELS = np.array([0, 1, 2, 3, 4, 5, 6, 7, 8, 9], dtype=np.uint8)
 CLASSES = 10

@@ -1,4 +1,4 @@
-"""The run journal (orchestrator/journal.py) and the feedback memory (orchestrator/memory.py)."""
+"""The run journal (store/journal.py) and the feedback memory (search/memory.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import failures as fc
-from orchestrator.journal import RECORDS, Journal, best_record, summarize, write_atomic
-from orchestrator.memory import FeedbackMemory, Triple, remembered
+from orchestrator.search import failures as fc
+from orchestrator.search.memory import FeedbackMemory, Triple, remembered
+from orchestrator.store.journal import RECORDS, Journal, best_record, summarize, write_atomic
 
 
 def record(iteration: int, status: str = fc.OK, accuracy: float | None = None,

@@ -8,8 +8,7 @@ from collections.abc import Iterator
 import ollama
 import pytest
 
-from orchestrator.diagnosis import DIAGNOSIS_SCHEMA
-from orchestrator.llm import (
+from orchestrator.llm.client import (
     ChatResult,
     GenerationOptions,
     LLMError,
@@ -22,7 +21,8 @@ from orchestrator.llm import (
     normalize_host,
     takes_schema_format,
 )
-from orchestrator.reply_text import valid_unicode
+from orchestrator.llm.text import valid_unicode
+from orchestrator.search.diagnosis import DIAGNOSIS_SCHEMA
 from tests.fake_ollama import FakeOllama, Reply
 from tests.replies import VALID_NET, diagnosis_json, prose_wrapped
 

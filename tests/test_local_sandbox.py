@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator import failures as fc
-from orchestrator.evaluation import score
 from orchestrator.sandbox.base import Limits
 from orchestrator.sandbox.local import LocalSandbox
 from orchestrator.sandbox.pool import PoolSize
+from orchestrator.search import failures as fc
+from orchestrator.search.evaluation import score
 from tests import replies
 from tests.helpers import tiny_job
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.novelty import NoveltyIndex, jaccard, minhash, shingles, tokens
-from orchestrator.runlog import read_run
+from orchestrator.search.novelty import NoveltyIndex, jaccard, minhash, shingles, tokens
+from orchestrator.store.run import read_run
 
 NET_A = '''import torch
 import torch.nn as nn

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from orchestrator.config import RunConfig
-from orchestrator.llm import auto_num_ctx, prompt_chars
-from orchestrator.loop import OUTCOME_CHARS
-from orchestrator.memory import Triple
-from orchestrator.prompts import Attempt, GeneratorInput, PromptBook, Task, num_ctx_per_model
+from orchestrator.llm.client import auto_num_ctx, prompt_chars
+from orchestrator.search.loop import OUTCOME_CHARS
+from orchestrator.search.memory import Triple
+from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task, num_ctx_per_model
 from tests import replies
 from tests.test_search_e2e import by_role, orchestrator, read_records, run_args
 

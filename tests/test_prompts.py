@@ -1,4 +1,4 @@
-"""Prompt rendering (orchestrator/prompts.py) and what the search loop feeds into it."""
+"""Prompt rendering (orchestrator/search/prompts.py) and what the search loop feeds into it."""
 
 from __future__ import annotations
 
@@ -9,20 +9,27 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from orchestrator import failures as fc
 from orchestrator.config import RunConfig
-from orchestrator.datasets import SPECS, PreparedDataset
-from orchestrator.evaluation import Outcome
-from orchestrator.journal import Journal
-from orchestrator.llm import OllamaClient
-from orchestrator.loop import NoveltyGate, Search
-from orchestrator.memory import Triple
-from orchestrator.progress import Reporter
-from orchestrator.prompts import PROMPTS_DIR, TEMPLATES, Attempt, GeneratorInput, PromptBook, Task
-from orchestrator.roles import Roles
+from orchestrator.data.datasets import SPECS, PreparedDataset
+from orchestrator.llm.client import OllamaClient
+from orchestrator.resources import PROMPTS_DIR
 from orchestrator.sandbox.base import Limits
 from orchestrator.sandbox.local import LocalSandbox
 from orchestrator.sandbox.pool import PoolSize
+from orchestrator.search import failures as fc
+from orchestrator.search.evaluation import Outcome
+from orchestrator.search.loop import NoveltyGate, Search
+from orchestrator.search.memory import Triple
+from orchestrator.search.progress import Reporter
+from orchestrator.search.prompts import (
+    TEMPLATES,
+    Attempt,
+    GeneratorInput,
+    PromptBook,
+    Task,
+)
+from orchestrator.search.roles import Roles
+from orchestrator.store.journal import Journal
 from tests import replies
 from tests.fake_ollama import Reply
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import failures as fc
-from orchestrator.diagnosis import parse_diagnosis
+from orchestrator.search import failures as fc
+from orchestrator.search.diagnosis import parse_diagnosis
 from tests.real_llm import CONTEXT, MODEL, LlamaResponder, model_path
 from tests.test_search_e2e import orchestrator, read_records, run_args
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from orchestrator import export, report
-from orchestrator.runlog import read_run
+from orchestrator.analysis import export, report
+from orchestrator.store.run import read_run
 
 HOSTILE = "<script>alert(1)</script>"
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import failures as fc
-from orchestrator.journal import summarize
+from orchestrator.search import failures as fc
+from orchestrator.store.journal import summarize
 from tests import replies
 from tests.fake_ollama import Reply
 from tests.helpers import flat

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import search_throughput as bench
-from orchestrator import failures as fc
+from orchestrator.search import failures as fc
 from tests import replies
 
 NETS = ["tiny", "vgg"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from scipy import stats as sps
 
-from orchestrator import stats
-from orchestrator.runlog import read_run
+from orchestrator.analysis import stats
+from orchestrator.store.run import read_run
 
 NET = "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    pass\n"
 

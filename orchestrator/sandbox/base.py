@@ -8,9 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from ..files import write_atomic
-
-RUNNER_PATH = Path(__file__).resolve().parents[2] / "sandbox-image" / "runner.py"
+from orchestrator.store.files import write_atomic
 
 # What the host reads back from a sandbox's output directory, at most.
 RESULT_MAX_BYTES = 1 << 20

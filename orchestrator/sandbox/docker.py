@@ -12,8 +12,8 @@ socket, no host environment variables.
 
 The host enforces a wall-clock timeout (the container is killed), the output cap (a log-reading
 thread kills the container past `limits.output_bytes`) and reports OOM kills. Everything that
-comes back is untrusted: `orchestrator/evaluation.py` validates result.json and recomputes the
-accuracy from predictions.npy and the test labels, which no container ever sees.
+comes back is untrusted: `orchestrator/search/evaluation.py` validates result.json and
+recomputes the accuracy from predictions.npy and the test labels, which no container ever sees.
 
 Pre-warming (default): containers for the next candidates are started (`runner.py --wait`:
 `import torch`, data loading) ahead of need by a pool (`pool.py`), so their start-up overlaps the
@@ -47,8 +47,7 @@ import docker.models.containers
 import docker.types
 import requests
 
-from ..files import read_capped
-from .base import (
+from orchestrator.sandbox.base import (
     LOG_TAIL_CHARS,
     PREDICTIONS_MAX_BYTES,
     READY_TIMEOUT,
@@ -60,20 +59,22 @@ from .base import (
     warmup_failure,
     write_job,
 )
-from .image import IMAGE, image_id
-from .pool import Footprint, PoolSize, Sizer, WarmPool
+from orchestrator.sandbox.engine import SandboxUnavailable, check_engine, connect, device_requests
+from orchestrator.sandbox.image import IMAGE, image_id
+from orchestrator.sandbox.orphans import (
+    FOLDER_PREFIXES,
+    LABEL,
+    LABEL_INSTANCE,
+    OUTPUT_FILES,
+    process_labels,
+)
+from orchestrator.sandbox.pool import Footprint, PoolSize, Sizer, WarmPool
+from orchestrator.store.files import read_capped
 
-LABEL = "org.orchestrator.sandbox"  # "1" on every container a DockerSandbox creates
-LABEL_PID = "org.orchestrator.host-pid"  # the creating process
-LABEL_PIDNS = "org.orchestrator.host-pidns"  # ... its host boot and PID namespace
-LABEL_STARTED = "org.orchestrator.host-started"  # ... its start time (PID reuse)
-LABEL_INSTANCE = "org.orchestrator.sandbox-instance"  # the creating DockerSandbox
 SANDBOX_USER = "10001:10001"
 KILL_WAIT = 30.0  # seconds to wait for a killed container to stop
 LOG_DRAIN = 10.0  # seconds to wait for the log reader after the container stopped
 FSIZE_LIMIT = 256 << 20  # largest file the candidate may write: bounds its disk use
-OUTPUT_FILES = ("result.json", "predictions.npy")  # the container's only writable host files
-FOLDER_PREFIXES = ("orchestrator-job-", "orchestrator-out-")  # its host folders, in the temp dir
 SHM_MAX = 1 << 30
 TAIL_BYTES = 4 * LOG_TAIL_CHARS
 # gVisor's own host threads (sentry, gofer, ptrace stubs: about 75 for an idle runner) count
@@ -81,148 +82,8 @@ TAIL_BYTES = 4 * LOG_TAIL_CHARS
 GVISOR_PIDS_EXTRA = 128
 
 
-class SandboxUnavailable(RuntimeError):
-    """The Docker sandbox cannot be used here; the message says how to fix it."""
-
-
 class _Fault(Exception):
     """An infrastructure fault during one run: becomes Execution.sandbox_error."""
-
-
-def docker_url() -> str:
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-
-
-def _chain_text(exc: BaseException) -> str:
-    parts, seen = [], set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        parts.append(f"{type(e).__name__}: {e}")
-        e = e.__cause__ or e.__context__
-    return " | ".join(parts)
-
-
-def connect(timeout: int = 120) -> docker.DockerClient:
-    """A client for the engine in the environment (DOCKER_HOST or the default socket)."""
-    url = docker_url()
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-        return client
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as e:
-        if "Permission denied" in _chain_text(e) or isinstance(e, PermissionError):
-            raise SandboxUnavailable(
-                f"Permission denied on the Docker socket at {url}: add your user to the docker "
-                "group: `sudo usermod -aG docker $USER`, then log in again."
-            ) from e
-        raise SandboxUnavailable(
-            f"Cannot reach the Docker engine at {url}: start it (`sudo systemctl start docker`) "
-            "or use --sandbox local."
-        ) from e
-
-
-def check_engine(
-    client: docker.DockerClient | None = None, gpus: str = "auto", runtime: str | None = None
-) -> dict:
-    """Check the engine can run the sandbox as asked; its `info()` plus the resolved `gpus`.
-
-    Raises SandboxUnavailable with the fix when it cannot.
-    """
-    client = client or connect()
-    try:
-        info = client.info()
-    except (docker.errors.DockerException, requests.exceptions.RequestException) as e:
-        raise SandboxUnavailable(
-            f"Cannot reach the Docker engine at {docker_url()}: start it "
-            "(`sudo systemctl start docker`) or use --sandbox local."
-        ) from e
-    runtimes = sorted((info.get("Runtimes") or {}).keys())
-    if runtime and runtime not in runtimes:
-        raise SandboxUnavailable(
-            f"runtime {runtime} is not registered in the daemon (it has: {', '.join(runtimes)}): "
-            f"add it under \"runtimes\" in /etc/docker/daemon.json and restart dockerd, or drop "
-            "--runtime."
-        )
-    has_nvidia = "nvidia" in runtimes
-    wanted = (gpus or "auto").strip().lower()
-    if wanted == "auto":
-        wanted = "all" if has_nvidia else "none"
-    elif wanted != "none" and not has_nvidia:
-        raise SandboxUnavailable(
-            f"GPUs were requested (--gpus {gpus}) but the Docker engine has no NVIDIA runtime: "
-            "install the NVIDIA Container Toolkit, or pass --gpus none."
-        )
-    return dict(info, resolved_gpus=wanted)
-
-
-def device_requests(gpus: str) -> list[docker.types.DeviceRequest]:
-    """'none' -> [], 'all' -> every GPU, '0,1' -> those GPUs."""
-    if gpus == "none":
-        return []
-    if gpus == "all":
-        return [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
-    ids = [g.strip() for g in gpus.split(",") if g.strip()]
-    return [docker.types.DeviceRequest(device_ids=ids, capabilities=[["gpu"]])]
-
-
-def process_labels() -> dict[str, str]:
-    """The labels naming this process as a container's creator."""
-    return {LABEL_PID: str(os.getpid()), LABEL_PIDNS: _pid_namespace(),
-            LABEL_STARTED: _started(os.getpid()) or ""}
-
-
-def _pid_namespace() -> str:
-    """Where a pid names a process: this boot of this host, and this PID namespace."""
-    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
-
-
-def _started(pid: int | str) -> str | None:
-    """Start time of process `pid` in clock ticks after boot; None when there is no such
-    process, "" when it exists but cannot be read."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22
-
-
-def remove_orphans(client: docker.DockerClient) -> int:
-    """Force-remove sandbox containers whose creating process is gone (e.g. SIGKILLed), and
-    their host job and output folders, judged only for creators on this host, boot and PID
-    namespace; how many containers."""
-    namespace = _pid_namespace()
-    n = 0
-    for c in client.containers.list(all=True, filters={"label": f"{LABEL}=1"}):
-        labels = c.labels or {}
-        pid, started = labels.get(LABEL_PID, ""), labels.get(LABEL_STARTED, "")
-        if not pid.isdigit() or labels.get(LABEL_PIDNS, namespace) != namespace:
-            continue
-        now = _started(pid)
-        if now is None or (started and now and now != started):  # gone, or the pid reused
-            with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
-                folders = _host_folders(c)
-                c.remove(force=True)
-                n += 1
-                for folder in folders:
-                    shutil.rmtree(folder, ignore_errors=True)
-    return n
-
-
-def _host_folders(container: docker.models.containers.Container) -> set[Path]:
-    """The host folders a sandbox container was given (/job, and the one holding the /out
-    files), recognised by their FOLDER_PREFIXES."""
-    folders = set()
-    for mount in container.attrs.get("Mounts") or []:
-        source, target = Path(mount.get("Source") or "/"), mount.get("Destination", "")
-        folder = source if target == "/job" else source.parent
-        if target in ("/job", *(f"/out/{name}" for name in OUTPUT_FILES)) and \
-                folder.name.startswith(FOLDER_PREFIXES):
-            folders.add(folder)
-    return folders
 
 
 class _LogPump(threading.Thread):

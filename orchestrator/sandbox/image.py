@@ -25,13 +25,10 @@ import docker.errors
 from rich.console import Console
 from rich.text import Text
 
-from .base import RUNNER_PATH
+from orchestrator.resources import DOCKERFILE, OFFLINE_BASE_SCRIPT, RUNNER_PATH
 
 IMAGE = "orchestrator-sandbox:latest"
 OFFLINE_BASE = "orchestrator-base:offline"
-REPO_ROOT = RUNNER_PATH.parents[1]
-DOCKERFILE = REPO_ROOT / "Dockerfile.sandbox"
-OFFLINE_SCRIPT = REPO_ROOT / "sandbox-image" / "offline-base.sh"
 DEFAULT_CACHE = Path(
     os.environ.get("ORCHESTRATOR_SANDBOX_CACHE", "~/.cache/orchestrator/sandbox-build")
 ).expanduser()
@@ -83,7 +80,7 @@ def build_offline_base(
     """Build `tag` with sandbox-image/offline-base.sh (root, debootstrap, a Debian mirror and
     PyPI or pip find-links needed; no container registry). Cached steps are reused."""
     env = dict(os.environ, TAG=tag, FORCE="1" if force else "0")
-    cmd = ["bash", str(OFFLINE_SCRIPT), str(Path(cache_dir or DEFAULT_CACHE))]
+    cmd = ["bash", str(OFFLINE_BASE_SCRIPT), str(Path(cache_dir or DEFAULT_CACHE))]
     console = Console(stderr=True)
     tail: deque[str] = deque(maxlen=30)
     with subprocess.Popen(

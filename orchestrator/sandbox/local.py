@@ -22,13 +22,12 @@ from pathlib import Path
 
 import orjson
 
-from ..files import read_capped
-from .base import (
+from orchestrator.resources import RUNNER_PATH
+from orchestrator.sandbox.base import (
     LOG_TAIL_CHARS,
     PREDICTIONS_MAX_BYTES,
     READY_TIMEOUT,
     RESULT_MAX_BYTES,
-    RUNNER_PATH,
     Execution,
     Limits,
     Sandbox,
@@ -36,7 +35,8 @@ from .base import (
     warmup_failure,
     write_job,
 )
-from .pool import Footprint, PoolSize, Sizer, WarmPool
+from orchestrator.sandbox.pool import Footprint, PoolSize, Sizer, WarmPool
+from orchestrator.store.files import read_capped
 
 REAPER_PATH = Path(__file__).with_name("reaper.py")
 KILL_GRACE_SECONDS = 10.0

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import orjson
 
-from .files import fsync_dir, write_atomic
+from orchestrator.store.files import fsync_dir, write_atomic
 
 RECORDS = "iterations.jsonl"
 

@@ -6,17 +6,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
-from .config import RunConfig
-from .llm import (
+from orchestrator.config import RunConfig
+from orchestrator.llm.client import (
     CHARS_PER_TOKEN_GENEROUS,
     auto_num_ctx,
     full_model_name,
     prompt_chars,
     reply_tokens,
 )
-from .memory import Triple
+from orchestrator.resources import PROMPTS_DIR
+from orchestrator.search.memory import Triple
 
-PROMPTS_DIR = Path(__file__).resolve().parents[1] / "prompts"
 TEMPLATES = ("generator_system", "generator", "improver_system", "improver")
 
 

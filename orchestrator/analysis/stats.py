@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from orchestrator.runlog import accuracy_of, record_chain
+from orchestrator.store.run import accuracy_of, record_chain
 
 # First-epoch accuracy thresholds for "above threshold" (NNGPT uses 40/20/70 % for
 # CIFAR-10/CIFAR-100/SVHN; the others are this project's choices for easier/harder sets).

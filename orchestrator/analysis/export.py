@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
-from orchestrator import stats
-from orchestrator.novelty import TAU, NoveltyIndex
-from orchestrator.runlog import BEST_FILE, Run, accuracy_of
+from orchestrator.analysis import stats
+from orchestrator.search.novelty import TAU, NoveltyIndex
+from orchestrator.store.run import BEST_FILE, Run, accuracy_of
 
 
 def best_record(run: Run) -> dict | None:

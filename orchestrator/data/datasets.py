@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .files import fsync_dir
+from orchestrator.store.files import fsync_dir
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # train_x, train_y, test_x, test_y
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from orchestrator import stats
-from orchestrator.failures import FAILURE_CLASSES
-from orchestrator.runlog import Run, accuracy_of, record_chain
+from orchestrator.analysis import stats
+from orchestrator.search.failures import FAILURE_CLASSES
+from orchestrator.store.run import Run, accuracy_of, record_chain
 
 FIG_SIZE = (10.0, 5.5)  # inches; at FIG_DPI the PNG is 1000 x 550 pixels
 FIG_DPI = 100

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from rich.console import Console
 from rich.markup import escape
 
-from . import failures as fc
-from .reply_text import printable
+from orchestrator.llm.text import printable
+from orchestrator.search import failures as fc
 
 
 class Reporter:

@@ -7,19 +7,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import failures as fc
-from .config import RunConfig
-from .datasets import PreparedDataset
-from .diagnosis import Diagnosis
-from .evaluation import Outcome, failure, key_traceback_line, score
-from .extract import extract_code
-from .journal import Journal, best_record
-from .memory import FeedbackMemory, Triple, remembered
-from .progress import Reporter
-from .prompts import Attempt, GeneratorInput, PromptBook, Task
-from .roles import RoleCall, Roles
-from .sandbox.base import Execution, Sandbox
-from .sandbox.pool import CANDIDATES_GPU_SHARE
+from orchestrator.config import RunConfig
+from orchestrator.data.datasets import PreparedDataset
+from orchestrator.sandbox.base import Execution, Sandbox
+from orchestrator.sandbox.pool import CANDIDATES_GPU_SHARE
+from orchestrator.search import failures as fc
+from orchestrator.search.diagnosis import Diagnosis
+from orchestrator.search.evaluation import Outcome, failure, key_traceback_line, score
+from orchestrator.search.extract import extract_code
+from orchestrator.search.memory import FeedbackMemory, Triple, remembered
+from orchestrator.search.progress import Reporter
+from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
+from orchestrator.search.roles import RoleCall, Roles
+from orchestrator.store.journal import Journal, best_record
 
 OUTCOME_CHARS = 600
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")
@@ -86,7 +86,9 @@ class NoveltyGate:
     """The run-wide novelty index, shared by the chains (datasketch's LSH is not thread-safe)."""
 
     def __init__(self, tau: float) -> None:
-        from .novelty import NoveltyIndex  # datasketch (and scipy): import only when running
+        from orchestrator.search.novelty import (
+            NoveltyIndex,  # datasketch (and scipy): import only when running
+        )
 
         self.index = NoveltyIndex(tau=tau)
         self._lock = threading.Lock()

@@ -33,7 +33,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from .reply_text import valid_unicode
+from orchestrator.llm.text import valid_unicode
 
 DEFAULT_PORT = 11434
 DEFAULT_HOST = f"http://127.0.0.1:{DEFAULT_PORT}"

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from orchestrator.runlog import Run, record_chain
+from orchestrator.store.run import Run, record_chain
 
 SHINGLE_K = 10
 NUM_PERM = 256

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from . import failures as fc
-from .sandbox.base import Execution
+from orchestrator.sandbox.base import Execution
+from orchestrator.search import failures as fc
 
 MESSAGE_CHARS = 2000
 TRACEBACK_CHARS = 4000

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .diagnosis import DIAGNOSIS_SCHEMA, Diagnosis, DiagnosisError, parse_diagnosis
-from .llm import ChatResult, LLMError, OllamaClient
+from orchestrator.llm.client import ChatResult, LLMError, OllamaClient
+from orchestrator.search.diagnosis import (
+    DIAGNOSIS_SCHEMA,
+    Diagnosis,
+    DiagnosisError,
+    parse_diagnosis,
+)
 
 
 @dataclass

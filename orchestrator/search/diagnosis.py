@@ -9,7 +9,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .reply_text import strip_thinking, valid_unicode
+from orchestrator.llm.text import strip_thinking, valid_unicode
 
 DIAGNOSIS_SCHEMA: dict[str, Any] = {
     "type": "object",
