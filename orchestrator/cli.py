@@ -352,15 +352,28 @@ def report(
 @app.command()
 def show(
     run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")],
-    iteration: Annotated[int, typer.Argument(help="Iteration number.")],
+    iteration: Annotated[str, typer.Argument(help="Iteration number, or `best`.")],
+    chain: Annotated[int | None, Opt(help="The chain, in a --parallel run (default: the "
+                                          "first with that iteration).")] = None,
     results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
     """One iteration: code, outcome, triple, suggestions and prompts."""
     from orchestrator.analysis.report import render_show
+    from orchestrator.store.records import best_record, iteration_of, record_chain
     from orchestrator.store.run import read_run
 
     try:
-        text = render_show(read_run(run_name, results_dir), iteration)
+        run = read_run(run_name, results_dir)
+        if iteration == "best":
+            best = best_record(run.records)
+            if best is None:
+                raise KeyError("no successful iteration yet")
+            number, chain = iteration_of(best), record_chain(best)
+        elif iteration.isdigit():
+            number = int(iteration)
+        else:
+            raise fail(f"ITERATION is a number or `best`, not {iteration!r}")
+        text = render_show(run, number, chain)
     except (FileNotFoundError, KeyError) as exc:
         raise fail(f"cannot show iteration {iteration} of {run_name}: {exc}") from None
     print(printable(text))

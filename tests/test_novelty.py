@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from orchestrator.search.novelty import NoveltyIndex, jaccard, minhash, shingles, tokens
-from orchestrator.store.run import read_run
 
 NET_A = '''import torch
 import torch.nn as nn
@@ -178,21 +177,7 @@ def test_untokenizable_code_falls_back_to_whitespace() -> None:
     assert shingles("a b") == {"a\x1fb"} and shingles("") == set()
 
 
-def test_from_records_and_corpus(tmp_path: Path) -> None:
-    run_dir = tmp_path / "run"
-    (run_dir / "candidates").mkdir(parents=True)
-    (run_dir / "config.json").write_text(json.dumps({"name": "run", "dataset": "cifar10"}))
-    lines = []
-    for it, code in ((1, NET_A), (2, NET_B)):
-        (run_dir / f"candidates/iter_{it:04d}.py").write_text(code)
-        lines.append(json.dumps({"iteration": it, "status": "ok", "accuracy": 0.5,
-                                 "code_file": f"candidates/iter_{it:04d}.py"}))
-    lines.append(json.dumps({"iteration": 3, "status": "extract_error", "code_file": None}))
-    (run_dir / "iterations.jsonl").write_text("\n".join(lines) + "\n")
-    index = NoveltyIndex.from_records(read_run(run_dir))
-    assert len(index) == 2
-    assert index.query(NET_B) == (pytest.approx(1.0), 2)
-
+def test_add_corpus(tmp_path: Path) -> None:
     ref = tmp_path / "ref"
     ref.mkdir()
     (ref / "a.py").write_text(NET_A)

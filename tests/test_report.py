@@ -281,3 +281,45 @@ def test_export_best_header_cannot_inject_code(tmp_path: Path) -> None:
     kinds = [type(node).__name__ for node in tree.body]
     assert kinds == ["Expr", "Import", "ClassDef", "Assign"]
     assert "raise SystemExit" in ast.get_docstring(tree)
+
+
+def test_summary_report_show_and_export_name_the_same_best_across_chains(
+        tmp_path: Path) -> None:
+    """Ties across chains: the best is the tied record committed first (the one best.py holds),
+    in summary.json, the report, `show RUN best` and `export --best` alike. The earlier
+    definitions chose by (iteration, chain) in the report and export, and disagreed."""
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.store.journal import Journal
+
+    journal = Journal(tmp_path / "ties")
+    journal.create({"name": "ties", "dataset": "cifar10", "parallel": 2})
+    commits = [(0, 1, 0.50, NET_MLP), (1, 3, 0.80, NET_CNN),  # chain 1 reaches 0.80 first ...
+               (0, 2, 0.80, NET_MLP.replace("0.1", "0.3")), (1, 4, 0.70, NET_MLP)]  # ... then 0
+    for chain, iteration, acc, code in commits:
+        code_file = journal.write_file(f"c{chain}_iter_{iteration:04d}.py", code)
+        journal.commit({"iteration": iteration, "chain": chain, "status": "ok", "accuracy": acc,
+                        "code_file": code_file}, code)
+
+    summary = json.loads((journal.root / "summary.json").read_text())
+    assert (summary["best_iteration"], summary["best_chain"], summary["best_accuracy"]) == (
+        3, 1, 0.80)
+    assert (journal.root / "best.py").read_text() == NET_CNN
+
+    def cli(*args: str) -> str:
+        result = CliRunner().invoke(app, list(args))
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    table2 = json.loads(cli("report", str(journal.root), "--json"))["runs"][0]["table2"]
+    assert (table2["best_iteration"], table2["best_chain"]) == (3, 1)
+    assert "80.0% (it. 3, chain 1)" in cli("report", str(journal.root))
+    assert "iteration 3 (chain 1)" in cli("show", str(journal.root), "best").splitlines()[0]
+    out = tmp_path / "best_net.py"
+    cli("export", str(journal.root), "--best", str(out))
+    assert NET_CNN.strip() in out.read_text()
+    assert "iteration 3, chain 1" in out.read_text()
+    assert "iteration 2 (chain 0)" in cli("show", str(journal.root), "2", "--chain", "0")
+    wrong = CliRunner().invoke(app, ["show", str(journal.root), "first"])
+    assert wrong.exit_code == 2 and "a number or `best`" in wrong.output

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.search import failures as fc
-from orchestrator.store.journal import summarize
+from orchestrator.store.records import summarize
 from tests import replies
 from tests.fake_ollama import Reply
 from tests.helpers import flat

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats as sps
 
 from orchestrator.analysis import stats
+from orchestrator.store.records import summarize
 from orchestrator.store.run import read_run
 
 NET = "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    pass\n"
@@ -88,8 +89,8 @@ def test_code_file_outside_run_is_not_read(tmp_path: Path) -> None:
     assert run.code(run.records[0]) is None
 
 
-def test_table2_against_scipy() -> None:
-    t = stats.table2(mixed_records())
+def test_summary_against_scipy() -> None:
+    t = summarize(mixed_records())
     pairs = [(it, a) for it, a in ACCS.items() if a is not None]
     xs, ys = zip(*pairs, strict=True)
     rho, tau = sps.spearmanr(xs, ys), sps.kendalltau(xs, ys)
@@ -104,38 +105,38 @@ def test_table2_against_scipy() -> None:
     assert t["kendall_p"] == pytest.approx(tau.pvalue)
 
 
-def test_table2_all_failures() -> None:
-    t = stats.table2([rec(i, "syntax_error") for i in range(1, 6)])
+def test_summary_all_failures() -> None:
+    t = summarize([rec(i, "syntax_error") for i in range(1, 6)])
     assert t["iterations"] == 5 and t["successful"] == 0 and t["success_rate"] == 0.0
     for key in ("first_accuracy", "best_accuracy", "improvement", "spearman_rho",
                 "spearman_p", "kendall_tau", "kendall_p"):
         assert t[key] is None
-    empty = stats.table2([])
+    empty = summarize([])
     assert empty["iterations"] == 0 and empty["success_rate"] is None
 
 
-def test_table2_single_success() -> None:
-    t = stats.table2([rec(1, "timeout"), rec(2, "ok", 0.42), rec(3, "nan_loss")])
+def test_summary_single_success() -> None:
+    t = summarize([rec(1, "timeout"), rec(2, "ok", 0.42), rec(3, "nan_loss")])
     assert t["successful"] == 1 and t["first_accuracy"] == t["best_accuracy"] == 0.42
     assert t["improvement"] == 0.0 and t["first_iteration"] == 2
     assert t["spearman_rho"] is None and t["kendall_tau"] is None
 
 
-def test_table2_ties() -> None:
+def test_summary_ties() -> None:
     records = [rec(1, "ok", 0.4), rec(2, "ok", 0.6), rec(3, "ok", 0.4), rec(4, "ok", 0.6),
                rec(5, "ok", 0.5)]
-    t = stats.table2(records)
+    t = summarize(records)
     xs, ys = [1, 2, 3, 4, 5], [0.4, 0.6, 0.4, 0.6, 0.5]
     assert t["best_iteration"] == 2  # earliest of the tied best
     assert t["spearman_rho"] == pytest.approx(sps.spearmanr(xs, ys).statistic)
     assert t["kendall_tau"] == pytest.approx(sps.kendalltau(xs, ys).statistic)
-    constant = stats.table2([rec(i, "ok", 0.5) for i in range(1, 5)])
+    constant = summarize([rec(i, "ok", 0.5) for i in range(1, 5)])
     assert constant["spearman_rho"] is None and constant["kendall_p"] is None
     assert constant["improvement"] == 0.0
 
 
 def test_ok_without_accuracy_is_not_a_success() -> None:
-    t = stats.table2([rec(1, "ok", None), rec(2, "ok", float("nan")), rec(3, "ok", 0.2)])
+    t = summarize([rec(1, "ok", None), rec(2, "ok", float("nan")), rec(3, "ok", 0.2)])
     assert t["successful"] == 1 and t["first_accuracy"] == 0.2
 
 

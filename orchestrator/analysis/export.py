@@ -18,17 +18,8 @@ from pathlib import Path
 
 from orchestrator.analysis import stats
 from orchestrator.search.novelty import TAU, NoveltyIndex
-from orchestrator.store.run import BEST_FILE, Run, accuracy_of
-
-
-def best_record(run: Run) -> dict | None:
-    """The successful record with the highest accuracy (earliest on ties), or None."""
-    best: tuple[float, int, dict] | None = None
-    for i, rec in enumerate(stats.ordered(run.records)):
-        acc = accuracy_of(rec)
-        if acc is not None and (best is None or acc > best[0]):
-            best = (acc, i, rec)
-    return best[2] if best else None
+from orchestrator.store.records import accuracy_of, best_record, ordered, record_chain
+from orchestrator.store.run import BEST_FILE, Run
 
 
 def _best_code(run: Run, rec: dict | None) -> str:
@@ -54,6 +45,7 @@ def _provenance(run: Run, rec: dict | None) -> dict:
         "run": run.name,
         "dataset": run.dataset,
         "iteration": rec.get("iteration", summary.get("best_iteration")),
+        "chain": record_chain(rec) if rec else summary.get("best_chain"),
         "accuracy": accuracy_of(rec) if rec else summary.get("best_accuracy"),
         "params": metrics.get("params"),
         "generator_model": model("generator"),
@@ -94,7 +86,8 @@ def _header(info: dict, has_docstring: bool) -> str:
     params = info["params"]
     lines = [
         f"Best architecture of run {info['run']!r} ({info['dataset']}).",
-        f"Accuracy: {acc_text} (one-epoch proxy), iteration {info['iteration']}, "
+        f"Accuracy: {acc_text} (one-epoch proxy), iteration {info['iteration']}"
+        + (f", chain {info['chain']}" if info["chain"] else "") + ", "
         f"parameters: {f'{params:,}' if isinstance(params, int) else 'unknown'}.",
         f"Models: generator {info['generator_model']}, improver {info['improver_model']}.",
         f"Run started: {info['run_started'] or 'unknown'}; found: {info['found'] or 'unknown'}; "
@@ -109,7 +102,7 @@ def _header(info: dict, has_docstring: bool) -> str:
 
 def export_best(run: Run, out_path: str | Path) -> Path:
     """Write the best `Net` of `run` to `out_path` as an importable module with provenance."""
-    rec = best_record(run)
+    rec = best_record(run.records)
     code = _best_code(run, rec)
     info = _provenance(run, rec)
     try:
@@ -175,7 +168,7 @@ def corpus_examples(runs: Iterable[Run], threshold: float | None = None, tau: fl
     examples = []
     for run in runs:
         thr = threshold if threshold is not None else stats.default_threshold(run.dataset)
-        for rec in stats.ordered(run.records):
+        for rec in ordered(run.records):
             acc = accuracy_of(rec)
             code = run.code(rec) if acc is not None else None
             if code is None or (thr is not None and acc < thr):

@@ -19,7 +19,15 @@ from pathlib import Path
 
 from orchestrator.analysis import stats
 from orchestrator.search.failures import FAILURE_CLASSES
-from orchestrator.store.run import Run, accuracy_of, record_chain
+from orchestrator.store.records import (
+    accuracy_of,
+    iteration_of,
+    ordered,
+    record_chain,
+    successes,
+    summarize,
+)
+from orchestrator.store.run import Run
 
 FIG_SIZE = (10.0, 5.5)  # inches; at FIG_DPI the PNG is 1000 x 550 pixels
 FIG_DPI = 100
@@ -105,11 +113,11 @@ def run_labels(runs: list[Run]) -> list[str]:
 def _examples(records: list[dict]) -> dict[str, dict]:
     """Per failure class: count, first and last iteration, last error message."""
     out: dict[str, dict] = {}
-    for i, rec in enumerate(stats.ordered(records)):
+    for i, rec in enumerate(ordered(records)):
         status = str(rec.get("status") or "unknown")
         if status == "ok":
             continue
-        it = stats.iteration_of(rec, i + 1)
+        it = iteration_of(rec, i + 1)
         entry = out.setdefault(status, {"count": 0, "first_iteration": it})
         entry["count"] += 1
         entry["last_iteration"] = it
@@ -133,7 +141,7 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
         "planned_iterations": run.config.get("iterations"),
         "finished": run.summary is not None,
         "threshold": thr,
-        "table2": stats.table2(run.records),
+        "table2": summarize(run.records),
         "overall": overall,
         "windows": stats.windows(run.records, window, thr, tau),
         "failures": stats.failure_breakdown(run.records),
@@ -146,12 +154,18 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
 # ---------------------------------------------------------------- tables
 
 
+def best_place(summary: dict) -> str:
+    """Where a run's best was found: "it. 7", or "it. 7, chain 2" in a run with chains."""
+    chain = summary.get("best_chain")
+    return f"it. {summary['best_iteration']}" + (f", chain {chain}" if chain else "")
+
+
 def summary_table(ms: list[dict], labels: list[str]) -> Table:
     """The paper's Table 2, one column per run."""
     t2 = [m["table2"] for m in ms]
 
     def best(t: dict) -> str:
-        return pct(t["best_accuracy"]) + (f" (it. {t['best_iteration']})"
+        return pct(t["best_accuracy"]) + (f" ({best_place(t)})"
                                           if t["best_iteration"] is not None else "")
 
     rows = [
@@ -341,10 +355,10 @@ def _class_colours() -> dict[str, tuple]:
 
 def _failures_by_class(records: list[dict]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
-    for j, rec in enumerate(stats.ordered(records)):
+    for j, rec in enumerate(ordered(records)):
         if rec.get("status") != "ok":
             out.setdefault(str(rec.get("status") or "unknown"), []).append(
-                stats.iteration_of(rec, j + 1))
+                iteration_of(rec, j + 1))
     return out
 
 
@@ -365,11 +379,11 @@ def plot_trajectory(runs: list[Run], labels: list[str], thresholds: list[float |
     top = 0.1
     for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
         colour, label = f"C{i % 10}", _plain(label)
-        pairs = stats.successes(run.records)
+        pairs = successes(run.records)
         if pairs:
             its, accs = zip(*pairs, strict=True)
             best = list(itertools.accumulate(accs, max))
-            last = max(stats.iteration_of(r, 0) for r in run.records)
+            last = max(iteration_of(r, 0) for r in run.records)
             ax.scatter(its, accs, s=16, alpha=0.6, color=colour, linewidths=0)
             ax.step([*its, last], [*best, best[-1]], where="post", color=colour, lw=2,
                     label=f"{label} (best so far)")

@@ -1,13 +1,11 @@
 """Statistics over a run's iteration records (pure functions, no I/O).
 
-- `table2`: the search summary of the feedback-memory NAS paper (iterations, successes, success
-  rate, first/best accuracy, improvement, Spearman rho and Kendall tau between iteration number
-  and accuracy over successful evaluations, with p-values).
+The run summary (the paper's Table 2) and the best record are defined once, in
+`orchestrator.store.records`.
+
 - `windows`: NNGPT-style per-window summaries (valid rate with a Wilson 95% interval, mean/std
   accuracy with a t-based 95% interval, fraction above a quality threshold, novel count).
 - `failure_breakdown`, `time_breakdown`: where iterations failed and where the time went.
-
-A record is a *success* when its status is "ok" and its accuracy is a finite number.
 """
 
 from __future__ import annotations
@@ -19,7 +17,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from orchestrator.store.run import accuracy_of, record_chain
+from orchestrator.store.records import accuracy_of, iteration_of, ordered
 
 # First-epoch accuracy thresholds for "above threshold" (NNGPT uses 40/20/70 % for
 # CIFAR-10/CIFAR-100/SVHN; the others are this project's choices for easier/harder sets).
@@ -46,67 +44,6 @@ def _num(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return 0.0
     return float(value) if math.isfinite(value) else 0.0
-
-
-def _finite(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def iteration_of(rec: dict, default: int = 0) -> int:
-    """The iteration number of a record (its position when the field is missing)."""
-    it = rec.get("iteration")
-    return it if isinstance(it, int) and not isinstance(it, bool) else default
-
-
-def ordered(records: Iterable[dict]) -> list[dict]:
-    """Records in (iteration, chain) order; stable for equal keys."""
-    indexed = [(iteration_of(r, i + 1), record_chain(r), i, r) for i, r in enumerate(records)]
-    return [r for *_, r in sorted(indexed, key=lambda t: t[:3])]
-
-
-def successes(records: Iterable[dict]) -> list[tuple[int, float]]:
-    """(iteration, accuracy) of the successful records, in iteration order."""
-    pairs = []
-    for i, rec in enumerate(ordered(records)):
-        acc = accuracy_of(rec)
-        if acc is not None:
-            pairs.append((iteration_of(rec, i + 1), acc))
-    return pairs
-
-
-def _correlations(pairs: Sequence[tuple[int, float]]) -> dict[str, float | None]:
-    out: dict[str, float | None] = dict.fromkeys(
-        ("spearman_rho", "spearman_p", "kendall_tau", "kendall_p")
-    )
-    xs = np.array([p[0] for p in pairs], dtype=float)
-    ys = np.array([p[1] for p in pairs], dtype=float)
-    if len(pairs) < 2 or np.ptp(ys) == 0 or np.ptp(xs) == 0:
-        return out
-    rho = sps.spearmanr(xs, ys)
-    tau = sps.kendalltau(xs, ys)
-    out["spearman_rho"], out["spearman_p"] = _finite(rho.statistic), _finite(rho.pvalue)
-    out["kendall_tau"], out["kendall_p"] = _finite(tau.statistic), _finite(tau.pvalue)
-    return out
-
-
-def table2(records: Sequence[dict]) -> dict:
-    """The paper's Table 2 numbers for one run (None where undefined)."""
-    pairs = successes(records)
-    total = len(records)
-    first = pairs[0][1] if pairs else None
-    best_it, best = max(pairs, key=lambda p: (p[1], -p[0])) if pairs else (None, None)
-    return {
-        "iterations": total,
-        "successful": len(pairs),
-        "success_rate": len(pairs) / total if total else None,
-        "first_accuracy": first,
-        "first_iteration": pairs[0][0] if pairs else None,
-        "best_accuracy": best,
-        "best_iteration": best_it,
-        "improvement": best - first if pairs else None,
-        **_correlations(pairs),
-    }
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:

@@ -19,7 +19,8 @@ from orchestrator.search.memory import FeedbackMemory, Triple, remembered
 from orchestrator.search.progress import Reporter
 from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
 from orchestrator.search.roles import RoleCall, Roles
-from orchestrator.store.journal import Journal, best_record
+from orchestrator.store.journal import Journal
+from orchestrator.store.records import best_record
 
 OUTCOME_CHARS = 600
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")

@@ -37,15 +37,6 @@ class FeedbackMemory:
     def __len__(self) -> int:
         return len(self._window)
 
-    @classmethod
-    def from_records(cls, records: list[dict], size: int) -> FeedbackMemory:
-        """Rebuild the window from journal records, exactly as the loop filled it."""
-        memory = cls(size)
-        for record in records:
-            if remembered(record):
-                memory.add(Triple(**record["triple"]))
-        return memory
-
 
 def remembered(record: dict) -> bool:
     """Infrastructure faults say nothing about the design, so they stay out of the window."""

@@ -22,8 +22,6 @@ from pathlib import Path
 import numpy as np
 from datasketch import MinHash, MinHashLSH
 
-from orchestrator.store.run import Run, record_chain
-
 SHINGLE_K = 10
 NUM_PERM = 256
 TAU = 0.90
@@ -187,22 +185,6 @@ class NoveltyIndex:
                     added += 1
         return added
 
-    @classmethod
-    def from_records(
-        cls, run: Run, tau: float = TAU, num_perm: int = NUM_PERM, only_ok: bool = False
-    ) -> NoveltyIndex:
-        """Index a run's candidate files by iteration ((chain, iteration) when chained)."""
-        index = cls(tau=tau, num_perm=num_perm)
-        for rec in run.records:
-            if only_ok and rec.get("status") != "ok":
-                continue
-            code = run.code(rec)
-            if code is None:
-                continue
-            chain = record_chain(rec)
-            index.add(rec.get("iteration") if chain == 0 else (chain, rec.get("iteration")), code)
-        return index
-
 
 def _corpus_entries(file: Path) -> Iterable[tuple[str, str]]:
     """(key, code) pairs of one reference file."""
@@ -219,7 +201,3 @@ def _corpus_entries(file: Path) -> Iterable[tuple[str, str]]:
             if isinstance(msg, dict) and msg.get("role") == "assistant":
                 yield f"{file}:{n + 1}", str(msg.get("content", ""))
 
-
-def from_records(run: Run, tau: float = TAU, num_perm: int = NUM_PERM) -> NoveltyIndex:
-    """Rebuild a novelty index from a run's candidate files."""
-    return NoveltyIndex.from_records(run, tau=tau, num_perm=num_perm)

@@ -1,4 +1,5 @@
-"""The run's append-only journal under results/<name>/ (see docs/contracts.md)."""
+"""The run's append-only journal under results/<name>/: creating, committing, resuming (see
+docs/contracts.md). Reading goes through `run.read_records`, the one reader."""
 
 from __future__ import annotations
 
@@ -11,8 +12,15 @@ from pathlib import Path
 import orjson
 
 from orchestrator.store.files import fsync_dir, write_atomic
-
-RECORDS = "iterations.jsonl"
+from orchestrator.store.records import best_record, summarize
+from orchestrator.store.run import (
+    BEST_FILE,
+    CONFIG_FILE,
+    ITERATIONS_FILE,
+    SUMMARY_FILE,
+    complete_length,
+    read_records,
+)
 
 
 class JournalError(RuntimeError):
@@ -41,33 +49,32 @@ class Journal:
 
     @property
     def exists(self) -> bool:
-        return (self.root / "config.json").exists()
+        return (self.root / CONFIG_FILE).exists()
 
     def create(self, config: dict) -> None:
         self.candidates.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.root / "config.json", orjson.dumps(config, option=orjson.OPT_INDENT_2))
-        (self.root / RECORDS).touch()
+        self.update_config(config)
+        (self.root / ITERATIONS_FILE).touch()
         fsync_dir(self.root)
 
     def config(self) -> dict:
-        return orjson.loads((self.root / "config.json").read_bytes())
+        return orjson.loads((self.root / CONFIG_FILE).read_bytes())
 
     def update_config(self, config: dict) -> None:
-        write_atomic(self.root / "config.json", orjson.dumps(config, option=orjson.OPT_INDENT_2))
+        write_atomic(self.root / CONFIG_FILE, orjson.dumps(config, option=orjson.OPT_INDENT_2))
 
     def records(self, repair: bool = False) -> list[dict]:
         """All complete records. A torn last line (a crash mid-write) is ignored, or cut off
         when `repair` is set so that the next append starts on a clean line."""
-        path = self.root / RECORDS
-        if not path.exists():
-            return []
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if repair and end < len(data):
-            with open(path, "r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
-        return [orjson.loads(line) for line in data[:end].splitlines() if line.strip()]
+        path = self.root / ITERATIONS_FILE
+        if repair and path.exists():
+            size = path.stat().st_size
+            end = complete_length(path.read_bytes())
+            if end < size:
+                with open(path, "r+b") as f:
+                    f.truncate(end)
+                    os.fsync(f.fileno())
+        return read_records(path)
 
     def load(self) -> list[dict]:
         """The records so far (a torn tail cut off); later commits are added to them.
@@ -79,7 +86,7 @@ class Journal:
             if best:
                 self.write_best((self.root / best["code_file"]).read_text())
             else:
-                (self.root / "best.py").unlink(missing_ok=True)
+                (self.root / BEST_FILE).unlink(missing_ok=True)
             return list(self._records)
 
     def write_file(self, name: str, text: str) -> str:
@@ -95,10 +102,10 @@ class Journal:
         with self._lock, _writing(self.root):
             if self._records is None:
                 self._records = self.records(repair=True)
-            best = best_record(self._records)
+            before = best_record(self._records)
             self._append(record)
             self._records.append(record)
-            if record["status"] == "ok" and (best is None or record["accuracy"] > best["accuracy"]):
+            if best_record(self._records) is not before:
                 self.write_best(code)
             summary = summarize(self._records)
             self.write_summary(summary)
@@ -111,7 +118,7 @@ class Journal:
     def _append(self, record: dict) -> None:
         """One fsynced line; a failed write is cut off again, so the file stays whole."""
         line = memoryview(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        fd = os.open(self.root / RECORDS, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.root / ITERATIONS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             start = os.lseek(fd, 0, os.SEEK_END)
             try:
@@ -126,29 +133,8 @@ class Journal:
             os.close(fd)
 
     def write_best(self, code: str) -> None:
-        write_atomic(self.root / "best.py", code.encode())
+        write_atomic(self.root / BEST_FILE, code.encode())
 
     def write_summary(self, summary: dict) -> None:
-        write_atomic(self.root / "summary.json", orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        write_atomic(self.root / SUMMARY_FILE, orjson.dumps(summary, option=orjson.OPT_INDENT_2))
 
-
-def best_record(records: list[dict]) -> dict | None:
-    """The most accurate successful record; the earliest one on ties."""
-    return max((r for r in records if r["status"] == "ok"), key=lambda r: r["accuracy"],
-               default=None)
-
-
-def summarize(records: list[dict]) -> dict:
-    """summary.json: the paper's headline numbers, from the records alone."""
-    successes = [r for r in records if r["status"] == "ok"]
-    first = successes[0]["accuracy"] if successes else None
-    best = best_record(records)
-    return {
-        "iterations": len(records),
-        "successful": len(successes),
-        "success_rate": len(successes) / len(records) if records else 0.0,
-        "first_accuracy": first,
-        "best_accuracy": best["accuracy"] if best else None,
-        "best_iteration": best["iteration"] if best else None,
-        "improvement": best["accuracy"] - first if best else None,
-    }

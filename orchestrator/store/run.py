@@ -1,18 +1,20 @@
-"""Read a run's journal (results/<name>/) for reports, exports and inspection.
+"""Read a run directory (results/<name>/): the one reader of its files, for the journal's own
+resume as for reports, exports and inspection.
 
-Read-only and tolerant: a run still in progress may have a torn last line in
-`iterations.jsonl` (the writer was interrupted mid-record); such lines are skipped and noted
-in `Run.warnings`, never fatal.
+Tolerant: a run still in progress, or one whose host was killed, may end in a torn last line
+(the writer was interrupted mid-record); such lines are skipped and noted in `Run.warnings`,
+never fatal.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+
+from orchestrator.store.records import record_chain
 
 CONFIG_FILE = "config.json"
 ITERATIONS_FILE = "iterations.jsonl"
@@ -43,7 +45,8 @@ class Run:
         for rec in self.records:
             if rec.get("iteration") == iteration and (chain is None or record_chain(rec) == chain):
                 return rec
-        raise KeyError(f"run {self.name!r} has no record for iteration {iteration}")
+        where = f" in chain {chain}" if chain is not None else ""
+        raise KeyError(f"run {self.name!r} has no record for iteration {iteration}{where}")
 
     def code_path(self, rec: dict) -> Path | None:
         """The candidate file a record points to, if it exists inside the run directory."""
@@ -60,22 +63,6 @@ class Run:
         """The candidate code of a record, or None when its file is missing."""
         path = self.code_path(rec)
         return path.read_text(encoding="utf-8", errors="replace") if path else None
-
-
-def record_chain(rec: dict) -> int:
-    """The chain of a record (absent means 0)."""
-    chain = rec.get("chain", 0)
-    return chain if isinstance(chain, int) else 0
-
-
-def accuracy_of(rec: dict) -> float | None:
-    """The accuracy of a successful record as a float, else None."""
-    if rec.get("status") != "ok":
-        return None
-    acc = rec.get("accuracy")
-    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
-        return None
-    return float(acc)
 
 
 def resolve_run_dir(path_or_name: str | Path, results_dir: Path = Path("results")) -> Path:
@@ -102,12 +89,23 @@ def _read_json(path: Path, warnings: list[str]) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def complete_length(data: bytes) -> int:
+    """How many leading bytes of iterations.jsonl are whole lines. A record is committed with
+    its newline; a last line without one was cut short by a crash, even if it parses."""
+    return data.rfind(b"\n") + 1
+
+
 def read_records(path: Path, warnings: list[str] | None = None) -> list[dict]:
-    """Parse iterations.jsonl; unparsable lines (a torn tail) are skipped with a warning."""
+    """Parse iterations.jsonl; a torn last line and unparsable lines are skipped with a
+    warning."""
     warnings = warnings if warnings is not None else []
     if not path.exists():
         return []
-    lines = path.read_bytes().split(b"\n")
+    data = path.read_bytes()
+    end = complete_length(data)
+    lines = data[:end].split(b"\n")[:-1]
+    if data[end:].strip():
+        warnings.append(f"{path.name}:{len(lines) + 1}: torn last line skipped")
     records: list[dict] = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
@@ -115,9 +113,7 @@ def read_records(path: Path, warnings: list[str] | None = None) -> list[dict]:
         try:
             rec: Any = orjson.loads(line)
         except orjson.JSONDecodeError:
-            last = all(not rest.strip() for rest in lines[lineno:])
-            where = "torn last line" if last else "unparsable line"
-            warnings.append(f"{path.name}:{lineno}: {where} skipped")
+            warnings.append(f"{path.name}:{lineno}: unparsable line skipped")
             continue
         if isinstance(rec, dict):
             records.append(rec)

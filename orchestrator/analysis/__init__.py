@@ -1,0 +1,1 @@
+"""Statistics, reports and exports computed from a run's journal (read-only)."""

@@ -1,0 +1,1 @@
+"""The dataset cache: prepared, subset and fingerprinted image-classification datasets."""

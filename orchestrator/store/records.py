@@ -1,0 +1,107 @@
+"""What every reader derives from a run's iteration records: one definition each.
+
+The best record, the run summary (`summary.json`, the paper's Table 2) and record order are
+defined here only, so the journal, `report`, `show` and `export` cannot disagree.
+
+A record is a *success* when its status is "ok" and its accuracy is a finite number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from scipy import stats as sps
+
+
+def record_chain(rec: dict) -> int:
+    """The chain of a record (absent means 0)."""
+    chain = rec.get("chain", 0)
+    return chain if isinstance(chain, int) and not isinstance(chain, bool) else 0
+
+
+def iteration_of(rec: dict, default: int = 0) -> int:
+    """The iteration number of a record (`default` when the field is missing)."""
+    it = rec.get("iteration")
+    return it if isinstance(it, int) and not isinstance(it, bool) else default
+
+
+def accuracy_of(rec: dict) -> float | None:
+    """The accuracy of a successful record as a float, else None."""
+    if rec.get("status") != "ok":
+        return None
+    acc = rec.get("accuracy")
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
+        return None
+    return float(acc)
+
+
+def ordered(records: Iterable[dict]) -> list[dict]:
+    """Records in (iteration, chain) order; stable for equal keys."""
+    indexed = [(iteration_of(r, i + 1), record_chain(r), i, r) for i, r in enumerate(records)]
+    return [r for *_, r in sorted(indexed, key=lambda t: t[:3])]
+
+
+def successes(records: Iterable[dict]) -> list[tuple[int, float]]:
+    """(iteration, accuracy) of the successful records, in iteration order."""
+    pairs = []
+    for i, rec in enumerate(ordered(records)):
+        acc = accuracy_of(rec)
+        if acc is not None:
+            pairs.append((iteration_of(rec, i + 1), acc))
+    return pairs
+
+
+def best_record(records: Iterable[dict]) -> dict | None:
+    """The most accurate successful record; on ties the one committed first, which is the one
+    best.py holds (the journal replaces it only on a strictly better accuracy)."""
+    best: dict | None = None
+    best_acc = -math.inf
+    for rec in records:
+        acc = accuracy_of(rec)
+        if acc is not None and acc > best_acc:
+            best, best_acc = rec, acc
+    return best
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def correlations(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float | None]:
+    """Spearman rho and Kendall tau with their p-values (None where undefined)."""
+    out: dict[str, float | None] = dict.fromkeys(
+        ("spearman_rho", "spearman_p", "kendall_tau", "kendall_p")
+    )
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
+    if len(x) < 2 or np.ptp(y) == 0 or np.ptp(x) == 0:
+        return out
+    rho, tau = sps.spearmanr(x, y), sps.kendalltau(x, y)
+    out["spearman_rho"], out["spearman_p"] = _finite(rho.statistic), _finite(rho.pvalue)
+    out["kendall_tau"], out["kendall_p"] = _finite(tau.statistic), _finite(tau.pvalue)
+    return out
+
+
+def summarize(records: Sequence[dict]) -> dict:
+    """summary.json, the paper's Table 2 for one run: iterations, successes, success rate,
+    first/best accuracy, improvement, and Spearman/Kendall between iteration number and
+    accuracy over the successes (None where undefined)."""
+    pairs = successes(records)
+    total = len(records)
+    first = pairs[0][1] if pairs else None
+    best = best_record(records)
+    best_acc = accuracy_of(best) if best else None
+    return {
+        "iterations": total,
+        "successful": len(pairs),
+        "success_rate": len(pairs) / total if total else None,
+        "first_accuracy": first,
+        "first_iteration": pairs[0][0] if pairs else None,
+        "best_accuracy": best_acc,
+        "best_iteration": iteration_of(best) if best else None,
+        "best_chain": record_chain(best) if best else None,
+        "improvement": best_acc - first if best_acc is not None and first is not None else None,
+        **correlations([p[0] for p in pairs], [p[1] for p in pairs]),
+    }
