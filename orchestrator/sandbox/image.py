@@ -11,7 +11,6 @@ sha256 of runner.py and of the Dockerfile as labels, so the host rebuilds it whe
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import subprocess
@@ -26,6 +25,7 @@ from rich.console import Console
 from rich.text import Text
 
 from orchestrator.resources import DOCKERFILE, OFFLINE_BASE_SCRIPT, RUNNER_PATH
+from orchestrator.store.files import sha256_file
 
 IMAGE = "orchestrator-sandbox:latest"
 OFFLINE_BASE = "orchestrator-base:offline"
@@ -42,13 +42,9 @@ class ImageBuildError(RuntimeError):
     """Building the sandbox image (or its offline base) failed."""
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def expected_labels() -> dict[str, str]:
     """The labels an up-to-date image carries."""
-    return {LABEL_RUNNER: file_sha256(RUNNER_PATH), LABEL_DOCKERFILE: file_sha256(DOCKERFILE)}
+    return {LABEL_RUNNER: sha256_file(RUNNER_PATH), LABEL_DOCKERFILE: sha256_file(DOCKERFILE)}
 
 
 def _get(client: docker.DockerClient, name: str):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -17,6 +19,34 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     if mode is not None:
         os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def append_line(path: Path, line: bytes) -> None:
+    """Append one line (its newline included) and fsync it; a failed write is cut off again,
+    so the file stays a sequence of whole lines."""
+    data = memoryview(line)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file, read in blocks (model weights do not fit in memory)."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:

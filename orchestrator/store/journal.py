@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from orchestrator.store.files import fsync_dir, write_atomic
+from orchestrator.store.files import append_line, fsync_dir, write_atomic
 from orchestrator.store.records import best_record, summarize
 from orchestrator.store.run import (
     BEST_FILE,
@@ -116,21 +116,8 @@ class Journal:
             return summarize(self._records or [])
 
     def _append(self, record: dict) -> None:
-        """One fsynced line; a failed write is cut off again, so the file stays whole."""
-        line = memoryview(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
-        fd = os.open(self.root / ITERATIONS_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            start = os.lseek(fd, 0, os.SEEK_END)
-            try:
-                while line:
-                    line = line[os.write(fd, line):]
-                os.fsync(fd)
-            except OSError:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
-                raise
-        finally:
-            os.close(fd)
+        append_line(self.root / ITERATIONS_FILE,
+                    orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
 
     def write_best(self, code: str) -> None:
         write_atomic(self.root / BEST_FILE, code.encode())
