@@ -1,0 +1,1 @@
+"""NNGPT fine-tuning cycles: the corpus, LoRA training, and export to Ollama."""

@@ -1,0 +1,300 @@
+"""The fine-tuning corpus: prompt-code pairs selected as NNGPT selects them.
+
+A candidate of a run enters the corpus when it (i) trained (status ok, finite accuracy), (ii)
+reached the accuracy threshold (per dataset by default: `stats.DEFAULT_THRESHOLDS`, NNGPT's
+40/20/70 % for CIFAR-10/CIFAR-100/SVHN; none for a dataset without one) and (iii) is novel:
+its MinHash-Jaccard similarity is below tau to every corpus entry and to every candidate
+earlier in the same selection that trained, admitted or not (NNGPT compares with the corpus and
+with the earlier generations of the cycle).
+
+`corpus.jsonl` holds one chat-format entry per line, with its provenance:
+`{"messages": [system, user, assistant], "source": {...}}`; the assistant message is the code,
+the system and user messages the prompt the generator got (a task description and the default
+system message where the record kept none). `source` is `{run, dataset, iteration, chain,
+accuracy, cycle}` for a candidate and `{file, line}` for a user-given pair (`Corpus.seed`).
+Entries are appended one fsynced line at a time; a torn last line (a kill mid-write) is cut off
+when the corpus is loaded again, and a selection repeated after a crash skips the candidates
+already in (counted as `already`), so the outer loop can simply run it again.
+
+`export_corpus` (`orchestrator export --corpus`) builds a fresh corpus from finished runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+from datasketch import MinHash
+
+from orchestrator.analysis import stats
+from orchestrator.resources import PROMPTS_DIR
+from orchestrator.search.novelty import TAU, NoveltyIndex
+from orchestrator.store.files import append_line, fsync_dir, write_atomic
+from orchestrator.store.records import accuracy_of, record_chain
+from orchestrator.store.run import Run, complete_length, read_records
+
+DEFAULT_TAU = TAU  # 0.90, NNGPT's near-duplicate threshold
+SYSTEM_FALLBACK = ("You are an expert PyTorch architecture designer. You write complete, "
+                   "correct, runnable code.")
+
+
+@dataclass
+class Selection:
+    """What one `select` or `seed` call did with each candidate (every one counted once)."""
+
+    admitted: int = 0
+    duplicates: int = 0  # trained and good enough, but a near-copy (similarity >= tau)
+    below_threshold: int = 0
+    failed: int = 0  # did not train (or no code); for `seed`: a line without a prompt-code pair
+    already: int = 0  # in the corpus from an earlier call (a resumed selection)
+
+
+@functools.cache
+def default_system() -> str:
+    """The generator's system message (prompts/generator_system.txt) for prompts without one."""
+    try:
+        text = (PROMPTS_DIR / "generator_system.txt").read_text(encoding="utf-8").strip()
+    except OSError:
+        return SYSTEM_FALLBACK
+    return text or SYSTEM_FALLBACK
+
+
+def with_system(messages: list[dict]) -> list[dict]:
+    """`messages` with the default system message first when they have none."""
+    if any(m["role"] == "system" for m in messages):
+        return messages
+    return [{"role": "system", "content": default_system()}, *messages]
+
+
+def task_prompt(run: Run) -> str:
+    """A task description for a record without a stored generator prompt."""
+    cfg = run.config
+    shape = cfg.get("input_shape")
+    classes = cfg.get("num_classes")
+    detail = ""
+    if shape:
+        detail += f" Inputs are tensors of shape [B, {', '.join(map(str, shape))}]."
+    if classes:
+        detail += f" The output must be logits of shape [B, {classes}]."
+    return (
+        f"Write a PyTorch image classifier for the {run.dataset} dataset, trained from scratch "
+        f"without pre-trained weights.{detail} Define `class Net(nn.Module)` whose constructor "
+        "takes no arguments, with `__init__` and `forward`. Return only the Python code."
+    )
+
+
+def prompt_messages(run: Run, rec: dict) -> list[dict]:
+    """The generator's prompt as chat messages, system first: the stored messages, the stored
+    text, or a task description."""
+    prompts = rec.get("prompts") if isinstance(rec.get("prompts"), dict) else {}
+    prompt = prompts.get("generator")
+    if isinstance(prompt, str) and prompt.strip():
+        return with_system([{"role": "user", "content": prompt}])
+    if isinstance(prompt, list):  # the loop stores the chat messages it sent
+        msgs = [{"role": m["role"], "content": m["content"]} for m in prompt
+                if isinstance(m, dict) and m.get("role") in ("system", "user")
+                and isinstance(m.get("content"), str)]
+        if any(m["role"] == "user" for m in msgs):
+            return with_system(msgs)
+    return with_system([{"role": "user", "content": task_prompt(run)}])
+
+
+def entry_code(entry: dict) -> str | None:
+    """The code of a corpus entry: its last assistant message."""
+    messages = entry.get("messages")
+    for msg in reversed(messages if isinstance(messages, list) else []):
+        if isinstance(msg, dict) and msg.get("role") == "assistant":
+            content = msg.get("content")
+            return content if isinstance(content, str) else None
+    return None
+
+
+def _source_key(source: object) -> tuple | None:
+    """What identifies an entry's origin: (run, chain, iteration) or (file, line)."""
+    if not isinstance(source, dict):
+        return None
+    if "run" in source:
+        return ("run", source.get("run"), source.get("chain", 0), source.get("iteration"))
+    if "file" in source:
+        return ("file", source.get("file"), source.get("line"))
+    return None
+
+
+def _pair(line: bytes) -> tuple[list[dict], str] | None:
+    """(prompt messages, code) of a user-given line: `{"messages": [...]}` (the code is the
+    last assistant message) or `{"prompt": ..., "code": ...}`; None when it holds no pair."""
+    try:
+        item = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(item, dict):
+        return None
+    if isinstance(item.get("messages"), list):
+        msgs = [{"role": m["role"], "content": m["content"]} for m in item["messages"]
+                if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
+                and isinstance(m.get("content"), str)]
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
+        if last is None:
+            return None
+        prompt, code = msgs[:last], msgs[last]["content"]
+    elif isinstance(item.get("prompt"), str) and isinstance(item.get("code"), str):
+        prompt, code = [{"role": "user", "content": item["prompt"]}], item["code"]
+    else:
+        return None
+    if not code.strip() or not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+        return None
+    return with_system(prompt), code
+
+
+class Corpus:
+    """`corpus.jsonl`, loaded and indexed for novelty; grown by `seed` and `select`."""
+
+    def __init__(self, path: Path, tau: float = DEFAULT_TAU) -> None:
+        self.path = Path(path)
+        self.tau = tau
+        self.warnings: list[str] = []
+        self._entries: list[dict] = []
+        self._sources: set[tuple] = set()
+        self._index = NoveltyIndex(tau=tau)
+        self._load()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def entries(self) -> list[dict]:
+        return list(self._entries)
+
+    def _load(self) -> None:
+        """Read the entries, cutting off a torn last line so the next append starts clean."""
+        if not self.path.exists():
+            return
+        size = self.path.stat().st_size
+        end = complete_length(self.path.read_bytes())
+        if end < size:
+            with open(self.path, "r+b") as f:
+                f.truncate(end)
+                os.fsync(f.fileno())
+            self.warnings.append(f"{self.path.name}: torn last line cut off")
+        for entry in read_records(self.path, self.warnings):
+            key = _source_key(entry.get("source"))
+            if key is not None:
+                self._sources.add(key)
+            code = entry_code(entry)
+            if code is not None:
+                self._index.add(len(self._entries), code)
+            self._entries.append(entry)
+
+    def reference(self, paths: Iterable[str | Path]) -> int:
+        """Index reference code that candidates must be novel against without adding it to
+        the corpus: .py files, folders of them, chat-format .jsonl corpora."""
+        return self._index.add_corpus(paths)
+
+    def seed(self, jsonl: Path) -> Selection:
+        """Add user-given prompt-code pairs (one JSON object a line), novelty-filtered like
+        candidates; no accuracy threshold."""
+        path = Path(jsonl)
+        file = str(path.resolve())
+        got, seen = Selection(), NoveltyIndex(tau=self.tau)
+        for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            key = ("file", file, n)
+            if key in self._sources:
+                got.already += 1
+                continue
+            pair = _pair(line)
+            if pair is None:
+                got.failed += 1
+                continue
+            prompt, code = pair
+            entry = {"messages": [*prompt, {"role": "assistant", "content": code}],
+                     "source": {"file": file, "line": n}}
+            self._consider(got, seen, key, entry, code, below=False)
+        return got
+
+    def select(self, run: Run, cycle: int | None = None,
+               threshold: float | None = None) -> Selection:
+        """Admit the run's good and novel candidates, in commit order (see the module
+        docstring). `threshold` None: the default of the run's dataset, if it has one."""
+        thr = threshold if threshold is not None else stats.default_threshold(run.dataset)
+        got, seen = Selection(), NoveltyIndex(tau=self.tau)
+        for rec in run.records:
+            chain, iteration = record_chain(rec), rec.get("iteration")
+            key = ("run", run.name, chain, iteration)
+            if key in self._sources:
+                got.already += 1
+                continue
+            acc = accuracy_of(rec)
+            code = run.code(rec) if acc is not None else None
+            if acc is None or code is None:
+                got.failed += 1
+                continue
+            entry = {"messages": [*prompt_messages(run, rec),
+                                  {"role": "assistant", "content": code}],
+                     "source": {"run": run.name, "dataset": run.dataset, "iteration": iteration,
+                                "chain": chain, "accuracy": acc, "cycle": cycle}}
+            self._consider(got, seen, key, entry, code, below=thr is not None and acc < thr)
+        return got
+
+    def _consider(self, got: Selection, seen: NoveltyIndex, key: tuple, entry: dict,
+                  code: str, below: bool) -> None:
+        """Admit `entry` unless below the threshold or a near-copy of the corpus or of a
+        candidate earlier in this call (`seen`, which then remembers it)."""
+        sig = self._index.signature(code)
+        if below:
+            got.below_threshold += 1
+        elif max(self._index.query(sig)[0], seen.query(sig)[0]) >= self.tau:
+            got.duplicates += 1
+        else:
+            self._append(key, entry, sig)
+            got.admitted += 1
+            return
+        seen.add(len(seen), sig)
+
+    def _append(self, key: tuple, entry: dict, sig: MinHash) -> None:
+        new = not self.path.exists()
+        if new:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        append_line(self.path, orjson.dumps(entry) + b"\n")
+        if new:
+            fsync_dir(self.path.parent)
+        self._index.add(len(self._entries), sig)
+        self._entries.append(entry)
+        self._sources.add(key)
+
+
+def export_line(entry: dict) -> dict:
+    """An exported example: the entry, with its run, dataset, iteration and accuracy also at
+    the top level (the export format before provenance was added)."""
+    source = entry.get("source") if isinstance(entry.get("source"), dict) else {}
+    return {"messages": entry["messages"], "accuracy": source.get("accuracy"),
+            "run": source.get("run"), "dataset": source.get("dataset"),
+            "iteration": source.get("iteration"), "source": source}
+
+
+def export_corpus(runs: Iterable[Run], out_path: str | Path, threshold: float | None = None,
+                  tau: float = DEFAULT_TAU, reference: Iterable[str | Path] = ()) -> int:
+    """Write a fresh corpus of `runs` (selected one run after another, see the module
+    docstring) as JSONL; returns the number of examples written.
+
+    `threshold` None uses each run's dataset default (stats.DEFAULT_THRESHOLDS); a dataset
+    without a default then accepts every success. `reference` code counts as already in.
+    """
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = out.with_name(f".{out.name}.building")
+    building.unlink(missing_ok=True)
+    try:
+        corpus = Corpus(building, tau)
+        corpus.reference(reference)
+        for run in runs:
+            corpus.select(run, threshold=threshold)
+        write_atomic(out, b"".join(orjson.dumps(export_line(e)) + b"\n"
+                                   for e in corpus.entries()))
+    finally:
+        building.unlink(missing_ok=True)
+    return len(corpus)
