@@ -44,3 +44,12 @@ def fake_ollama():
     yield start
     for server in servers:
         server.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Qwen2 causal LM with a real ChatML tokenizer (random weights), built once."""
+    pytest.importorskip("transformers", reason="NOT TESTED: the [finetune] extra is not installed")
+    from tests.tiny_lm import build_tiny_qwen2
+
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny_lm") / "tiny-qwen2")

@@ -3,6 +3,9 @@
 Replies to /api/chat come from a script (consumed in order), then from a default. The server
 records every request and shuts down promptly even while a delayed handler is waiting.
 
+It also takes model imports as Ollama does: blobs uploaded to /api/blobs/sha256:<hex> (checked
+against their digest), then /api/create naming them, which adds the model to its list.
+
 Like Ollama's scheduler (`server/sched.go`, `needsReload`), it counts a model *load* whenever a
 chat request asks for a model that is not loaded, or for a loaded model with different runner
 options (`RUNNER_OPTIONS`; `num_ctx` above all): on a real server each of those reloads the
@@ -29,6 +32,18 @@ UNPULLABLE_ERROR = "pull model manifest: file does not exist"
 # The options a loaded runner is started with (Ollama's api.Runner); a request that asks for
 # other values reloads the model. Absent options take the server's defaults.
 RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
+# What /api/show says of a model the server did not create: qwen2.5-coder's template (ChatML)
+# and parameters.
+SHOW_TEMPLATE = (
+    "{{- if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}"
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
+SHOW_PARAMETERS = (
+    'stop                           "<|im_start|>"\n'
+    'stop                           "<|im_end|>"'
+)
+BLOB_PATH = re.compile(r"^/api/blobs/(sha256:[0-9a-f]{64})$")
 
 
 @dataclass
@@ -109,13 +124,29 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.fake._dispatch(self, "HEAD", None)
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._read_body()
+        if BLOB_PATH.match(self.path):  # a blob upload: the raw bytes
+            self.server.fake._dispatch(self, "POST", raw)
+            return
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = {"_raw": raw.decode("utf-8", "replace")}
         self.server.fake._dispatch(self, "POST", body)
+
+    def _read_body(self) -> bytes:
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            parts = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
 
     # -- writing ---------------------------------------------------------------------------
     def send_json(self, status: int, obj: Any) -> None:
@@ -125,6 +156,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+
+    def send_empty(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def send_text(self, status: int, text: str) -> None:
         data = text.encode()
@@ -171,6 +207,10 @@ class FakeOllama:
         self._runners: dict[str, tuple] = {}  # model -> runner options it is loaded with
         self._loads: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
+        self._blobs: dict[str, int] = {}  # digest -> size of the uploaded blobs
+        self._uploads: list[str] = []  # digests of the accepted uploads, in order
+        self._creates: list[dict[str, Any]] = []  # /api/create bodies, in order
+        self._created: dict[str, dict[str, Any]] = {}  # created model -> its create body
         self.version = version
         self.context_length = context_length  # what /api/show says of every model
         self.thinking = thinking  # whether /api/show lists "thinking" among the capabilities
@@ -237,6 +277,21 @@ class FakeOllama:
         """Loads after each model's first: each a reload of its weights on a real server."""
         return sum(n - 1 for n in self.loads().values())
 
+    def blobs(self) -> dict[str, int]:
+        """The blobs uploaded so far: 'sha256:<hex>' -> size in bytes."""
+        with self._lock:
+            return dict(self._blobs)
+
+    def uploads(self) -> list[str]:
+        """The digests of the accepted blob uploads in arrival order (a repeat shows twice)."""
+        with self._lock:
+            return list(self._uploads)
+
+    def creates(self) -> list[dict[str, Any]]:
+        """The bodies of the /api/create requests, in arrival order (failed ones included)."""
+        with self._lock:
+            return [dict(body) for body in self._creates]
+
     def add_script(self, *items: ScriptItem) -> None:
         """Append replies to the script."""
         with self._lock:
@@ -244,8 +299,13 @@ class FakeOllama:
 
     # -- routing ---------------------------------------------------------------------------
     def _dispatch(self, h: _Handler, method: str, body: Any) -> None:
-        with self._lock:
-            self._requests.append((h.path, body))
+        with self._lock:  # a blob upload is recorded by its size
+            self._requests.append((h.path, {"bytes": len(body)} if isinstance(body, bytes)
+                                   else body))
+        blob = BLOB_PATH.match(h.path)
+        if blob and method in ("HEAD", "POST"):
+            (self._has_blob if method == "HEAD" else self._put_blob)(h, blob[1], body)
+            return
         routes: dict[tuple[str, str], Callable[[_Handler, Any], None]] = {
             ("GET", "/"): lambda h, b: h.send_text(200, "Ollama is running"),
             ("HEAD", "/"): lambda h, b: h.send_text(200, "Ollama is running"),
@@ -254,6 +314,7 @@ class FakeOllama:
             ("POST", "/api/show"): self._show,
             ("POST", "/api/pull"): self._pull,
             ("POST", "/api/chat"): self._chat,
+            ("POST", "/api/create"): self._create,
         }
         route = routes.get((method, h.path))
         if route is None:
@@ -280,7 +341,69 @@ class FakeOllama:
         if self._lookup(name) is None:
             h.send_json(404, {"error": f"model '{name}' not found"})
             return
-        h.send_json(200, _show_body(full_name(name), self.context_length, self.thinking))
+        shown = _show_body(full_name(name), self.context_length, self.thinking)
+        with self._lock:
+            created = self._created.get(full_name(name))
+        if created is not None:
+            shown["template"] = created.get("template") or shown["template"]
+            shown["parameters"] = _modelfile_parameters(created.get("parameters") or {})
+        h.send_json(200, shown)
+
+    # -- blobs and create ------------------------------------------------------------------
+    def _has_blob(self, h: _Handler, digest: str, body: Any) -> None:
+        with self._lock:
+            stored = digest in self._blobs
+        h.send_empty(200 if stored else 404)
+
+    def _put_blob(self, h: _Handler, digest: str, data: bytes) -> None:
+        actual = "sha256:" + hashlib.sha256(data).hexdigest()
+        if actual != digest:
+            h.send_json(400, {"error": "digest mismatch, expected "
+                                       f"\"{digest}\", got \"{actual}\""})
+            return
+        with self._lock:
+            self._blobs[digest] = len(data)
+            self._uploads.append(digest)
+        h.send_empty(201)
+
+    def _create(self, h: _Handler, body: dict[str, Any]) -> None:
+        with self._lock:
+            self._creates.append(dict(body))
+        name = full_name(body.get("model") or "")
+        files = body.get("files") or {}
+        if not body.get("model") or not (files or body.get("from")):
+            h.send_json(400, {"error": "neither 'from' or 'files' was specified"})
+            return
+        with self._lock:
+            missing = [d for d in files.values() if d not in self._blobs]
+        if missing:
+            h.send_json(400, {"error": f"blob {missing[0]} not found"})
+            return
+        with self._lock:
+            digest = hashlib.sha256(f"{name}#{len(self._creates)}#{sorted(files.items())}"
+                                    .encode()).hexdigest()  # fresh for every create
+        lines = list(self._create_progress(name, digest, body))
+        if body.get("stream", True):
+            h.send_ndjson(lines)
+        else:
+            h.send_json(200, lines[-1])
+
+    def _create_progress(self, name: str, digest: str,
+                         body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield {"status": "converting model"}
+        quantize = body.get("quantize")
+        if quantize:
+            total = 12_000_000
+            for completed in (0, total // 2, total):
+                yield {"status": f"quantizing F16 model to {quantize.upper()}",
+                       "digest": "0", "total": total, "completed": completed}
+        yield {"status": "using existing layer sha256:" + fake_digest(name)}
+        yield {"status": "writing manifest"}
+        with self._lock:
+            self._models[name] = digest
+            self._created[name] = dict(body)
+            self._runners.pop(name, None)  # a new model: the next chat loads it
+        yield {"status": "success"}
 
     # -- pull ------------------------------------------------------------------------------
     def _pull(self, h: _Handler, body: dict[str, Any]) -> None:
@@ -421,12 +544,23 @@ def _details() -> dict[str, Any]:
     }
 
 
+def _modelfile_parameters(params: dict[str, Any]) -> str:
+    """Parameters as /api/show gives them: Modelfile lines, one per value, strings quoted."""
+    lines = []
+    for key, value in params.items():
+        for item in value if isinstance(value, list) else [value]:
+            text = json.dumps(item) if isinstance(item, str) else str(item).lower() \
+                if isinstance(item, bool) else str(item)
+            lines.append(f"{key:<30} {text}")
+    return "\n".join(lines)
+
+
 def _show_body(name: str, context_length: int, thinking: bool = False) -> dict[str, Any]:
     return {
         "license": "Apache License 2.0",
         "modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {name}\n",
-        "parameters": 'stop "<|im_end|>"',
-        "template": "{{ .Prompt }}",
+        "parameters": SHOW_PARAMETERS,
+        "template": SHOW_TEMPLATE,
         "details": _details(),
         "model_info": {
             "general.architecture": "qwen2",

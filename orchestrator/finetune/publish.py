@@ -1,0 +1,287 @@
+"""A fine-tuned model into Ollama: merge the LoRA adapter into the base, then import it.
+
+Why merge first: Ollama imports a safetensors *adapter* (`ADAPTER` in a Modelfile, `adapters` in
+/api/create) only for some architectures (Llama, Mistral, Gemma), and not for Qwen2, the
+architecture of the Qwen2.5-Coder generators. A merged model is a plain safetensors model, which
+Ollama converts (and quantises) for Qwen2 as well.
+
+`merge` writes the merged weights as bf16 safetensors, the config, and the tokenizer with its
+chat template (in tokenizer_config.json, where Ollama's converter reads it); `publish` uploads
+each file of that folder as a blob (`/api/blobs/sha256:<hex>`, skipped when the server has it),
+then creates the model from the blobs with /api/create, carrying the base model's prompt
+template and parameters (from /api/show of `base_tag`), and returns its digest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import ollama
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+from orchestrator.finetune.train import FinetuneError, base_reference, require_extra
+from orchestrator.llm.client import (
+    CONNECT_TIMEOUT,
+    LLMError,
+    ServerUnreachable,
+    default_host,
+    full_model_name,
+    normalize_host,
+)
+from orchestrator.store.files import sha256_file
+
+MERGED_MARKER = ".merged.json"  # written last into a finished merge; never uploaded
+UPLOAD_CHUNK = 1 << 20
+TRANSFER_TIMEOUT = 3600.0  # one read or write: converting and quantising a 7B model is slow
+
+
+class PublishError(LLMError):
+    """Uploading or creating the model in Ollama failed; the message says why."""
+
+
+# -- merge -----------------------------------------------------------------------------------
+def merge(base: str | Path, adapter_dir: Path, out_dir: Path) -> Path:
+    """Merge the LoRA adapter into `base` (a hub id or a folder) and save it into `out_dir`:
+    bf16 safetensors, config, generation config, tokenizer with its chat template. Returns
+    `out_dir`; does nothing when `out_dir` already holds a finished merge."""
+    out_dir = Path(out_dir)
+    adapter_dir = Path(adapter_dir)
+    if (out_dir / MERGED_MARKER).is_file():
+        return out_dir
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise FinetuneError(f"{adapter_dir} holds no LoRA adapter (no adapter_config.json)")
+    base_ref = base_reference(base)
+    require_extra()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_ref, dtype="auto")
+        tokenizer = AutoTokenizer.from_pretrained(base_ref)
+    except OSError as exc:
+        raise FinetuneError(f"cannot load base model {base_ref}: {exc}") from exc
+    merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+    merged = merged.to(torch.bfloat16)
+    staging = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    merged.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging, save_jinja_files=False)
+    (staging / MERGED_MARKER).write_text(
+        json.dumps({"base": base_ref, "adapter": str(adapter_dir.resolve())}), encoding="utf-8"
+    )
+    shutil.rmtree(out_dir, ignore_errors=True)  # a merge from before, cut short
+    os.replace(staging, out_dir)
+    return out_dir
+
+
+def model_files(merged_dir: Path) -> list[Path]:
+    """The files Ollama imports from a merged folder: every regular file but hidden ones."""
+    merged_dir = Path(merged_dir)
+    if not (merged_dir / "config.json").is_file():
+        raise PublishError(f"{merged_dir} is not a merged model folder (no config.json)")
+    files = sorted(p for p in merged_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not any(p.suffix == ".safetensors" for p in files):
+        raise PublishError(f"{merged_dir} has no .safetensors weights")
+    return files
+
+
+def file_digest(path: Path) -> str:
+    """'sha256:<hex>' of a file, the name Ollama gives its blob."""
+    return f"sha256:{sha256_file(path)}"
+
+
+def parse_parameters(text: str | None) -> dict[str, Any]:
+    """/api/show's `parameters` (Modelfile lines `name value`) as /api/create's mapping: a
+    repeated name (stop) becomes a list, numbers and booleans their values."""
+    params: dict[str, Any] = {}
+    for line in (text or "").splitlines():
+        name, _, raw = line.strip().partition(" ")
+        if not name or not raw.strip():
+            continue
+        value = _parameter_value(raw.strip())
+        if name == "stop":
+            params.setdefault(name, []).append(str(value))
+        else:
+            params[name] = value
+    return params
+
+
+def _parameter_value(raw: str) -> Any:
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw[1:-1]
+    if raw in ("true", "false"):
+        return raw == "true"
+    if re.fullmatch(r"[-+]?\d+", raw):
+        return int(raw)
+    try:
+        return float(raw)
+    except ValueError:
+        return raw
+
+
+# -- publish ---------------------------------------------------------------------------------
+def publish(
+    host: str | None,
+    merged_dir: Path,
+    tag: str,
+    base_tag: str | None = None,
+    quantize: str | None = "q4_K_M",
+    progress: bool = True,
+) -> str:
+    """Create Ollama model `tag` from the merged folder on the server at `host` (None: the
+    default, $OLLAMA_HOST) and return its digest. PublishError when the server cannot be
+    reached, does not know `base_tag`, or fails to take a blob or to create the model."""
+    host = normalize_host(host) if host else default_host()
+    files = model_files(merged_dir)
+    timeout = httpx.Timeout(TRANSFER_TIMEOUT, connect=CONNECT_TIMEOUT)
+    client = ollama.Client(host=host, timeout=timeout)
+    try:
+        with httpx.Client(base_url=host, timeout=timeout) as http:
+            template, parameters = _base_settings(client, host, base_tag)
+            digests = {path.name: _upload(http, host, path, progress) for path in files}
+            request: dict[str, Any] = {"model": tag, "files": digests, "quantize": quantize}
+            if template:
+                request["template"] = template
+            if parameters:
+                request["parameters"] = parameters
+            _create(client, host, request, progress)
+            return _digest_of(client, host, tag)
+    finally:
+        client.close()
+
+
+def _unreachable(host: str, what: str, exc: BaseException) -> PublishError:
+    return PublishError(str(ServerUnreachable(host, f"{what}: {type(exc).__name__}")))
+
+
+def _base_settings(client: ollama.Client, host: str,
+                   base_tag: str | None) -> tuple[str | None, dict[str, Any]]:
+    if not base_tag:
+        return None, {}
+    try:
+        shown = client.show(base_tag)
+    except ollama.ResponseError as exc:
+        raise PublishError(f"the base model {base_tag} is not usable on {host} "
+                           f"(HTTP {exc.status_code}: {exc.error}); its template and parameters "
+                           "are needed") from exc
+    except (ConnectionError, httpx.HTTPError) as exc:
+        raise _unreachable(host, f"showing {base_tag}", exc) from exc
+    return shown.template, parse_parameters(shown.parameters)
+
+
+def _upload(http: httpx.Client, host: str, path: Path, progress: bool) -> str:
+    """Upload one file as a blob unless the server has it; returns its digest."""
+    digest = file_digest(path)
+    url = f"/api/blobs/{digest}"
+    size = path.stat().st_size
+    try:
+        if http.head(url).status_code == 200:
+            return digest
+        with _Bar(progress, path.name, size) as bar:
+            response = http.post(url, content=bar.read(path),
+                                 headers={"Content-Length": str(size)})
+    except httpx.TransportError as exc:
+        raise _unreachable(host, f"uploading {path.name}", exc) from exc
+    if response.status_code not in (200, 201):
+        raise PublishError(f"{host} did not take {path.name} as blob {digest}: "
+                           f"HTTP {response.status_code}: {_error_text(response)}")
+    return digest
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("error") or response.text)
+    except ValueError:
+        return response.text.strip()
+
+
+def _create(client: ollama.Client, host: str, request: dict[str, Any], progress: bool) -> None:
+    tag = request["model"]
+    try:
+        stream = client.create(**request, stream=True)
+        if progress:
+            _show_create(tag, stream)
+        else:
+            last = None
+            for part in stream:
+                last = part
+            if last is None or last.status != "success":
+                raise PublishError(f"creating {tag} on {host} ended without success")
+    except ollama.ResponseError as exc:
+        code = f"HTTP {exc.status_code}" if exc.status_code > 0 else "mid-stream"
+        raise PublishError(f"creating {tag} on {host} failed ({code}): {exc.error}") from exc
+    except (ConnectionError, httpx.HTTPError) as exc:
+        raise _unreachable(host, f"creating {tag}", exc) from exc
+
+
+def _digest_of(client: ollama.Client, host: str, tag: str) -> str:
+    try:
+        listing = client.list()
+    except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
+        raise PublishError(f"listing the models on {host} after creating {tag}: {exc}") from exc
+    for model in listing.models:
+        if model.model and full_model_name(model.model) == full_model_name(tag) and model.digest:
+            return model.digest
+    raise PublishError(f"{host} reported creating {tag}, but does not list it")
+
+
+# -- progress --------------------------------------------------------------------------------
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                    TransferSpeedColumn(), console=Console(stderr=True))
+
+
+class _Bar:
+    """An upload's progress bar (nothing when not `progress`), fed by `read`."""
+
+    def __init__(self, progress: bool, name: str, size: int) -> None:
+        self.bar = _progress() if progress else None
+        self.name = name
+        self.size = size
+
+    def __enter__(self) -> _Bar:
+        if self.bar is not None:
+            self.bar.start()
+            self.task = self.bar.add_task(f"uploading {self.name}", total=self.size)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def read(self, path: Path) -> Iterator[bytes]:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(UPLOAD_CHUNK), b""):
+                yield block
+                if self.bar is not None:
+                    self.bar.advance(self.task, len(block))
+
+
+def _show_create(tag: str, stream: Iterable[ollama.ProgressResponse]) -> None:
+    """Render /api/create's progress: a bar per digest with a total, a line per status."""
+    last = None
+    with _progress() as bar:
+        tasks: dict[str, Any] = {}
+        status = ""
+        for last in stream:
+            if last.digest and last.total:
+                if last.digest not in tasks:
+                    tasks[last.digest] = bar.add_task(f"{tag}: {last.status}", total=last.total)
+                bar.update(tasks[last.digest], completed=last.completed or 0, total=last.total)
+            elif last.status and last.status != status:
+                status = last.status
+                bar.console.print(f"{tag}: {status}")
+    if last is None or last.status != "success":
+        raise PublishError(f"creating {tag} ended without success")
