@@ -332,10 +332,14 @@ def report(
                                             "(default: the first run).")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the metrics as JSON.")] = False,
 ) -> None:
-    """Table 2 statistics, per-window statistics, plot, Markdown and HTML for runs."""
+    """Table 2 statistics, per-window statistics, plot, Markdown and HTML for runs; for a
+    cycles directory, NNGPT's per-cycle table and plot."""
     from orchestrator.analysis.report import build_report
     from orchestrator.store.run import read_run
 
+    if len(runs) == 1 and (Path(runs[0]) / "cycles.json").exists():
+        _cycles_report(Path(runs[0]), threshold, out_dir, as_json)
+        return
     try:
         loaded = [read_run(r, results_dir) for r in runs]
     except FileNotFoundError as exc:
@@ -347,6 +351,32 @@ def report(
     print(result.markdown)
     for kind, path in result.files.items():
         console.print(f"{kind}: {path}", highlight=False)
+
+
+def _cycles_report(root: Path, threshold: float | None, out_dir: Path | None,
+                   as_json: bool) -> None:
+    from orchestrator.analysis.cycles import cycle_metrics, cycles_markdown, cycles_plot
+    from orchestrator.analysis.stats import default_threshold
+    from orchestrator.finetune.cycles import report_inputs
+
+    inputs, settings = report_inputs(root)
+    if not inputs:
+        raise fail(f"no finished cycle in {root} yet")
+    if threshold is None:
+        threshold = settings.threshold
+    if threshold is None:
+        threshold = default_threshold(inputs[0]["dataset"])
+    rows = cycle_metrics(inputs, threshold, settings.tau)
+    if as_json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    out = out_dir or root
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = cycles_markdown(rows)
+    (out / "cycles.md").write_text(markdown)
+    (out / "cycles.png").write_bytes(cycles_plot(rows))
+    print(markdown)
+    console.print(f"markdown: {out / 'cycles.md'}\nplot: {out / 'cycles.png'}", highlight=False)
 
 
 @app.command()
@@ -388,7 +418,8 @@ def export(
     results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
     """Export the best architecture (--best) or a fine-tuning corpus (--corpus)."""
-    from orchestrator.analysis.export import export_best, export_corpus
+    from orchestrator.analysis.export import export_best
+    from orchestrator.finetune.corpus import export_corpus
     from orchestrator.store.run import read_run
 
     if not best and not corpus:
@@ -402,6 +433,125 @@ def export(
             console.print(f"corpus: {count} examples in {corpus}", highlight=False)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
+
+
+def _lora(rank: int, alpha: int, epochs: float, lr: float, load_in_4bit: bool):
+    from orchestrator.finetune.train import LoraSettings
+
+    return LoraSettings(rank=rank, alpha=alpha, epochs=epochs, lr=lr, load_in_4bit=load_in_4bit)
+
+
+RankOpt = Annotated[int, Opt(help="LoRA rank.")]
+AlphaOpt = Annotated[int, Opt(help="LoRA alpha.")]
+EpochsOpt = Annotated[float, Opt("--epochs", help="Fine-tuning epochs over the corpus.")]
+LrOpt = Annotated[float, Opt("--lr", help="Fine-tuning learning rate.")]
+FourBitOpt = Annotated[bool, Opt("--load-in-4bit", help="QLoRA: load the base in 4 bits (GPU).")]
+QuantizeOpt = Annotated[str | None, Opt(help="Ollama quantization of the published model "
+                                             "(q4_K_M, q8_0; `none` keeps bf16).")]
+
+
+@app.command()
+def finetune(
+    corpus: Annotated[Path, typer.Argument(help="Prompt-code corpus (JSONL, `messages`).")],
+    base_model: Annotated[str, Opt(help="Hugging Face id or folder of the base model (the "
+                                        "weights behind --base-tag).")],
+    out: Annotated[Path, Opt(help="Where the checkpoints and the adapter go.")],
+    tag: Annotated[str | None, Opt(help="Publish the merged model to Ollama as this tag.")]
+    = None,
+    base_tag: Annotated[str | None, Opt(help="Ollama model whose chat template and parameters "
+                                             "the published one takes.")] = None,
+    quantize: QuantizeOpt = "q4_K_M",
+    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
+    = None,
+    rank: RankOpt = 32, alpha: AlphaOpt = 32, epochs: EpochsOpt = 5, lr: LrOpt = 1e-5,
+    load_in_4bit: FourBitOpt = False,
+) -> None:
+    """LoRA fine-tune a base model on a corpus (resumes from --out), and optionally publish
+    the merged model to Ollama."""
+    from orchestrator.finetune.publish import merge, publish
+    from orchestrator.finetune.train import FinetuneError
+    from orchestrator.finetune.train import finetune as train
+
+    try:
+        result = train(base_model, corpus, out, _lora(rank, alpha, epochs, lr, load_in_4bit))
+        console.print(f"adapter: {result.adapter_dir} (loss {result.train_loss:.4f}, "
+                      f"{result.tokens_per_second:.0f} tokens/s)", highlight=False)
+        if tag:
+            merged = merge(base_model, result.adapter_dir, out / "merged")
+            digest = publish(ollama_host, merged, tag, base_tag,
+                             quantize=None if quantize == "none" else quantize)
+            console.print(f"published {tag} ({digest})", highlight=False)
+    except (FinetuneError, LLMError, OSError) as exc:
+        raise fail(str(exc)) from None
+
+
+@app.command()
+def cycles(
+    name: Annotated[str, Opt(help="Cycles directory under --results-dir.")],
+    config: Annotated[Path | None, Opt(help="TOML search settings of every cycle (as for "
+                                             "`run`).")] = None,
+    base_model: Annotated[str | None, Opt(help="Hugging Face id or folder of the base model "
+                                               "behind --base-tag.")] = None,
+    base_tag: Annotated[str | None, Opt(help="Ollama model the first cycle generates with.")]
+    = None,
+    cycles_: Annotated[int, Opt("--cycles", help="Number of cycles.")] = 3,
+    candidates: Annotated[int, Opt(help="Candidates generated per cycle.")] = 50,
+    mode: Annotated[str, Opt(help="fixed (NNGPT's fixed prompt) or feedback (the "
+                                  "feedback-memory search).")] = "fixed",
+    threshold: Annotated[float | None, Opt(help="Accuracy to enter the corpus (default per "
+                                                "dataset: CIFAR-10 0.40, CIFAR-100 0.20, "
+                                                "SVHN 0.70).")] = None,
+    tau: Annotated[float, Opt(help="Novelty: MinHash-Jaccard similarity below which a "
+                                   "candidate is new.")] = 0.90,
+    seed_corpus: Annotated[list[Path] | None, Opt(help="JSONL of prompt-code pairs to start "
+                                                       "the corpus from.")] = None,
+    from_run: Annotated[list[str] | None, Opt(help="Earlier run whose candidates start the "
+                                                   "corpus.")] = None,
+    tag_prefix: Annotated[str | None, Opt(help="Published tags are PREFIX:cN (default: the "
+                                               "base tag's name + -nas).")] = None,
+    quantize: QuantizeOpt = "q4_K_M",
+    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
+    = None,
+    results_dir: Annotated[Path, Opt(help="Where the cycles directory goes.")] = Path("results"),
+    rank: RankOpt = 32, alpha: AlphaOpt = 32, epochs: EpochsOpt = 5, lr: LrOpt = 1e-5,
+    load_in_4bit: FourBitOpt = False,
+    resume: Annotated[bool, Opt("--resume", help="Continue the cycles --name.")] = False,
+) -> None:
+    """NNGPT fine-tuning cycles: search, admit good and novel candidates to the corpus, LoRA
+    fine-tune, publish to Ollama, and search with the new model in the next cycle."""
+    from orchestrator.finetune.cycles import Cycles, CyclesError, CycleSettings
+    from orchestrator.finetune.train import FinetuneError
+    from orchestrator.store.run import read_run
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False)
+
+    root = results_dir / name
+    try:
+        if resume:
+            cycles = Cycles.open(root, say)
+        else:
+            if not (config and base_model and base_tag):
+                raise UserError("new cycles need --config, --base-model and --base-tag")
+            cfg = build(load_toml(config), {})
+            settings = CycleSettings(
+                name=name, base_model=base_model, base_tag=base_tag, cycles=cycles_,
+                candidates=candidates, mode=mode, threshold=threshold, tau=tau,
+                tag_prefix=tag_prefix, quantize=None if quantize == "none" else quantize,
+                ollama_host=ollama_host or cfg.ollama_host,
+                lora=_lora(rank, alpha, epochs, lr, load_in_4bit))
+            runs = [read_run(r, results_dir) for r in from_run or []]
+            cycles = Cycles.create(root, settings, config, seed_corpus, runs, say)
+        done = cycles.run()
+    except (CyclesError, ConfigError, UserError, LLMError, FileNotFoundError,
+            FinetuneError) as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        console.print(f"\nstopped; continue with: orchestrator cycles --name {name} --resume")
+        raise typer.Exit(130) from None
+    last = done[-1]
+    console.print(f"done: {len(done)} cycles; corpus {last['corpus_size']}; the generator is "
+                  f"now {last['tag']}", highlight=False)
 
 
 models_app = typer.Typer(help="Models on the Ollama server.", invoke_without_command=True)

@@ -14,6 +14,7 @@ import pytest
 from scipy import stats as sps
 
 from orchestrator.analysis import export, report
+from orchestrator.finetune import corpus
 from orchestrator.store.run import read_run
 
 HOSTILE = "<script>alert(1)</script>"
@@ -231,7 +232,7 @@ def test_export_corpus_dedups_and_thresholds(mixed, tmp_path: Path) -> None:
     twin = read_run(write_run(tmp_path, "twin", {1: ("ok", 0.60, NET_CNN),
                                                  2: ("ok", 0.70, NET_MLP)}))
     out = tmp_path / "corpus.jsonl"
-    count = export.export_corpus([mixed, twin], out, threshold=0.40)
+    count = corpus.export_corpus([mixed, twin], out, threshold=0.40)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert count == len(rows) == 2
     # mixed: 5 (NET_CNN, 0.52) accepted; 7 (0.45) is 5 with a docstring and a comment added;
@@ -241,11 +242,13 @@ def test_export_corpus_dedups_and_thresholds(mixed, tmp_path: Path) -> None:
     assert first["messages"] == [{"role": "system", "content": "You are an architect."},
                                  {"role": "user", "content": "Design a CIFAR-10 net (5)"},
                                  {"role": "assistant", "content": NET_CNN}]
-    assert first["accuracy"] == 0.52
-    assert export.export_corpus([mixed], out, threshold=0.9) == 0 and out.read_text() == ""
+    assert first["accuracy"] == 0.52 and first["dataset"] == "cifar10"
+    assert first["source"] == {"run": "mixed", "dataset": "cifar10", "iteration": 5, "chain": 0,
+                               "accuracy": 0.52, "cycle": None}
+    assert corpus.export_corpus([mixed], out, threshold=0.9) == 0 and out.read_text() == ""
     # With no threshold: 1, 3 and 5. Iteration 3 differs from 1 in one literal, but in a net this
     # short that changes ~10 of ~100 shingles (Jaccard ~0.8 < tau), so it counts as novel.
-    assert export.export_corpus([mixed], out, threshold=0.0) == 3
+    assert corpus.export_corpus([mixed], out, threshold=0.0) == 3
 
 
 def test_export_corpus_plain_text_prompt(tmp_path: Path) -> None:
@@ -254,9 +257,10 @@ def test_export_corpus_plain_text_prompt(tmp_path: Path) -> None:
     rec["prompts"] = {"generator": "Write a net.", "improver": None}
     (run_dir / "iterations.jsonl").write_text(json.dumps(rec) + "\n")
     out = tmp_path / "c.jsonl"
-    assert export.export_corpus([read_run(run_dir)], out) == 1
-    assert json.loads(out.read_text())["messages"][0] == {"role": "user",
-                                                          "content": "Write a net."}
+    assert corpus.export_corpus([read_run(run_dir)], out) == 1
+    system, user, _ = json.loads(out.read_text())["messages"]
+    assert system == {"role": "system", "content": corpus.default_system()}
+    assert user == {"role": "user", "content": "Write a net."}
 
 
 def test_export_corpus_reconstructs_missing_prompt(tmp_path: Path) -> None:
@@ -265,8 +269,8 @@ def test_export_corpus_reconstructs_missing_prompt(tmp_path: Path) -> None:
     rec.pop("prompts")
     (run_dir / "iterations.jsonl").write_text(json.dumps(rec) + "\n")
     out = tmp_path / "c.jsonl"
-    assert export.export_corpus([read_run(run_dir)], out) == 1  # svhn default threshold 0.70
-    prompt = json.loads(out.read_text())["messages"][0]["content"]
+    assert corpus.export_corpus([read_run(run_dir)], out) == 1  # svhn default threshold 0.70
+    prompt = json.loads(out.read_text())["messages"][1]["content"]
     assert "svhn" in prompt and "class Net(nn.Module)" in prompt
 
 

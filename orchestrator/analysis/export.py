@@ -1,24 +1,19 @@
-"""Exports: the best architecture as a standalone module, and an NNGPT-style corpus.
+"""Export the best architecture of a run as a standalone module with provenance.
 
-`export_best` writes the best `Net` with a provenance header. `export_corpus` writes one
-chat-format example per accepted architecture (successful, at or above the accuracy threshold,
-not a near-duplicate of an earlier accepted one by MinHash-Jaccard), across runs.
+`export_best` writes the best `Net` with a provenance header. The fine-tuning corpus
+(`orchestrator export --corpus`) is built in `orchestrator.finetune.corpus`.
 """
 
 from __future__ import annotations
 
 import ast
-import json
 import math
 import os
 import pprint
-from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 
-from orchestrator.analysis import stats
-from orchestrator.search.novelty import TAU, NoveltyIndex
-from orchestrator.store.records import accuracy_of, best_record, ordered, record_chain
+from orchestrator.store.records import accuracy_of, best_record, record_chain
 from orchestrator.store.run import BEST_FILE, Run
 
 
@@ -116,83 +111,6 @@ def export_best(run: Run, out_path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(out, text)
     return out
-
-
-def task_prompt(run: Run) -> str:
-    """A task description for a record without a stored generator prompt."""
-    cfg = run.config
-    shape = cfg.get("input_shape")
-    classes = cfg.get("num_classes")
-    detail = ""
-    if shape:
-        detail += f" Inputs are tensors of shape [B, {', '.join(map(str, shape))}]."
-    if classes:
-        detail += f" The output must be logits of shape [B, {classes}]."
-    return (
-        f"Write a PyTorch image classifier for the {run.dataset} dataset, trained from scratch "
-        f"without pre-trained weights.{detail} Define `class Net(nn.Module)` whose constructor "
-        "takes no arguments, with `__init__` and `forward`. Return only the Python code."
-    )
-
-
-def prompt_messages(run: Run, rec: dict) -> list[dict]:
-    """The generator's prompt as chat messages: stored text, stored messages, or a task."""
-    prompts = rec.get("prompts") if isinstance(rec.get("prompts"), dict) else {}
-    prompt = prompts.get("generator")
-    if isinstance(prompt, str) and prompt.strip():
-        return [{"role": "user", "content": prompt}]
-    if isinstance(prompt, list):  # the loop stores the chat messages it sent
-        msgs = [{"role": m["role"], "content": m["content"]} for m in prompt
-                if isinstance(m, dict) and m.get("role") in ("system", "user")
-                and isinstance(m.get("content"), str)]
-        if any(m["role"] == "user" for m in msgs):
-            return msgs
-    return [{"role": "user", "content": task_prompt(run)}]
-
-
-def _example(run: Run, rec: dict, code: str, acc: float) -> dict:
-    return {
-        "messages": [*prompt_messages(run, rec), {"role": "assistant", "content": code}],
-        "accuracy": acc,
-        "run": run.name,
-        "dataset": run.dataset,
-        "iteration": rec.get("iteration"),
-    }
-
-
-def corpus_examples(runs: Iterable[Run], threshold: float | None = None, tau: float = TAU,
-                    reference: Iterable[str | Path] = ()) -> list[dict]:
-    """Accepted architectures in run then iteration order (see module docstring)."""
-    index = NoveltyIndex(tau=tau)
-    index.add_corpus(reference)
-    examples = []
-    for run in runs:
-        thr = threshold if threshold is not None else stats.default_threshold(run.dataset)
-        for rec in ordered(run.records):
-            acc = accuracy_of(rec)
-            code = run.code(rec) if acc is not None else None
-            if code is None or (thr is not None and acc < thr):
-                continue
-            sig = index.signature(code)
-            if index.is_duplicate(sig):
-                continue
-            index.add((run.name, str(run.path), rec.get("iteration"), len(examples)), sig)
-            examples.append(_example(run, rec, code, acc))
-    return examples
-
-
-def export_corpus(runs: Iterable[Run], out_path: str | Path, threshold: float | None = None,
-                  tau: float = TAU, reference: Iterable[str | Path] = ()) -> int:
-    """Write the fine-tuning corpus as JSONL; returns the number of examples written.
-
-    `threshold` None uses each run's dataset default (stats.DEFAULT_THRESHOLDS); a dataset
-    without a default then accepts every success. `reference` code counts as already accepted.
-    """
-    examples = corpus_examples(runs, threshold, tau, reference)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, "".join(json.dumps(ex, ensure_ascii=False) + "\n" for ex in examples))
-    return len(examples)
 
 
 def _atomic_write(path: Path, text: str) -> None:
