@@ -22,6 +22,7 @@ The host never imports torch (a subprocess probes CUDA for --device auto).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import shutil
@@ -98,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--test-samples", type=int, help="test subset (default 500 / 200 / full)")
     p.add_argument("--quick", action="store_true", help="smallest useful run (CI smoke test)")
     p.add_argument("--sandbox", choices=("local", "docker"), default="local")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="ray: each N runs on a fresh ray.cluster_utils.Cluster of N simulated "
+                   "nodes (one CPU each, a head that runs nothing)")
     p.add_argument("--timeout", type=float, default=600, help="seconds per candidate")
     p.add_argument("--memory", default="8g", help="memory limit per candidate")
     p.add_argument("--seed", type=int, default=42, help="run seed")
@@ -273,7 +277,7 @@ def median_timings(records: list[dict]) -> dict[str, float | None]:
     out = {k: median([r["timings"].get(k) for r in records]) for k in
            ("generate", "evaluate", "improve")}
     for key, metric in (("warmup", "warmup_seconds"), ("ready_wait", "ready_wait_s"),
-                        ("pool", "pool_depth")):
+                        ("pool", "pool_depth"), ("ray_overhead", "ray_overhead_s")):
         out[key] = median([(r.get("metrics") or {}).get(metric) for r in records])
     return out
 
@@ -287,7 +291,7 @@ def median(values: list[float | None]) -> float | None:
 
 
 def cli_command(cfg: SimpleNamespace, args: argparse.Namespace, n: int, url: str,
-                results: Path) -> list[str]:
+                results: Path, ray_address: str | None = None) -> list[str]:
     """The `orchestrator run` command line for --parallel n."""
     cmd = [sys.executable, "-m", "orchestrator", "run", "--dataset", DATASET,
            "--iterations", str(cfg.iterations), "--parallel", str(n),
@@ -300,7 +304,27 @@ def cli_command(cfg: SimpleNamespace, args: argparse.Namespace, n: int, url: str
         cmd += ["--train-samples", str(cfg.train)]
     if cfg.test is not None:
         cmd += ["--test-samples", str(cfg.test)]
+    if ray_address:
+        cmd += ["--executor", "ray", "--ray-address", ray_address]
     return cmd
+
+
+@contextlib.contextmanager
+def simulated_nodes(n: int, executor: str):
+    """The address of a Ray cluster of n one-CPU nodes on this machine (None: no Ray)."""
+    if executor != "ray":
+        yield None
+        return
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(n):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
 
 
 def run_cli(cmd: list[str], log: Path, limit: float) -> tuple[int, float]:
@@ -325,8 +349,9 @@ def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[
             results: Path) -> dict:
     """One `orchestrator run --parallel n` against a fresh scripted server, checked."""
     responder = Responder(cycle, args.seed, cfg.gen_latency, cfg.diag_latency)
-    with FakeOllama(models=[MODEL], default=responder) as server:
-        cmd = cli_command(cfg, args, n, server.url, results)
+    with FakeOllama(models=[MODEL], default=responder) as server, \
+            simulated_nodes(n, args.executor) as address:
+        cmd = cli_command(cfg, args, n, server.url, results, address)
         print(f"$ {shlex.join(cmd)}", flush=True)
         limit = cfg.iterations * (args.timeout + cfg.gen_latency + cfg.diag_latency + 60) + 600
         rc, wall = run_cli(cmd, results / f"parallel-{n}.log", limit)
@@ -376,7 +401,7 @@ def print_summary(runs: list[dict]) -> None:
     print(f"{'N':>2} {'iters':>5} {'ok':>3} {'match':>5} {'wall s':>7} {'iter/h':>7} "
           f"{'xN=1':>5} {'steady/h':>8} {'gen s':>6} {'eval s':>6} {'impr s':>6} {'warm s':>6} "
           f"{'ready s':>7} {'pool':>4} {'wait med':>8} {'wait max':>8} {'loads':>5} "
-          f"{'reloads':>7}")
+          f"{'reloads':>7} {'ray s':>6}")
     for r in runs:
         t, w = r["timings_median"], r["wait"]
         ratio = r["per_hour"] / base if base and r["per_hour"] else None
@@ -387,14 +412,15 @@ def print_summary(runs: list[dict]) -> None:
               f"{fmt(t['evaluate'], 6, '.2f')} {fmt(t['improve'], 6, '.2f')} "
               f"{fmt(t['warmup'], 6, '.2f')} {fmt(t['ready_wait'], 7, '.2f')} "
               f"{fmt(t['pool'], 4, '.0f')} {fmt(w['median'], 8, '.2f')} {fmt(w['max'], 8, '.2f')} "
-              f"{sum(r['loads'].values()):>5} {r['reloads']:>7}")
+              f"{sum(r['loads'].values()):>5} {r['reloads']:>7} {fmt(t['ray_overhead'], 6, '.3f')}")
     print("  iter/h: iterations over the CLI's wall time (start-up included); xN=1: its ratio "
           "to N=1; steady/h: from the first finished iteration to the last. gen/eval/impr: "
           "median seconds per iteration; warm: the runners' warm-up (median); ready: how "
           "long an evaluation waited for its warm sandbox (median); pool: the warm pool's "
           "depth (median). wait: an ok iteration's evaluate seconds minus its "
           "train and predict seconds (median, max). loads/reloads: model loads the scripted "
-          "server counted like Ollama's scheduler (a reload: same model, other runner options).")
+          "server counted like Ollama's scheduler (a reload: same model, other runner options). "
+          "ray s: median seconds Ray adds to an evaluation (--executor ray).")
 
 
 def print_statuses(runs: list[dict], cycle: list[Entry], iterations: int) -> None:
@@ -443,7 +469,8 @@ def main(argv: list[str] | None = None) -> int:
         else args.results_dir.expanduser().resolve()
     results.mkdir(parents=True, exist_ok=True)
     print(f"search_throughput: device={args.device} ({'cuda' if cfg.cuda else 'cpu'}) "
-          f"sandbox={args.sandbox} data={data.name} {data.train_count}/{data.test_count} "
+          f"executor={args.executor} sandbox={args.sandbox} data={data.name} "
+          f"{data.train_count}/{data.test_count} "
           f"parallel={cfg.parallel} iterations/chain={cfg.iterations} latency gen "
           f"{cfg.gen_latency:g} s, diag {cfg.diag_latency:g} s")
     print(f"  reply cycle: {' '.join(f'{e.name}={e.expected}' for e in cycle)}", flush=True)

@@ -26,6 +26,7 @@ from orchestrator.llm.client import (
     full_model_name,
     takes_schema_format,
 )
+from orchestrator.llm.servers import Servers
 from orchestrator.llm.text import printable
 from orchestrator.sandbox.base import Limits, Sandbox
 from orchestrator.sandbox.pool import PoolSize
@@ -74,8 +75,9 @@ def run(
     iterations: Annotated[int | None, Opt(help="Iterations in total (default 100).")] = None,
     generator_model: Annotated[str | None, Opt(help="Ollama model of the Code Generator.")] = None,
     improver_model: Annotated[str | None, Opt(help="Ollama model of the Prompt Improver.")] = None,
-    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST",
-                                           help="Ollama server URL.")] = None,
+    ollama_host: Annotated[list[str] | None, Opt(
+        envvar="OLLAMA_HOST", help="Ollama server URL; repeat it for several servers (the "
+        "chains are spread over them, and move off a server that goes down).")] = None,
     sandbox: Annotated[str | None, Opt(help="docker (default) or local.")] = None,
     data_dir: Annotated[str | None, Opt(help="Dataset cache directory.")] = None,
     results_dir: Annotated[str | None, Opt(help="Where runs are written.")] = None,
@@ -105,11 +107,19 @@ def run(
     = None,
     novelty: Annotated[str | None, Opt(help="record (default) or reject near-duplicates.")]
     = None,
+    executor: Annotated[str | None, Opt(help="local (default) or ray: each evaluation a Ray "
+                                             "task on a node of the cluster.")] = None,
+    ray_address: Annotated[str | None, Opt(help="Ray cluster (default: RAY_ADDRESS, else a "
+                                                "local Ray).")] = None,
+    ray_gpus: Annotated[float | None, Opt(help="GPUs per evaluation under Ray (default: 1 if "
+                                               "the cluster has GPUs, else 0).")] = None,
     max_params: Annotated[int | None, Opt(help="Parameter budget per candidate.")] = None,
     config: Annotated[Path | None, Opt(help="TOML file with any of these settings.")] = None,
 ) -> None:
     """Run (or --resume) a search."""
     cli = {k: v for k, v in locals().items() if k not in ("resume", "config")}
+    cli["ollama_host"] = (ollama_host[0] if len(ollama_host) == 1 else list(ollama_host)) \
+        if ollama_host else None
     # SIGTERM unwinds like Ctrl-C does, so every sandbox (container) is removed on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
@@ -125,27 +135,36 @@ def run(
 
 
 def start(settings: dict, cli: dict, resume: bool) -> dict:
-    """Set up every part from the config, then run the chains; returns the summary."""
+    """Set up every part from the config, then run the chains; returns the summary.
+
+    Every --ollama-host is checked at start (version, models, num_ctx). One that does not
+    answer is an error naming it, not skipped: the user asked for it, a mistyped host should
+    not silently cost throughput, and the models are checked (or pulled) on each server before
+    the run relies on them. Once running, a server that goes down is failed over (Servers)."""
     cfg, journal = _run_config(settings, cli, resume)
     dataset = _dataset(cfg)
     reporter = Reporter(cfg.iterations, console, chains=cfg.parallel)
-    client = OllamaClient(cfg.ollama_host, GenerationOptions(
+    servers = Servers([OllamaClient(host, GenerationOptions(
         temperature=cfg.temperature, top_p=cfg.top_p, num_predict=cfg.num_predict,
         num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout, keep_alive=cfg.keep_alive,
-        think_tokens=cfg.think_tokens), on_warning=reporter.warn)
-    ollama_version = client.check_server()
+        think_tokens=cfg.think_tokens), on_warning=reporter.warn) for host in cfg.hosts()],
+        on_warning=reporter.warn)
+    versions = {client.host: client.check_server() for client in servers.clients}
+    ollama_version = min(versions.values(), key=takes_schema_format)  # an old one decides
     diagnosis_format = _diagnosis_format(ollama_version, cfg.num_predict, reporter)
-    digests = client.ensure_models([cfg.generator_model, cfg.improver_model],
-                                   pull=not cfg.no_pull)
-    think = _think_per_role(cfg, client)
+    digests = _ensure_models(cfg, servers, reporter)
+    think = _think_per_role(cfg, servers.clients)
     prompts = PromptBook(cfg.prompts_dir)
-    num_ctx = client.set_num_ctx(_num_ctx_start(cfg, dataset, prompts, journal, resume))
+    sizes = _num_ctx_start(cfg, dataset, prompts, journal, resume)
+    num_ctx = [client.set_num_ctx(sizes) for client in servers.clients][0]
     with contextlib.ExitStack() as stack:
         boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset)]
         stored = {**cfg.to_dict(), "models": digests, "sandbox_info": boxes[0].describe(),
                   "dataset_fingerprint": dataset.fingerprint, "version": __version__,
                   "ollama_version": ollama_version, "num_ctx_per_model": num_ctx,
                   "python": platform.python_version()}
+        if len(servers.clients) > 1:
+            stored["ollama_servers"] = versions
         if resume:
             journal.update_config({**journal.config(), **stored})
         else:
@@ -154,9 +173,9 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
         reporter.note(f"run {cfg.name}: {journal.root}")
         novelty = _novelty_gate(cfg, journal, records)
         searches = [
-            Search(cfg, journal, Roles(client, cfg.generator_model, cfg.improver_model,
+            Search(cfg, journal, Roles(servers, cfg.generator_model, cfg.improver_model,
                                        cfg.seed + chain * CHAIN_SEED_STRIDE, digests,
-                                       diagnosis_format, think),
+                                       diagnosis_format, think, chain),
                    box, dataset, prompts, reporter, records, novelty, chain)
             for chain, box in enumerate(boxes)
         ]
@@ -182,13 +201,31 @@ def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: P
     return {model: stored.get(model, size) for model, size in sizes.items()}
 
 
-def _think_per_role(cfg: RunConfig, client: OllamaClient) -> dict[str, bool | None]:
-    """Each role's think option as sent: only to a model that can think; asking a model that
-    cannot is a setting error."""
+def _ensure_models(cfg: RunConfig, servers: Servers, reporter: Reporter) -> dict[str, str]:
+    """Both models on every server (pulled where missing, unless --no-pull); model -> digest
+    on the first server. A model whose digest differs between servers is warned about: the
+    records name each call's server and its digest."""
+    models = [cfg.generator_model, cfg.improver_model]
+    for client in servers.clients:
+        servers.digests[client.host] = client.ensure_models(models, pull=not cfg.no_pull)
+    first, *others = servers.clients
+    digests = servers.digests[first.host]
+    for client in others:
+        for model in models:
+            if servers.digests[client.host][model] != digests[model]:
+                reporter.warn(f"{model} differs between {first.host} and {client.host} "
+                              "(another digest): pull the same version on every server for "
+                              "comparable calls")
+    return digests
+
+
+def _think_per_role(cfg: RunConfig, clients: list[OllamaClient]) -> dict[str, bool | None]:
+    """Each role's think option as sent: only to a model that can think (on every server);
+    asking a model that cannot is a setting error."""
     think: dict[str, bool | None] = {}
     for role, model, wanted in (("generator", cfg.generator_model, cfg.generator_think),
                                 ("improver", cfg.improver_model, cfg.improver_think)):
-        thinks = wanted is not None and client.thinks(model)
+        thinks = wanted is not None and all(client.thinks(model) for client in clients)
         if wanted and not thinks:
             raise UserError(f"{role}-think = true, but {model} cannot think (it is not a "
                             f"reasoning model); drop the setting or choose one that is")
@@ -256,6 +293,8 @@ def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset) -> list[Sandbo
                         else None)
     limits = Limits(timeout=cfg.timeout, memory=cfg.memory, cpus=cpus)
     pool = PoolSize(depth=cfg.warm_pool, share=1 / cfg.parallel)
+    if cfg.executor == "ray":
+        return _ray_sandboxes(cfg, dataset, limits)
     if cfg.sandbox == "local":
         from orchestrator.sandbox.local import LocalSandbox
 
@@ -277,11 +316,30 @@ def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset) -> list[Sandbo
             for _ in range(cfg.parallel)]
 
 
+def _ray_sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset,
+                   limits: Limits) -> list[Sandbox]:
+    """One RaySandbox per chain; each node builds the configured sandbox for its tasks."""
+    from orchestrator.sandbox.cluster import NodeSpec, RaySandbox, connect
+
+    resources = connect(cfg.ray_address)
+    gpus = cfg.ray_gpus if cfg.ray_gpus is not None else (
+        1.0 if resources.get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0)
+    cpus = cfg.cpus or 1.0
+    console.print(f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
+                  f"{cpus:g} CPU and {gpus:g} GPU per evaluation", highlight=False)
+    node_limits = Limits(timeout=limits.timeout, memory=limits.memory, cpus=cpus)
+    spec = NodeSpec(cfg.sandbox, node_limits, cfg.device, cfg.runtime, cfg.warm_pool,
+                    cfg.offline_build)
+    return [RaySandbox(spec, dataset.sandbox_dir, dataset.fingerprint, gpus, cpus)
+            for _ in range(cfg.parallel)]
+
+
 def _sandbox_errors() -> tuple[type[Exception], ...]:
+    from orchestrator.sandbox.cluster import ClusterUnavailable
     from orchestrator.sandbox.engine import SandboxUnavailable
     from orchestrator.sandbox.image import ImageBuildError
 
-    return SandboxUnavailable, ImageBuildError
+    return SandboxUnavailable, ImageBuildError, ClusterUnavailable
 
 
 def _pct(value: float | None) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 DEFAULT_MODEL = "qwen2.5-coder:7b"
 # Settings that may change when a stopped run is resumed; the rest are the run's identity.
 RESUMABLE = frozenset({"iterations", "ollama_host", "timeout", "no_pull", "request_timeout",
-                       "keep_alive", "warm_pool"})
+                       "keep_alive", "warm_pool", "ray_address"})
 # A Go duration, as Ollama parses keep_alive: "30m", "1h30m", "0" (unload), "-1m" (forever).
 DURATION = re.compile(r"[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h))+)")
 
@@ -29,7 +29,9 @@ class RunConfig:
     iterations: int = 100
     generator_model: str = DEFAULT_MODEL
     improver_model: str = DEFAULT_MODEL
-    ollama_host: str | None = None
+    # One Ollama server, or several: the chains are spread over them (None: OLLAMA_HOST, else
+    # the local default).
+    ollama_host: str | list[str] | None = None
     sandbox: str = "docker"
     data_dir: str | None = None
     results_dir: str = "results"
@@ -43,6 +45,10 @@ class RunConfig:
     no_improver: bool = False
     no_pull: bool = False
     parallel: int = 1  # independent search chains sharing the server and the GPU
+    # Where evaluations run: "local" (this machine) or "ray" (a task each, on a Ray cluster).
+    executor: str = "local"
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a new local Ray
+    ray_gpus: float | None = None  # GPUs per evaluation; None: 1 if the cluster has GPUs
     # Novelty (NNGPT): "record" measures it, "reject" regenerates near-duplicates.
     novelty: str = "record"
     novelty_tau: float = 0.90
@@ -90,7 +96,16 @@ class RunConfig:
         for key, ok, expected in self._ranges():
             if not ok:
                 raise ConfigError(_refusal(key, getattr(self, key), expected))
+        self.ollama_host = _normalized_hosts(self.ollama_host)
         return self
+
+    def hosts(self) -> list[str]:
+        """The Ollama servers of the run, normalised: ollama_host, else OLLAMA_HOST or the
+        local default."""
+        from orchestrator.llm.client import default_host
+
+        hosts = _normalized_hosts(self.ollama_host)
+        return [hosts] if isinstance(hosts, str) else hosts or [default_host()]
 
     def _ranges(self) -> list[tuple[str, bool, str]]:
         """(setting, whether its value is allowed, what is expected)."""
@@ -121,6 +136,10 @@ class RunConfig:
             ("memory", MEMORY.fullmatch(self.memory.strip().lower()) is not None,
              "a size such as 8g or 512m"),
             ("parallel", self.parallel >= 1, "at least 1"),
+            ("ollama_host", _valid_hosts(self.ollama_host),
+             "a server URL such as http://gpu1:11434, or a non-empty list of them"),
+            ("executor", self.executor in ("local", "ray"), "local or ray"),
+            ("ray_gpus", optional(self.ray_gpus, 0), "0 or more, or unset"),
             ("warm_pool", optional(self.warm_pool, 0), "0 or more, or unset"),
             ("novelty", self.novelty in ("record", "reject"), "record or reject"),
             ("novelty_tau", 0 < self.novelty_tau <= 1, "in (0, 1]"),
@@ -146,6 +165,9 @@ def _has_type(value: object, hint: object) -> bool:
         return any(_has_type(value, arg) for arg in typing.get_args(hint))
     if hint is type(None):
         return value is None
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
     if isinstance(value, bool):
         return hint is bool
     if hint is float:
@@ -153,8 +175,33 @@ def _has_type(value: object, hint: object) -> bool:
     return isinstance(value, hint)
 
 
+def _valid_hosts(hosts: str | list[str] | None) -> bool:
+    """None, or one host or a non-empty list of hosts, each a non-empty address without spaces
+    and, if it names a scheme, http or https."""
+    if hosts is None:
+        return True
+    listed = [hosts] if isinstance(hosts, str) else hosts
+    return bool(listed) and all(
+        h.strip() and not re.search(r"\s", h.strip())
+        and ("://" not in h or h.strip().split("://")[0] in ("http", "https"))
+        for h in listed)
+
+
+def _normalized_hosts(hosts: str | list[str] | None) -> str | list[str] | None:
+    """Each host as normalize_host writes it ('gpu1' -> 'http://gpu1:11434'), repeats
+    dropped; a single host stays a string."""
+    if hosts is None:
+        return None
+    from orchestrator.llm.client import normalize_host
+
+    if isinstance(hosts, str):
+        return normalize_host(hosts)
+    return list(dict.fromkeys(normalize_host(h) for h in hosts))
+
+
 def _type_name(hint: object) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list[str]: "a list of strings"}
     args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
     optional = ", or unset" if type(None) in typing.get_args(hint) else ""
     return " or ".join(names.get(a, str(a)) for a in args) + optional

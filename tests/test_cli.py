@@ -107,6 +107,33 @@ def test_missing_model_with_no_pull(fake_ollama, fashion_data_dir: Path, tmp_pat
     assert not (tmp_path / "m").exists()
 
 
+def test_a_bad_ollama_host_is_refused_in_one_line(fashion_data_dir: Path,
+                                                 tmp_path: Path) -> None:
+    result = invoke(*run_args(fashion_data_dir, tmp_path, "http://127.0.0.1:9", "--name", "h",
+                              "--ollama-host", "ftp://gpu2"))
+    text = assert_user_error(result, "setting ollama-host = ['http://127.0.0.1:9', 'ftp://gpu2']:"
+                             " expected a server URL such as http://gpu1:11434, or a non-empty "
+                             "list of them")
+    assert len([ln for ln in result.output.splitlines() if ln.strip()]) == 1, text
+    config = tmp_path / "run.toml"
+    config.write_text('ollama-host = ["http://127.0.0.1:9", 11434]\n')
+    result = invoke("run", "--config", str(config), "--name", "t")
+    assert_user_error(result, "setting ollama-host = ['http://127.0.0.1:9', 11434]: expected a "
+                      "string or a list of strings, or unset")
+    assert not (tmp_path / "h").exists()
+
+
+def test_one_dead_server_of_several_at_start_is_an_error_naming_it(
+        fake_ollama, fashion_data_dir: Path, tmp_path: Path) -> None:
+    live, dead = fake_ollama(), f"http://127.0.0.1:{closed_port()}"
+    result = invoke(*run_args(fashion_data_dir, tmp_path, live.url, "--name", "two",
+                              "--ollama-host", dead, "--parallel", "2"))
+    assert_user_error(result, f"cannot reach the Ollama server at {dead}")
+    assert "/api/version" in live.paths()  # every server is checked, this one first
+    assert live.chat_requests() == []
+    assert not (tmp_path / "two").exists()
+
+
 def test_resume_without_name(fashion_data_dir: Path, tmp_path: Path) -> None:
     result = invoke(*run_args(fashion_data_dir, tmp_path, "http://127.0.0.1:9", "--resume"))
     assert_user_error(result, "--resume needs --name")

@@ -240,3 +240,46 @@ def test_a_setting_of_the_wrong_type_or_range_is_refused(tmp_path: Path, text: s
 def test_numbers_given_as_integers_are_fine_for_floats(tmp_path: Path) -> None:
     cfg = build(load_toml(toml(tmp_path, "[run]\nweight-decay = 0\ntimeout = 60\n")), cli())
     assert (cfg.weight_decay, cfg.timeout) == (0, 60)
+
+
+# -- several Ollama servers ------------------------------------------------------------------
+
+def test_ollama_host_may_be_a_list_in_toml_normalised(tmp_path: Path) -> None:
+    path = toml(tmp_path, '[run]\nollama-host = ["gpu1", "http://gpu2:11500/", "gpu1:11434"]\n')
+    cfg = build(load_toml(path), cli())
+    assert cfg.ollama_host == ["http://gpu1:11434", "http://gpu2:11500"]  # the repeat dropped
+    assert cfg.hosts() == ["http://gpu1:11434", "http://gpu2:11500"]
+    assert build({}, cli(ollama_host="gpu3")).hosts() == ["http://gpu3:11434"]
+
+
+def test_without_ollama_host_the_default_is_ollama_host_env(monkeypatch) -> None:
+    monkeypatch.setenv("OLLAMA_HOST", "envhost:1234")
+    cfg = build({}, cli())
+    assert cfg.ollama_host is None and cfg.hosts() == ["http://envhost:1234"]
+
+
+@pytest.mark.parametrize("text, shown, expected", [
+    ('ollama-host = ""', "''", "a server URL"),
+    ('ollama-host = "  "', "'  '", "a server URL"),
+    ("ollama-host = []", "[]", "a server URL"),
+    ('ollama-host = ["gpu1", ""]', "['gpu1', '']", "a server URL"),
+    ('ollama-host = "gpu 1"', "'gpu 1'", "a server URL"),
+    ('ollama-host = "ftp://gpu1"', "'ftp://gpu1'", "a server URL"),
+    ("ollama-host = 11434", "11434", "a string or a list of strings, or unset"),
+    ('ollama-host = ["gpu1", 2]', "['gpu1', 2]", "a string or a list of strings, or unset"),
+])
+def test_a_bad_ollama_host_is_refused(tmp_path: Path, text: str, shown: str,
+                                      expected: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        build(load_toml(toml(tmp_path, f"[run]\n{text}\n")), cli())
+    message = str(refused.value)
+    assert message.startswith(f"setting ollama-host = {shown}: expected {expected}")
+    assert "\n" not in message
+
+
+def test_resume_may_change_the_list_of_hosts() -> None:
+    stored = {**STORED, "ollama_host": ["http://a:11434", "http://b:11434"]}
+    cfg, ignored = for_resume(stored, cli(ollama_host=["c", "a"]))
+    assert ignored == [] and cfg.hosts() == ["http://c:11434", "http://a:11434"]
+    cfg, _ = for_resume(stored, cli())
+    assert cfg.hosts() == ["http://a:11434", "http://b:11434"]

@@ -487,3 +487,80 @@ def test_a_prompt_past_the_models_context_drops_its_least_important_parts(
     dropped = records[3]["llm"]["generator"]["prompt_dropped"]
     assert dropped[0].startswith("top architecture"), dropped
     assert all(r["status"] == fc.OK for r in records)
+
+
+# -- several Ollama servers ------------------------------------------------------------------
+
+def by_seed(body: dict) -> Reply:
+    """Chain 0 writes VALID_NET, chain 1 VALID_NET_WIDER (told apart by their seeds)."""
+    if body.get("format"):
+        return Reply(content=DIAGNOSIS[1])
+    seed = body["options"]["seed"]
+    return Reply(content=replies.VALID_NET if seed < 1_000_000 else replies.VALID_NET_WIDER)
+
+
+def hosts_of(records: list[dict], chain: int) -> list[tuple[str, str]]:
+    """(generator host, improver host) of each of the chain's records, in order."""
+    return [(r["llm"]["generator"]["host"], r["llm"]["improver"]["host"]) for r in records
+            if r["chain"] == chain]
+
+
+def test_chains_are_spread_over_the_servers_of_a_toml_list_and_resume_on_others(
+        fake_ollama, fashion_data_dir, tmp_path):
+    a, b = fake_ollama(default=by_seed), fake_ollama(default=by_seed)
+    config = tmp_path / "run.toml"
+    config.write_text(f'[run]\nollama-host = ["{a.url}", "{b.url}"]\n')
+    args = run_args(a, fashion_data_dir, tmp_path, "spread", 1)
+    at = args.index("--ollama-host")
+    del args[at:at + 2]  # the servers come from the TOML file
+    proc = orchestrator(*args, "--parallel", "2", "--config", str(config))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    records = read_records(tmp_path / "spread")
+    assert hosts_of(records, 0) == [(a.url, a.url)]
+    assert hosts_of(records, 1) == [(b.url, b.url)]
+    assert {body["options"]["seed"] for body in b.chat_requests()} == {1_000_042, 1_000_043}
+    stored = json.loads((tmp_path / "spread" / "config.json").read_text())
+    assert stored["ollama_host"] == [a.url, b.url]
+    assert stored["ollama_servers"] == {a.url: "0.6.5", b.url: "0.6.5"}
+
+    # Resumed with another list of servers: B alone takes both chains.
+    again = orchestrator(*args, "--parallel", "2", "--iterations", "2", "--ollama-host", b.url,
+                         "--resume")
+    output, _ = again.communicate(timeout=900)
+    assert again.returncode == 0, output
+    records = read_records(tmp_path / "spread")
+    assert all(r["status"] == fc.OK for r in records) and len(records) == 4
+    assert hosts_of(records, 0) == [(a.url, a.url), (b.url, b.url)]
+    assert hosts_of(records, 1) == [(b.url, b.url), (b.url, b.url)]
+    assert json.loads((tmp_path / "spread" / "config.json").read_text())["ollama_host"] == b.url
+
+
+def test_a_server_that_dies_mid_run_hands_its_chain_to_the_other(fake_ollama,
+                                                                 fashion_data_dir, tmp_path):
+    servers: dict[str, object] = {}
+
+    def b_dies_at_its_third_request(body: dict) -> Reply:
+        if len(servers["b"].chat_requests()) == 3:  # chain 1, iteration 2, the generator
+            servers["b"].close()  # drops this very connection too: the reply never arrives
+        return by_seed(body)
+
+    a = fake_ollama(default=by_seed)
+    b = servers["b"] = fake_ollama(default=b_dies_at_its_third_request)
+    args = run_args(a, fashion_data_dir, tmp_path, "failover", 3)
+    proc = orchestrator(*args, "--ollama-host", b.url, "--parallel", "2")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    assert f"the Ollama server at {b.url} is unreachable" in flat(output)
+    records = read_records(tmp_path / "failover")
+    assert len(records) == 6 and all(r["status"] == fc.OK for r in records), \
+        [(r["status"], r["error"]) for r in records]
+    assert all(r["improver_error"] is None for r in records)
+    assert hosts_of(records, 0) == [(a.url, a.url)] * 3
+    assert hosts_of(records, 1) == [(b.url, b.url), (a.url, a.url), (a.url, a.url)]
+    # Chain 1's seeds are unbroken across the move: the failed-over call kept its seed.
+    assert [r["llm"]["generator"]["seed"] for r in records if r["chain"] == 1] == [
+        1_000_042, 1_000_044, 1_000_046]
+    moved = [body["options"]["seed"] for body in a.chat_requests()
+             if body["options"]["seed"] >= 1_000_000]
+    assert moved == [1_000_044, 1_000_045, 1_000_046, 1_000_047]

@@ -127,3 +127,23 @@ def test_quick_run_end_to_end(fashion_data_dir: Path, tmp_path: Path) -> None:
         assert run["per_hour"] > 0 and run["wall_seconds"] > 0
         assert run["loads"] == {bench.MODEL: 1} and run["reloads"] == 0  # both roles, one load
         assert run["wait"]["count"] == 2 * run["n"] and run["wait"]["median"] is not None
+
+
+@pytest.mark.slow
+def test_quick_run_on_simulated_ray_nodes(fashion_data_dir: Path, tmp_path: Path) -> None:
+    """--executor ray: the CLI's searches on a two-node Ray cluster, every status as expected,
+    candidates evaluated on both nodes, and Ray's per-evaluation overhead measured."""
+    pytest.importorskip("ray", reason="NOT TESTED: the [ray] extra is not installed")
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--quick", "--executor", "ray", "--parallel", "2", "--iterations", "3",
+                     "--latency", "0", "--device", "cpu", "--train-samples", "1000",
+                     "--test-samples", "200", "--data-dir", str(fashion_data_dir),
+                     "--results-dir", str(tmp_path / "runs"), "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert rc == 0, result["failures"]
+    (run,) = result["runs"]
+    assert run["iterations"] == 6 and all(row["match"] for row in run["rows"])
+    assert run["timings_median"]["ray_overhead"] is not None
+    records = [json.loads(line) for line in
+               (tmp_path / "runs" / "parallel-2" / "iterations.jsonl").read_text().splitlines()]
+    assert len({r["metrics"]["node"] for r in records if r["status"] == fc.OK}) == 2

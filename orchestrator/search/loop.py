@@ -30,6 +30,19 @@ TEMPERATURE_NUDGE = 0.1  # added per regeneration of a rejected near-duplicate
 FAULT_STREAK = 5  # this many infrastructure faults in a row stop the run (resumable)
 
 
+PLACE_KEYS = ("node", "host", "gpu_ids")  # where a cluster evaluation ran (text)
+
+
+def gpu_share(config: RunConfig) -> float | None:
+    """The GPU memory share of one candidate: the candidates' part of the GPU, split between
+    the chains that share it, or the fraction of a GPU Ray gives each task; None for a whole
+    GPU."""
+    if config.executor == "ray":
+        gpus = config.ray_gpus
+        return round(CANDIDATES_GPU_SHARE * gpus, 3) if gpus and gpus < 1 else None
+    return round(CANDIDATES_GPU_SHARE / config.parallel, 3) if config.parallel > 1 else None
+
+
 class InfrastructureDown(RuntimeError):
     """The sandbox or the LLM server keeps failing: stop rather than burn the iterations."""
 
@@ -210,7 +223,7 @@ class Search:
             timings["evaluate"] = round(time.monotonic() - started, 3)
         outcome = score(execution, self.labels, self.dataset.spec.num_classes)
         outcome.metrics.update({k: v for k, v in execution.info.items()
-                                if isinstance(v, int | float)})
+                                if isinstance(v, int | float) or k in PLACE_KEYS})
         return outcome
 
     def _improve(self, i: int, code: str | None, reply: str, outcome: Outcome, triple: Triple,
@@ -303,8 +316,7 @@ class Search:
             "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
             "seed": config.seed, "device": config.device, "precision": config.precision,
             "validate_batch": 2, "max_params": config.max_params,
-            "gpu_memory_fraction": round(CANDIDATES_GPU_SHARE / config.parallel, 3)
-            if config.parallel > 1 else None,
+            "gpu_memory_fraction": gpu_share(config),
         }
 
     def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,

@@ -1,0 +1,177 @@
+"""Evaluations on Ray (`--executor ray`): real Ray (a local instance with logical GPUs, and
+`ray.cluster_utils.Cluster` with several nodes), the real local sandbox on each node, the
+scripted Ollama server and real training on small data."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from orchestrator.sandbox.base import Limits
+from orchestrator.search import failures as fc
+from orchestrator.search.evaluation import score
+from tests import replies
+from tests.fake_ollama import Reply
+from tests.helpers import tiny_job
+from tests.test_search_e2e import DIAGNOSIS, by_role, orchestrator, read_records, run_args
+
+ray = pytest.importorskip("ray", reason="NOT TESTED: the [ray] extra is not installed")
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from orchestrator.sandbox.cluster import NodeSpec, RaySandbox  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+SLOW_NET = replies.VALID_NET.replace(
+    "super().__init__()", "super().__init__()\n        __import__('time').sleep({seconds})")
+
+
+def spec(timeout: float = 120.0) -> NodeSpec:
+    return NodeSpec("local", Limits(timeout=timeout, memory="2g"), "cpu", warm_pool=0)
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(address="local", num_cpus=4, num_gpus=2, namespace="orchestrator",
+             log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_tasks_get_distinct_gpus_and_never_more_than_the_gpus_run_at_once(local_ray,
+                                                                           tiny_cache):
+    boxes = [RaySandbox(spec(), tiny_cache, "tiny", gpus_per_task=1, cpus_per_task=1)
+             for _ in range(4)]  # four chains, two GPUs
+    executions = []
+
+    def chain(box: RaySandbox) -> None:
+        for _ in range(2):
+            executions.append(box.run(SLOW_NET.replace("{seconds}", "1"), tiny_job()))
+
+    threads = [threading.Thread(target=chain, args=(b,)) for b in boxes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    labels = np.load(tiny_cache.parent / "labels" / "test_y.npy")
+    assert len(executions) == 8
+    assert all(score(e, labels, 10).status == fc.OK for e in executions), \
+        [e.sandbox_error or e.log_tail[-300:] for e in executions]
+    spans = [(e.info["task_started"], e.info["task_ended"], e.info["gpu_ids"])
+             for e in executions]
+    assert {gpu for *_, gpu in spans} == {"0", "1"}  # one GPU each, both used
+    for start, _, _ in spans:  # whenever a task starts, the tasks running hold distinct GPUs
+        running = [g for s, e, g in spans if s <= start < e]
+        assert len(running) <= 2 and len(set(running)) == len(running), spans
+
+
+def test_a_task_past_its_deadline_is_cancelled_as_a_sandbox_error(local_ray, tiny_cache):
+    box = RaySandbox(spec(), tiny_cache, "tiny", gpus_per_task=0, cpus_per_task=1)
+    deadline, box.deadline = box.deadline, 3.0  # far below the candidate's 600 s sleep
+    execution = box.run(SLOW_NET.replace("{seconds}", "600"), tiny_job())
+    assert execution.sandbox_error and "cancelled" in execution.sandbox_error
+    box.deadline = deadline
+    after = box.run(replies.VALID_NET, tiny_job())  # the chain goes on
+    labels = np.load(tiny_cache.parent / "labels" / "test_y.npy")
+    assert score(after, labels, 10).status == fc.OK
+
+
+@pytest.fixture
+def cluster():
+    """A head that runs no evaluation, and two nodes with one CPU each."""
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+    c.wait_for_nodes()
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_a_node_lost_mid_evaluation_is_retried_on_another(cluster, tiny_cache, tmp_path):
+    c, nodes = cluster
+    ray.init(address=c.address, namespace="orchestrator", log_to_driver=False)
+    marker = tmp_path / "started"
+    code = SLOW_NET.replace("{seconds}", "3").replace(
+        "super().__init__()", f"super().__init__()\n        open({str(marker)!r}, 'a').close()",
+        1)
+    box = RaySandbox(spec(), tiny_cache, "tiny", gpus_per_task=0, cpus_per_task=1)
+    result: list = []
+    worker = threading.Thread(target=lambda: result.append(box.run(code, tiny_job())))
+    worker.start()
+    from ray.util.state import list_tasks
+
+    running = []
+    while not running:  # the candidate has started on some node: find which
+        assert worker.is_alive()
+        running = [t for t in list_tasks(filters=[("state", "=", "RUNNING")])
+                   if t.name.endswith("_evaluate_here")] if marker.exists() else []
+    victim = next(n for n in nodes if n.node_id == running[0].node_id)
+    c.remove_node(victim, allow_graceful=False)
+    worker.join(timeout=600)
+    (execution,) = result
+    labels = np.load(tiny_cache.parent / "labels" / "test_y.npy")
+    assert score(execution, labels, 10).status == fc.OK, execution.sandbox_error
+    assert execution.info["node"] != victim.node_id
+
+
+def test_a_search_spreads_over_the_nodes_and_resumes_after_kill_9(cluster, fake_ollama,
+                                                                  fashion_data_dir, tmp_path):
+    c, _ = cluster
+    killed = threading.Event()
+    driver: list = []
+    generated = [replies.VALID_NET, replies.VALID_NET_WIDER] * 6
+
+    def generate(body: dict) -> Reply:
+        if len(generated) == 8 and not killed.is_set():  # the fifth request: kill the driver
+            killed.set()
+            driver[0].kill()
+        return Reply(content=generated.pop(0))
+
+    server = fake_ollama(default=by_role([generate] * 12, DIAGNOSIS * 2))
+    args = [*run_args(server, fashion_data_dir, tmp_path, "ray", 3), "--parallel", "2",
+            "--executor", "ray", "--ray-address", c.address, "--train-samples", "2000"]
+    first = orchestrator(*args, scratch=tmp_path)
+    driver.append(first)
+    output, _ = first.communicate(timeout=900)
+    assert killed.is_set() and first.returncode == -9, output
+
+    resumed = orchestrator("--name", "ray", "--results-dir", str(tmp_path), "--resume",
+                           "--ray-address", c.address, scratch=tmp_path)
+    output, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, output
+    records = read_records(tmp_path / "ray")
+    for chain in (0, 1):
+        mine = [r["iteration"] for r in records if r["chain"] == chain]
+        assert mine == [1, 2, 3], records
+    assert all(r["status"] == fc.OK for r in records), [r.get("error") for r in records]
+    nodes = {r["metrics"]["node"] for r in records}
+    assert len(nodes) == 2  # both nodes evaluated candidates
+    config = json.loads((tmp_path / "ray" / "config.json").read_text())
+    assert config["executor"] == "ray" and config["sandbox_info"]["kind"] == "ray"
+    assert (tmp_path / "ray" / "best.py").read_text() != ""
+
+
+@pytest.mark.docker
+def test_the_docker_sandbox_runs_under_ray_and_leaves_no_container(local_ray, tiny_cache):
+    docker = pytest.importorskip("docker")
+    try:
+        client = docker.from_env(timeout=120)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
+        pytest.skip(f"NOT TESTED: Docker under Ray: no Docker engine reachable ({exc!r:.100})")
+    from orchestrator.sandbox.image import ensure_image
+
+    ensure_image(client, offline=True, progress=False)
+    node = NodeSpec("docker", Limits(timeout=300, memory="2g", cpus=1), "cpu", warm_pool=0,
+                    offline_build=True)
+    box = RaySandbox(node, tiny_cache, "tiny-docker", gpus_per_task=0, cpus_per_task=1)
+    execution = box.run(replies.VALID_NET, tiny_job())
+    labels = np.load(tiny_cache.parent / "labels" / "test_y.npy")
+    assert score(execution, labels, 10).status == fc.OK, (execution.sandbox_error,
+                                                          execution.log_tail[-500:])
+    assert execution.info["gpu_ids"] == ""  # no GPU asked, none given to the container
+    # The candidate's container is gone (warm_pool=0: none is kept ready for the next one).
+    assert client.containers.list(all=True, filters={"label": "org.orchestrator.sandbox=1"}) == []
