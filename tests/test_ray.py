@@ -5,7 +5,9 @@ scripted Ollama server and real training on small data."""
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from tests.test_search_e2e import DIAGNOSIS, by_role, orchestrator, read_records
 ray = pytest.importorskip("ray", reason="NOT TESTED: the [ray] extra is not installed")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from orchestrator.sandbox.cluster import NodeSpec, RaySandbox  # noqa: E402
+from orchestrator.sandbox.cluster import DATA_ROOT, NodeSpec, RaySandbox  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +62,11 @@ def test_tasks_get_distinct_gpus_and_never_more_than_the_gpus_run_at_once(local_
     assert len(executions) == 8
     assert all(score(e, labels, 10).status == fc.OK for e in executions), \
         [e.sandbox_error or e.log_tail[-300:] for e in executions]
+    # The node's copy of the data is the sandbox/ folder: the test labels never left the driver.
+    copied = Path(tempfile.gettempdir()) / DATA_ROOT / "tiny" / "sandbox"
+    assert sorted(p.name for p in copied.iterdir()) == sorted(
+        p.name for p in tiny_cache.iterdir())
+    assert not list(copied.parent.rglob("test_y*"))
     spans = [(e.info["task_started"], e.info["task_ended"], e.info["gpu_ids"])
              for e in executions]
     assert {gpu for *_, gpu in spans} == {"0", "1"}  # one GPU each, both used
