@@ -163,3 +163,14 @@ def test_wrong_settings_and_inputs_are_one_line_errors(tmp_path, tiny_lm):
                  str(tmp_path / "ft"))
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     assert "corpus" in result.output
+
+
+def test_a_torn_last_step_record_is_cut_before_the_next_append(tmp_path):
+    from orchestrator.finetune.cycles import CycleLog
+
+    path = tmp_path / "cycles.jsonl"
+    path.write_text('{"cycle": 1, "step": "search"}\n{"cycle": 1, "st')  # killed mid-append
+    log = CycleLog(path)
+    assert [r["step"] for r in log.records] == ["search"]
+    log.add({"cycle": 1, "step": "select"})
+    assert [r["step"] for r in CycleLog(path).records] == ["search", "select"]

@@ -53,6 +53,17 @@ def run_args(server, data_dir: Path, results: Path, name: str, iterations: int) 
             "--device", "cpu", "--timeout", "300", "--memory", "4g", "--seed", "42"]
 
 
+def run_with_toml(args: list[str], toml: str, tmp_path: Path, *extra: str) -> str:
+    """`orchestrator run ARGS --config run.toml EXTRA` with `toml` as the file; its output,
+    after checking it succeeded."""
+    config = tmp_path / "run.toml"
+    config.write_text(toml)
+    proc = orchestrator(*args, *extra, "--config", str(config))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    return output
+
+
 def read_records(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "iterations.jsonl").read_text().splitlines()]
 
@@ -243,12 +254,8 @@ def test_novelty_reject_regenerates_and_skips_duplicates(fake_ollama, fashion_da
     generator = [replies.VALID_NET, replies.VALID_NET, replies.prose_wrapped(replies.VALID_NET),
                  replies.VALID_NET_WIDER]
     server = fake_ollama(default=by_role(generator, DIAGNOSIS[:3]))
-    config = tmp_path / "run.toml"
-    config.write_text("[run]\nnovelty = 'reject'\nnovelty-retries = 1\n")
-    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "nov", 3),
-                        "--config", str(config))
-    output, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, output
+    run_with_toml(run_args(server, fashion_data_dir, tmp_path, "nov", 3),
+                  "[run]\nnovelty = 'reject'\nnovelty-retries = 1\n", tmp_path)
     records = read_records(tmp_path / "nov")
     assert [r["status"] for r in records] == [fc.OK, fc.DUPLICATE, fc.OK]
     duplicate = records[1]
@@ -453,12 +460,8 @@ def test_a_reasoning_model_thinks_only_where_asked(fake_ollama, fashion_data_dir
     apart from the answer and does not spend the answer's num_predict."""
     think = Reply(content=DIAGNOSIS[0], thinking="Let me weigh the options. " * 50)
     server = fake_ollama(thinking=True, default=by_role([replies.VALID_NET], [think]))
-    config = tmp_path / "run.toml"
-    config.write_text("[run]\nimprover-think = true\n")
-    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "think", 1),
-                        "--config", str(config))
-    output, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, output
+    run_with_toml(run_args(server, fashion_data_dir, tmp_path, "think", 1),
+                  "[run]\nimprover-think = true\n", tmp_path)
     generator, improver = server.chat_requests()
     assert generator["think"] is False and improver["think"] is True
     assert (generator["options"]["num_predict"], improver["options"]["num_predict"]) == (
@@ -508,14 +511,11 @@ def hosts_of(records: list[dict], chain: int) -> list[tuple[str, str]]:
 def test_chains_are_spread_over_the_servers_of_a_toml_list_and_resume_on_others(
         fake_ollama, fashion_data_dir, tmp_path):
     a, b = fake_ollama(default=by_seed), fake_ollama(default=by_seed)
-    config = tmp_path / "run.toml"
-    config.write_text(f'[run]\nollama-host = ["{a.url}", "{b.url}"]\n')
     args = run_args(a, fashion_data_dir, tmp_path, "spread", 1)
     at = args.index("--ollama-host")
     del args[at:at + 2]  # the servers come from the TOML file
-    proc = orchestrator(*args, "--parallel", "2", "--config", str(config))
-    output, _ = proc.communicate(timeout=900)
-    assert proc.returncode == 0, output
+    run_with_toml(args, f'[run]\nollama-host = ["{a.url}", "{b.url}"]\n', tmp_path,
+                  "--parallel", "2")
     records = read_records(tmp_path / "spread")
     assert hosts_of(records, 0) == [(a.url, a.url)]
     assert hosts_of(records, 1) == [(b.url, b.url)]

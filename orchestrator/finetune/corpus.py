@@ -22,7 +22,6 @@ already in (counted as `already`), so the outer loop can simply run it again.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +32,9 @@ from datasketch import MinHash
 from orchestrator.analysis import stats
 from orchestrator.resources import PROMPTS_DIR
 from orchestrator.search.novelty import TAU, NoveltyIndex
-from orchestrator.store.files import append_line, fsync_dir, write_atomic
+from orchestrator.store.files import append_line, cut_torn_tail, fsync_dir, write_atomic
 from orchestrator.store.records import accuracy_of, record_chain
-from orchestrator.store.run import Run, complete_length, read_records
+from orchestrator.store.run import Run, read_records
 
 DEFAULT_TAU = TAU  # 0.90, NNGPT's near-duplicate threshold
 SYSTEM_FALLBACK = ("You are an expert PyTorch architecture designer. You write complete, "
@@ -170,14 +169,7 @@ class Corpus:
 
     def _load(self) -> None:
         """Read the entries, cutting off a torn last line so the next append starts clean."""
-        if not self.path.exists():
-            return
-        size = self.path.stat().st_size
-        end = complete_length(self.path.read_bytes())
-        if end < size:
-            with open(self.path, "r+b") as f:
-                f.truncate(end)
-                os.fsync(f.fileno())
+        if cut_torn_tail(self.path):
             self.warnings.append(f"{self.path.name}: torn last line cut off")
         for entry in read_records(self.path, self.warnings):
             key = _source_key(entry.get("source"))

@@ -36,7 +36,7 @@ import orjson
 
 from orchestrator.finetune.corpus import Corpus
 from orchestrator.finetune.train import LoraSettings
-from orchestrator.store.files import append_line, write_atomic
+from orchestrator.store.files import append_line, cut_torn_tail, write_atomic
 from orchestrator.store.run import Run, read_records, read_run
 
 SETTINGS_FILE = "cycles.json"
@@ -105,6 +105,7 @@ class CycleLog:
     records: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        cut_torn_tail(self.path)  # a kill mid-append: the next record starts on a clean line
         self.records = read_records(self.path)
 
     def done(self, cycle: int, step: str) -> dict | None:

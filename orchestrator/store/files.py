@@ -21,6 +21,27 @@ def write_atomic(path: Path, data: bytes, mode: int | None = None) -> None:
     os.replace(tmp, path)
 
 
+def complete_length(data: bytes) -> int:
+    """How many leading bytes of a JSON-lines file are whole lines. A line is written with its
+    newline; a last line without one was cut short by a crash, even if it parses."""
+    return data.rfind(b"\n") + 1
+
+
+def cut_torn_tail(path: Path) -> bool:
+    """Cut a torn last line off `path` (fsynced), so the next append starts on a clean line;
+    whether there was one."""
+    if not path.exists():
+        return False
+    data = path.read_bytes()
+    end = complete_length(data)
+    if end == len(data):
+        return False
+    with open(path, "r+b") as f:
+        f.truncate(end)
+        os.fsync(f.fileno())
+    return True
+
+
 def append_line(path: Path, line: bytes) -> None:
     """Append one line (its newline included) and fsync it; a failed write is cut off again,
     so the file stays a sequence of whole lines."""

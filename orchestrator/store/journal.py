@@ -4,21 +4,19 @@ docs/contracts.md). Reading goes through `run.read_records`, the one reader."""
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 
-from orchestrator.store.files import append_line, fsync_dir, write_atomic
+from orchestrator.store.files import append_line, cut_torn_tail, fsync_dir, write_atomic
 from orchestrator.store.records import best_record, summarize
 from orchestrator.store.run import (
     BEST_FILE,
     CONFIG_FILE,
     ITERATIONS_FILE,
     SUMMARY_FILE,
-    complete_length,
     read_records,
 )
 
@@ -67,13 +65,8 @@ class Journal:
         """All complete records. A torn last line (a crash mid-write) is ignored, or cut off
         when `repair` is set so that the next append starts on a clean line."""
         path = self.root / ITERATIONS_FILE
-        if repair and path.exists():
-            size = path.stat().st_size
-            end = complete_length(path.read_bytes())
-            if end < size:
-                with open(path, "r+b") as f:
-                    f.truncate(end)
-                    os.fsync(f.fileno())
+        if repair:
+            cut_torn_tail(path)
         return read_records(path)
 
     def load(self) -> list[dict]:
@@ -105,7 +98,7 @@ class Journal:
             before = best_record(self._records)
             self._append(record)
             self._records.append(record)
-            if best_record(self._records) is not before:
+            if best_record([r for r in (before, record) if r]) is record:  # strictly better
                 self.write_best(code)
             summary = summarize(self._records)
             self.write_summary(summary)

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from orchestrator.store.files import complete_length
 from orchestrator.store.records import record_chain
 
 CONFIG_FILE = "config.json"
@@ -87,12 +88,6 @@ def _read_json(path: Path, warnings: list[str]) -> dict | None:
         warnings.append(f"{path.name}: unreadable JSON ({exc})")
         return None
     return data if isinstance(data, dict) else None
-
-
-def complete_length(data: bytes) -> int:
-    """How many leading bytes of iterations.jsonl are whole lines. A record is committed with
-    its newline; a last line without one was cut short by a crash, even if it parses."""
-    return data.rfind(b"\n") + 1
 
 
 def read_records(path: Path, warnings: list[str] | None = None) -> list[dict]:
