@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q "torch==2.13.0"  # CPU build where a local wheel exists; any torch works
-.venv/bin/pip install -q -e ".[local,test,finetune,ray]"
+.venv/bin/pip install -q -e ".[local,test,finetune,ray,mlflow,ui]"
 .venv/bin/ruff check .
 
 set +e

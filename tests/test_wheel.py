@@ -118,6 +118,9 @@ def test_the_wheel_carries_the_package_prompts_and_sandbox_sources(installed):
     expected |= {f"{RESOURCES}/{name}" for name in (
         "sandbox-image/runner.py", "sandbox-image/offline-base.sh", "Dockerfile.sandbox")}
     assert f"{RESOURCES}/prompts/generator.txt" in expected
+    expected |= {f"orchestrator/ui/{name}" for name in (  # the web view works offline
+        "static/ui.js", "static/app.css", "static/vendor/chart.umd.min.js",
+        "static/vendor/chart.js.LICENSE.md", "templates/base.html", "templates/iteration.html")}
     packages = sorted({p.parent for p in (ROOT / "orchestrator").rglob("*.py")
                        if not NOISE.intersection(p.parts) and "_resources" not in p.parts})
     assert len(packages) > 1, packages  # the package and its subpackages

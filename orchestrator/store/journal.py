@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -44,6 +44,9 @@ class Journal:
         self.candidates = self.root / "candidates"
         self._lock = threading.Lock()
         self._records: list[dict] | None = None
+        # Called with each record once it is durable, outside the lock, from the committing
+        # thread (a mirror such as store/tracking.py); an observer must not raise or block.
+        self.on_commit: list[Callable[[dict], None]] = []
 
     @property
     def exists(self) -> bool:
@@ -102,7 +105,9 @@ class Journal:
                 self.write_best(code)
             summary = summarize(self._records)
             self.write_summary(summary)
-            return summary
+        for observer in list(self.on_commit):
+            observer(record)
+        return summary
 
     def summary(self) -> dict:
         with self._lock:

@@ -1,0 +1,146 @@
+"""The read-only web app: pages (Jinja2, autoescaped), JSON for the live parts, one
+server-sent-event stream that says which runs changed, and the static files.
+
+Only GET routes exist. Every response carries a strict Content-Security-Policy (scripts and
+styles from this origin only, no inline code, no eval, no other origin) and the usual hardening
+headers; requests must name an allowed Host (no DNS rebinding from a web page).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+from jinja2 import Environment, FileSystemLoader
+from sse_starlette.sse import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestrator.ui.data import Runs, run_detail, run_row, run_url
+from orchestrator.ui.iteration import highlight_css, iteration_view
+
+HERE = Path(__file__).parent
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
+       "form-action 'none'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+    "cross-origin-resource-policy": "same-origin",
+}
+LOCAL_HOSTS = ["127.0.0.1", "localhost"]
+
+
+class SecurityHeaders:
+    """Adds SECURITY_HEADERS to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", [])
+                           if k.decode().lower() not in SECURITY_HEADERS]
+                headers += [(k.encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _json(data: object) -> Response:
+    return Response(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+                    media_type="application/json")
+
+
+def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = None) -> Starlette:
+    """The app over the runs under `results_dir`; the event stream checks the journals' sizes
+    and mtimes every `poll` seconds; `hosts`: the Host names accepted (default: loopback)."""
+    runs = Runs(Path(results_dir))
+    templates = Jinja2Templates(env=Environment(
+        loader=FileSystemLoader(HERE / "templates"), autoescape=True))
+
+    def get_run(request: Request):
+        try:
+            return runs.get(request.path_params["name"])
+        except KeyError:
+            raise HTTPException(404, "no such run") from None
+
+    async def runs_page(request: Request) -> Response:
+        return templates.TemplateResponse(request, "runs.html", {"root": str(runs.root)})
+
+    async def run_page(request: Request) -> Response:
+        run = get_run(request)
+        name = request.path_params["name"]
+        return templates.TemplateResponse(request, "run.html", {
+            "name": name, "api": f"/api{run_url(name)}", "dataset": run.dataset,
+            "config": run.config,
+            "parallel": run.config.get("parallel") or 1})
+
+    async def iteration_page(request: Request) -> Response:
+        run = get_run(request)
+        chain = request.query_params.get("chain")
+        try:
+            rec = run.record(int(request.path_params["iteration"]),
+                             int(chain) if chain is not None else None)
+        except (KeyError, ValueError):
+            raise HTTPException(404, "no such iteration") from None
+        view = iteration_view(run, request.path_params["name"], rec)
+        return templates.TemplateResponse(request, "iteration.html", {"it": view})
+
+    async def api_runs(request: Request) -> Response:
+        return _json([run_row(runs.get(n), n) for n in runs.names()])
+
+    async def api_run(request: Request) -> Response:
+        window = request.query_params.get("window", "")
+        size = int(window) if window.isdigit() and int(window) > 0 else None
+        return _json(run_detail(get_run(request), request.path_params["name"], size))
+
+    async def events(request: Request) -> Response:
+        async def changes() -> AsyncIterator[dict]:
+            seen = runs.signatures()
+            while True:
+                await asyncio.sleep(poll)
+                now = runs.signatures()
+                changed = sorted(n for n in now.keys() | seen.keys() if now.get(n) != seen.get(n))
+                seen = now
+                if changed:
+                    yield {"event": "runs", "data": orjson.dumps(changed).decode()}
+
+        return EventSourceResponse(changes(), ping=15)
+
+    async def css(request: Request) -> Response:
+        return PlainTextResponse(highlight_css(), media_type="text/css")
+
+    async def not_found(request: Request, exc: HTTPException) -> Response:
+        return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
+
+    routes = [
+        Route("/", runs_page),
+        Route("/runs/{name}", run_page),
+        Route("/runs/{name}/iterations/{iteration:int}", iteration_page),
+        Route("/api/runs", api_runs),
+        Route("/api/runs/{name}", api_run),
+        Route("/events", events),
+        Route("/highlight.css", css),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    middleware = [Middleware(SecurityHeaders),
+                  Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_HOSTS)]
+    return Starlette(routes=routes, middleware=middleware,
+                     exception_handlers={HTTPException: not_found})
+
