@@ -8,7 +8,7 @@ Evaluates the same reference nets (benchmarks/reference_nets.py) on the same dat
      (torch + torchvision, PIL transforms, DataLoader with 2 workers), run by an interpreter that
      has torchvision (--paper-python; found automatically, see README.md);
  (b) orchestrator: LocalSandbox (pre-warming) + orchestrator.search.evaluation.score, with the
-     job dict built by orchestrator.search.loop.Search.job(), exactly as the search loop does;
+     job dict built by orchestrator.search.loop.job_for(), exactly as the search loop does;
      with
      `--sandbox docker`, DockerSandbox (the product's default) instead.
 Prints, per candidate, the critical-path seconds by phase, both accuracies and the (a)/(b) time
@@ -46,7 +46,7 @@ from orchestrator.sandbox import local as local_sandbox  # noqa: E402
 from orchestrator.sandbox.base import Limits  # noqa: E402
 from orchestrator.sandbox.local import LocalSandbox  # noqa: E402
 from orchestrator.search.evaluation import score  # noqa: E402
-from orchestrator.search.loop import Search  # noqa: E402
+from orchestrator.search.loop import job_for  # noqa: E402
 
 PAPER_SCRIPT = Path(__file__).resolve().with_name("paper_evaluator.py")
 PAPER_PYTHONS = (REPO / ".cache" / "venv-bench" / "bin" / "python",
@@ -221,9 +221,9 @@ def fashion(data_dir: Path, source: Path, train: int | None, test: int | None, s
 
 
 def loop_job(prepared: datasets.PreparedDataset, seed: int, device: str) -> dict:
-    """The job dict exactly as the search loop builds it (Search.job with a RunConfig)."""
+    """The job dict exactly as the search loop builds it (job_for with a RunConfig)."""
     config = RunConfig(seed=seed, device=device)
-    return Search.job(SimpleNamespace(dataset=prepared, config=config))
+    return job_for(config, prepared)
 
 
 # ---------------------------------------------------------------------------------- (a) paper
@@ -664,11 +664,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sandbox == "docker":
         print("  (b) orch : DockerSandbox (pre-warming) Limits() as the loop's defaults, the "
               "sandbox image's torch (runc unless the daemon's default differs), job from "
-              "Search.job()")
+              "job_for()")
     else:
         print(f"  (b) orch : {sys.executable}  torch {runner_info['torch']}, LocalSandbox("
               f"prewarm=True) Limits() as the loop's defaults (no OMP_NUM_THREADS: torch "
-              f"default {runner_info['torch_threads']} threads), job from Search.job()")
+              f"default {runner_info['torch_threads']} threads), job from job_for()")
     print()
 
     rows: list[dict] = []

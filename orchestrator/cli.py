@@ -113,7 +113,22 @@ def run(
                                                 "local Ray).")] = None,
     ray_gpus: Annotated[float | None, Opt(help="GPUs per evaluation under Ray (default: 1 if "
                                                "the cluster has GPUs, else 0).")] = None,
+    select_on: Annotated[str | None, Opt(help="val (default: a held-out part of the training "
+                                              "set selects; test accuracy steers nothing) or "
+                                              "test (the paper's protocol).")] = None,
+    val_fraction: Annotated[float | None, Opt(help="Validation share of the training set, "
+                                                   "stratified and seeded [0.1].")] = None,
+    repeats: Annotated[int | None, Opt(help="Evaluations per candidate with different "
+                                            "training seeds (the proxy's seed noise) [1].")]
+    = None,
+    preset: Annotated[str | None, Opt(help="paper: every protocol value of the paper (under "
+                                           "the TOML file and these flags).")] = None,
     max_params: Annotated[int | None, Opt(help="Parameter budget per candidate.")] = None,
+    track: Annotated[str | None, Opt(help="mlflow: mirror the run into MLflow (the [mlflow] "
+                                          "extra).")] = None,
+    tracking_uri: Annotated[str | None, Opt(help="MLflow tracking URI or folder (default: "
+                                                 "MLFLOW_TRACKING_URI, else ./mlruns).")]
+    = None,
     config: Annotated[Path | None, Opt(help="TOML file with any of these settings.")] = None,
 ) -> None:
     """Run (or --resume) a search."""
@@ -142,6 +157,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     not silently cost throughput, and the models are checked (or pulled) on each server before
     the run relies on them. Once running, a server that goes down is failed over (Servers)."""
     cfg, journal = _run_config(settings, cli, resume)
+    _require_tracking(cfg)
     dataset = _dataset(cfg)
     reporter = Reporter(cfg.iterations, console, chains=cfg.parallel)
     servers = Servers([OllamaClient(host, GenerationOptions(
@@ -180,7 +196,8 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
             for chain, box in enumerate(boxes)
         ]
         try:
-            run_chains(searches)
+            with _tracker(cfg, journal, stored, reporter):
+                run_chains(searches)
         except KeyboardInterrupt:
             console.print(f"\nstopped; {len(journal.records())} iterations are saved. "
                           f"Continue with: orchestrator run --name {cfg.name} --resume")
@@ -190,6 +207,33 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
                        f"the cause, then: orchestrator run --name {cfg.name} --resume",
                        code=3) from None
     return journal.summary()
+
+
+def _require_tracking(cfg: RunConfig) -> None:
+    """--track mlflow without MLflow installed is a setup error, before anything starts."""
+    if cfg.track:
+        from orchestrator.store.tracking import TrackingUnavailable, require_mlflow
+
+        try:
+            require_mlflow()
+        except TrackingUnavailable as exc:
+            raise UserError(str(exc)) from None
+
+
+def _tracker(cfg: RunConfig, journal: Journal, settings: dict,
+             reporter: Reporter) -> contextlib.AbstractContextManager:
+    """The MLflow mirror of the journal around the search (--track mlflow), else nothing."""
+    if not cfg.track:
+        return contextlib.nullcontext()
+    from orchestrator.analysis.report import build_report
+    from orchestrator.store.run import read_run
+    from orchestrator.store.tracking import Tracker
+
+    def report(out: Path) -> None:
+        build_report([read_run(journal.root)], out_dir=out)
+
+    return Tracker(journal, settings, cfg.tracking_uri, cfg.name or journal.root.name,
+                   cfg.parallel, reporter.warn, report)
 
 
 def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: PromptBook,
@@ -266,14 +310,8 @@ def _run_config(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Jou
 
 
 def _dataset(cfg: RunConfig) -> datasets.PreparedDataset:
-    try:
-        prepared = datasets.load(cfg.dataset, cfg.data_dir)
-    except datasets.DatasetError:
-        console.print(f"dataset {cfg.dataset} is not prepared yet: preparing it now")
-        prepared = datasets.prepare(cfg.dataset, cfg.data_dir)
-    if cfg.train_samples or cfg.test_samples:
-        prepared = datasets.subset(prepared, cfg.train_samples, cfg.test_samples, cfg.seed)
-    return prepared
+    return datasets.for_run(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples,
+                            cfg.seed, cfg.select_on, cfg.val_fraction, console.print)
 
 
 def _novelty_gate(cfg: RunConfig, journal: Journal, records: list[dict]) -> NoveltyGate:
@@ -435,6 +473,53 @@ def _cycles_report(root: Path, threshold: float | None, out_dir: Path | None,
     (out / "cycles.png").write_bytes(cycles_plot(rows))
     print(markdown)
     console.print(f"markdown: {out / 'cycles.md'}\nplot: {out / 'cycles.png'}", highlight=False)
+
+
+@app.command()
+def retrain(
+    run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")],
+    top: Annotated[int, Opt(min=1, help="How many of the best distinct designs.")] = 10,
+    epochs: Annotated[int, Opt(min=1, help="Training epochs of each.")] = 30,
+    seeds: Annotated[int, Opt(min=1, help="Training seeds per design (run seed + 0, 1, ...).")]
+    = 1,
+    timeout: Annotated[float | None, Opt(help="Seconds per training (default: the run's "
+                                              "timeout scaled by the epochs).")] = None,
+    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+) -> None:
+    """Train the top designs of a run for longer (resumable): converged test accuracy per
+    design, and how well the one-epoch proxy ranked them."""
+    from orchestrator.search import retrain as rt
+    from orchestrator.store.run import read_run
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+    def say(text: str) -> None:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+    again = f"orchestrator retrain {run_name} --top {top} --epochs {epochs} --seeds {seeds}" + (
+        f" --timeout {timeout:g}" if timeout else "") + (
+        f" --results-dir {results_dir}" if results_dir != Path("results") else "")
+    try:
+        run = read_run(run_name, results_dir)
+        cfg = rt.retrain_config(run, epochs, timeout)
+        plan = rt.Plan(rt.top_designs(run, top), epochs, [cfg.seed + s for s in range(seeds)],
+                       cfg.select_on, cfg.epochs)
+        dataset = _dataset(cfg)
+        rt.check_dataset(run, dataset)
+        out = rt.retrain_dir(run)
+        say(f"retraining {len(plan.designs)} designs of {run.name} for {epochs} epochs, "
+            f"{seeds} seed(s) each: {out}")
+        with _sandboxes(cfg, dataset)[0] as box:
+            lines = rt.run_plan(plan, box, cfg, dataset, out / rt.JOURNAL_FILE, say)
+        text = rt.write_summary(out, rt.summarize(plan, lines, run.name))
+    except (rt.RetrainError, ConfigError, datasets.DatasetError, FileNotFoundError) as exc:
+        raise fail(str(exc)) from None
+    except _sandbox_errors() as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        say(f"\nstopped; the finished trainings are saved. Continue with: {again}")
+        raise typer.Exit(130) from None
+    print(text, end="")
 
 
 @app.command()
@@ -610,6 +695,29 @@ def cycles(
     last = done[-1]
     console.print(f"done: {len(done)} cycles; corpus {last['corpus_size']}; the generator is "
                   f"now {last['tag']}", highlight=False)
+
+
+@app.command()
+def ui(
+    results_dir: Annotated[Path, typer.Argument(help="Folder of runs to show.")] = Path("results"),
+    host: Annotated[str, Opt(help="Address to listen on. Anything but loopback exposes every "
+                                  "run's code, prompts and errors to that network.")]
+    = "127.0.0.1",
+    port: Annotated[int, Opt(help="Port to listen on.")] = 8765,
+) -> None:
+    """A live, read-only web view of the runs under RESULTS_DIR (the `ui` extra)."""
+    from orchestrator import ui as web
+
+    if absent := web.missing():
+        raise fail(f"`orchestrator ui` needs {', '.join(absent)}: pip install 'orchestrator[ui]'")
+    if not results_dir.is_dir():
+        raise fail(f"no results folder at {results_dir}")
+    if host not in web.LOOPBACK:
+        console.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach "
+                      "it can read every run's code, prompts and errors", highlight=False)
+    shown = f"[{host}]" if ":" in host else host
+    console.print(f"orchestrator ui: http://{shown}:{port}/ (Ctrl-C stops)", highlight=False)
+    web.serve(results_dir, host, port)
 
 
 models_app = typer.Typer(help="Models on the Ollama server.", invoke_without_command=True)

@@ -562,6 +562,57 @@ def test_test_labels_are_nowhere_inside(run, sandbox, data):
     assert (data.parent / "labels" / "test_y.npy").exists()  # they exist, on the host only
 
 
+def test_validation_labels_are_nowhere_inside(runtime, image, suite_guard, tmp_path):
+    """--select-on val: the sandbox of a holdout gets the training set less the validation
+    images, and the validation images among the evaluation images, with no label of them."""
+    from orchestrator.data import datasets
+
+    tiny = write_tiny_cache(tmp_path / "tiny", 160, 40)
+    arrays = tuple(np.load(p) for p in (tiny / "train_x.npy", tiny / "train_y.npy",
+                                        tiny / "test_x.npy", tiny.parent / "labels" / "test_y.npy"))
+    datasets._write_cache(tmp_path / "data" / "mnist", datasets.SPECS["mnist"], arrays)
+    held = datasets.holdout(datasets.load("mnist", tmp_path / "data"), 0.1, 42)
+    assert held.val_count == 16
+    code = candidate(forward="""
+        if first:
+            import hashlib
+            import numpy as np
+            hits, npy, files = [], [], 0
+            for root, dirs, names in _os.walk("/"):
+                if root == "/":
+                    dirs[:] = [d for d in dirs if d not in ("proc", "sys", "dev")]
+                files += len(names)
+                hits += [_os.path.join(root, n) for n in names + dirs
+                         if n.startswith(("test_y", "val_y", "labels"))]
+                if not root.startswith("/opt/sandbox/site") and "-packages" not in root:
+                    npy += [_os.path.join(root, n) for n in names if n.endswith(".npy")]
+            report(hits=hits, npy=sorted(npy), files=files, data=sorted(_os.listdir("/data")),
+                   train_y=len(np.load("/data/train_y.npy")),
+                   digests=[hashlib.md5(r.tobytes()).hexdigest()[:10]
+                            for r in np.load("/data/train_x.npy")])
+    """)
+    sb = DockerSandbox(held.sandbox_dir, Limits(**LIMITS), device="cpu", gpus="none",
+                       runtime=runtime, image=IMAGE, pool=PoolSize(depth=0))
+    try:
+        ex = sb.run(code, JOB)
+    finally:
+        sb.close()
+    outcome = score(ex, held.test_labels(), 10, held.val_count)
+    assert ex.sandbox_error is None and outcome.status == fc.OK, ex.log_tail
+    r = report(ex)
+    assert r["hits"] == [] and r["files"] > 1000  # it did walk the image
+    assert r["data"] == ["test_x.npy", "train_x.npy", "train_y.npy"]
+    assert r["npy"] == ["/data/test_x.npy", "/data/train_x.npy", "/data/train_y.npy",
+                        "/out/predictions.npy"]  # the candidate's own output file
+    assert r["train_y"] == 160 - 16 == held.train_count
+    val_x = np.load(held.sandbox_dir / "test_x.npy")[:held.val_count]
+    held_out = {hashlib.md5(x.tobytes()).hexdigest()[:10] for x in val_x}
+    assert len(r["digests"]) == 144 and not held_out & set(r["digests"])
+    assert (held.root / "labels" / "test_y.npy").exists()  # they exist, on the host only
+    with pytest.raises(docker.errors.NotFound):
+        CLIENT.containers.get(ex.info["container_id"])
+
+
 def test_background_processes_do_not_survive(run):
     code = candidate(init=f"""
         import subprocess

@@ -402,8 +402,8 @@ def test_data_torn_mid_run_stops_it_and_resume_completes(fake_ollama, fashion_da
     first = orchestrator(*run_args(fake_ollama(default=by_role([replies.VALID_NET], DIAGNOSIS)),
                                    fashion_data_dir, tmp_path, "warm", 1))
     assert first.communicate(timeout=900)[0] and first.returncode == 0  # caches the subset
-    images = fashion_data_dir / "fashionmnist" / "subsets" / "6000-500-42" / "sandbox" / \
-        "train_x.npy"  # run_args's subset
+    images = fashion_data_dir / "fashionmnist" / "subsets" / "6000-500-42" / "holdout" / \
+        "0.1-42" / "sandbox" / "train_x.npy"  # run_args's subset, less its validation split
     intact = images.read_bytes()
 
     tear = threading.Event()

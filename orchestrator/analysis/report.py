@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from orchestrator.analysis import stats
+from orchestrator.analysis import paper, stats
 from orchestrator.search.failures import FAILURE_CLASSES
 from orchestrator.store.records import (
     accuracy_of,
@@ -142,6 +142,7 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
         "finished": run.summary is not None,
         "threshold": thr,
         "table2": summarize(run.records),
+        "first_test_accuracy": _first_test_accuracy(run.records),
         "overall": overall,
         "windows": stats.windows(run.records, window, thr, tau),
         "failures": stats.failure_breakdown(run.records),
@@ -149,6 +150,16 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
         "times": stats.time_breakdown(run.records),
         "warnings": list(run.warnings),
     }
+
+
+def _first_test_accuracy(records: list[dict]) -> float | None:
+    """The test accuracy of the first success (its selection accuracy in a run selected on
+    test)."""
+    for rec in ordered(records):
+        if accuracy_of(rec) is not None:
+            value = rec.get("test_accuracy", rec.get("accuracy"))
+            return float(value) if isinstance(value, int | float) else None
+    return None
 
 
 # ---------------------------------------------------------------- tables
@@ -185,8 +196,52 @@ def summary_table(ms: list[dict], labels: list[str]) -> Table:
         ["Mean accuracy [95% CI]"]
         + [f"{pct(m['overall']['mean_acc'])} {interval(m['overall']['acc_ci'])}" for m in ms],
         ["Above threshold"] + [_above(m["overall"], m["threshold"]) for m in ms],
+        ["Selected on"] + [SELECTION.get(t["metric"] or "test", "n/a") for t in t2],
+        ["Best's test accuracy"] + [pct(t["best_test_accuracy"]) for t in t2],
+        ["Seed sd of the metric"] + [_noise(t) for t in t2],
+        ["Best's lead over the runner-up"] + [_lead(t) for t in t2],
     ]
     return Table("Search summary (Table 2)", ["Metric", *labels], rows)
+
+
+SELECTION = {"val": "validation accuracy (test steers nothing)",
+             "test": "test accuracy (the paper's protocol)"}
+
+
+def _noise(t: dict) -> str:
+    if t.get("seed_sd") is None:
+        return "n/a (one seed per candidate; measure it with --repeats)"
+    return f"{100 * t['seed_sd']:.2f} pp ({t['repeated']} candidates with several seeds)"
+
+
+def _lead(t: dict) -> str:
+    if t.get("lead") is None:
+        return "n/a"
+    if t.get("lead_p") is None:
+        return f"{pp(t['lead'])} (no seed spread of both to compare)"
+    verdict = "exceeds" if t["lead_exceeds_noise"] else "does not exceed"
+    return f"{pp(t['lead'])}, {verdict} the seed noise (Welch p = {pval(t['lead_p'])})"
+
+
+def paper_table(m: dict, label: str) -> Table | None:
+    """The paper's Table 2 for the run's dataset and generator family, beside the run's own
+    (its best as test accuracy, the paper's metric); None for a dataset the paper did not
+    use."""
+    rows = paper.paper_rows(m["dataset"], m["generator_model"])
+    if not rows:
+        return None
+    t = m["table2"]
+    mine = {**t, "best_accuracy": t["best_test_accuracy"],
+            "first_accuracy": m["first_test_accuracy"]}
+    lines = [("Iterations", "iterations", str), ("Success rate", "success_rate", pct),
+             ("First accuracy (test)", "first_accuracy", pct),
+             ("Best accuracy (test)", "best_accuracy", pct),
+             ("Spearman ρ", "spearman_rho", num), ("Kendall τ", "kendall_tau", num)]
+    table = [[name] + [fmt(mine[key]) if mine[key] is not None else "n/a"]
+             + [fmt(r[key]) if r[key] is not None else "not legible in the source"
+                for r in rows] for name, key, fmt in lines]
+    return Table(f"{label} beside the paper ({paper.SOURCE})",
+                 ["Metric", label, *(f"paper: {r['model']}" for r in rows)], table)
 
 
 def _above(summary: dict, thr: float | None) -> str:
@@ -431,6 +486,7 @@ def build_report(runs: list[Run], window: int = 50, threshold: float | None = No
     labels = run_labels(runs)
     ms = [run_metrics(r, window, threshold, tau) for r in runs]
     tables = [summary_table(ms, labels)]
+    tables += [t for m, label in zip(ms, labels, strict=True) if (t := paper_table(m, label))]
     tables += [windows_table(m, label, window) for m, label in zip(ms, labels, strict=True)]
     tables += [failure_table(ms, labels), error_table(ms, labels), time_table(ms, labels)]
     notes = time_notes(ms, labels)

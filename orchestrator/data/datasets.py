@@ -98,8 +98,15 @@ class PreparedDataset:
     def test_count(self) -> int:
         return int(self.meta["test_count"])
 
+    @property
+    def val_count(self) -> int:
+        """How many of the evaluation images (test_x) are the validation split, which comes
+        first; 0 without one."""
+        return int(self.meta.get("holdout", {}).get("val_count", 0))
+
     def test_labels(self) -> np.ndarray:
-        """The held-out test labels, uint8 [M]; for scoring on the host only."""
+        """The labels of the evaluation images, uint8 [M] (validation first, then test); for
+        scoring on the host only."""
         return np.load(self.root / "labels" / "test_y.npy")
 
 
@@ -200,6 +207,65 @@ def subset(
             _write_cache(Path(tmp) / "cache", prepared.spec, arrays, extra)
             _install(Path(tmp) / "cache", root, Path(tmp) / "old", replace=False)
     return PreparedDataset(prepared.name, root, prepared.spec, _read_meta(root))
+
+
+def holdout(prepared: PreparedDataset, fraction: float, seed: int) -> PreparedDataset:
+    """A stratified validation split of the training set, materialised once under
+    ``<root>/holdout/<fraction>-<seed>/``: the rest trains; the evaluation images (test_x) are
+    the validation images followed by the test images, whose labels stay on the host like the
+    test labels (``labels/test_y.npy``). The sandbox cannot tell the two apart, and needs not.
+
+    Indices: ``rng = np.random.default_rng(seed)``; the training set in a random order, sorted
+    stably by class, and every (1 / fraction)-th image of that order held out, so each class
+    gives its share (``floor(n * fraction)`` images in all).
+    """
+    key = f"{fraction:g}-{seed}"
+    root = prepared.root / "holdout" / key
+    if not _is_complete(root):
+        labels = np.load(prepared.root / "sandbox" / "train_y.npy")
+        val_idx, train_idx = _stratified(labels, fraction, np.random.default_rng(seed))
+        if not len(val_idx) or not len(train_idx):
+            raise DatasetError(f"{prepared.train_count} training images cannot give a "
+                               f"validation split of {fraction:g}: use more --train-samples "
+                               "or --select-on test")
+        train_x, train_y, test_x, test_y = _take(prepared.root, train_idx,
+                                                 np.arange(prepared.test_count))
+        val_x = np.load(prepared.root / "sandbox" / "train_x.npy", mmap_mode="r")[val_idx]
+        arrays = (train_x, train_y, np.concatenate([val_x, test_x]),
+                  np.concatenate([labels[val_idx], test_y]))
+        extra = {"holdout": {"fraction": fraction, "seed": seed, "val_count": len(val_idx),
+                             "parent_fingerprint": prepared.fingerprint}}
+        root.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=root.parent, prefix=f".{key}.work-") as tmp:
+            _write_cache(Path(tmp) / "cache", prepared.spec, arrays, extra)
+            _install(Path(tmp) / "cache", root, Path(tmp) / "old", replace=False)
+    return PreparedDataset(prepared.name, root, prepared.spec, _read_meta(root))
+
+
+def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out, kept) indices, both sorted: systematic sampling of a class-sorted random
+    order."""
+    order = rng.permutation(len(labels))
+    order = order[np.argsort(labels[order], kind="stable")]
+    positions = np.arange(len(labels) + 1) * fraction
+    held = np.floor(positions[1:]) > np.floor(positions[:-1])
+    return np.sort(order[held]), np.sort(order[~held])
+
+
+def for_run(name: str, data_dir: str | Path | None, train_samples: int | None,
+            test_samples: int | None, seed: int, select_on: str, val_fraction: float,
+            on_prepare: Callable[[str], None] = print) -> PreparedDataset:
+    """The dataset a run evaluates on: the cache (prepared now if missing), its seeded subset,
+    and the validation split when the run selects on one."""
+    try:
+        prepared = load(name, data_dir)
+    except DatasetError:
+        on_prepare(f"dataset {name} is not prepared yet: preparing it now")
+        prepared = prepare(name, data_dir)
+    if train_samples or test_samples:
+        prepared = subset(prepared, train_samples, test_samples, seed)
+    return holdout(prepared, val_fraction, seed) if select_on == "val" else prepared
 
 
 def fingerprint(arrays: Sequence[np.ndarray]) -> str:

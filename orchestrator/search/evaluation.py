@@ -20,10 +20,13 @@ SANDBOX_PHASE = "sandbox"  # a fault of the host's sandbox machinery, outside th
 @dataclass
 class Outcome:
     status: str
-    accuracy: float | None = None
+    accuracy: float | None = None  # the selection metric: validation accuracy, else test
     error: dict | None = None  # {type, message, traceback}
     metrics: dict = field(default_factory=dict)
     phase: str | None = None
+    test_accuracy: float | None = None
+    val_accuracy: float | None = None
+    repeats: dict | None = None  # {accuracies, test_accuracies}: one per training seed
 
     @property
     def ok(self) -> bool:
@@ -52,15 +55,19 @@ def key_traceback_line(traceback: str) -> str:
     return lines[-1] if lines else ""
 
 
-def score(execution: Execution, test_labels: np.ndarray, num_classes: int) -> Outcome:
-    """Classify what came back from the sandbox; compute accuracy from predictions only."""
-    outcome = _classify(execution, test_labels, num_classes)
+def score(execution: Execution, labels: np.ndarray, num_classes: int,
+          val_count: int = 0) -> Outcome:
+    """Classify what came back from the sandbox; compute accuracy from predictions only. The
+    first `val_count` labels are the validation split: its accuracy is then the one that
+    selects (`accuracy`), and the test accuracy is kept beside it."""
+    outcome = _classify(execution, labels, num_classes, val_count)
     if execution.seconds:
         outcome.metrics.setdefault("sandbox_seconds", round(execution.seconds, 3))
     return outcome
 
 
-def _classify(execution: Execution, labels: np.ndarray, num_classes: int) -> Outcome:
+def _classify(execution: Execution, labels: np.ndarray, num_classes: int,
+              val_count: int) -> Outcome:
     result = _parse_result(execution.result_bytes)
     if execution.sandbox_error:
         return _sandbox_fault(execution.sandbox_error, result)
@@ -83,8 +90,11 @@ def _classify(execution: Execution, labels: np.ndarray, num_classes: int) -> Out
         predictions = load_predictions(execution.predictions_bytes, len(labels), num_classes)
     except ValueError as exc:
         return failure(fc.RUNTIME_ERROR, f"invalid predictions: {exc}", phase="predict")
-    accuracy = float(np.mean(predictions == labels.astype(np.int64)))
-    return Outcome(fc.OK, accuracy=accuracy, metrics=_clean_metrics(metrics), phase=phase)
+    correct = predictions == labels.astype(np.int64)
+    test = float(np.mean(correct[val_count:]))
+    val = float(np.mean(correct[:val_count])) if val_count else None
+    return Outcome(fc.OK, accuracy=test if val is None else val, test_accuracy=test,
+                   val_accuracy=val, metrics=_clean_metrics(metrics), phase=phase)
 
 
 def _sandbox_fault(message: str, result: dict | None) -> Outcome:

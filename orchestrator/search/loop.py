@@ -214,14 +214,25 @@ class Search:
         return extraction.code, None, self.novelty.check(extraction.code)
 
     def _evaluate(self, i: int, code: str, timings: dict) -> Outcome:
+        """The candidate trained with `repeats` seeds (seed, seed + 1, ...), each in a fresh
+        sandbox; the first failure is the outcome."""
+        outcomes: list[Outcome] = []
         with self.reporter.phase(i, "evaluating"):
             started = time.monotonic()
-            try:
-                execution = self.sandbox.run(code, self.job())
-            except Exception as exc:  # a sandbox bug must not end the search or blame the design
-                execution = Execution(None, 0.0, sandbox_error=f"sandbox failed: {exc!r}")
+            for repeat in range(self.config.repeats):
+                outcomes.append(self._evaluate_once(code, self.config.seed + repeat))
+                if not outcomes[-1].ok:
+                    break
             timings["evaluate"] = round(time.monotonic() - started, 3)
-        outcome = score(execution, self.labels, self.dataset.spec.num_classes)
+        return outcomes[-1] if len(outcomes) == 1 or not outcomes[-1].ok else averaged(outcomes)
+
+    def _evaluate_once(self, code: str, seed: int) -> Outcome:
+        try:
+            execution = self.sandbox.run(code, job_for(self.config, self.dataset, seed=seed))
+        except Exception as exc:  # a sandbox bug must not end the search or blame the design
+            execution = Execution(None, 0.0, sandbox_error=f"sandbox failed: {exc!r}")
+        outcome = score(execution, self.labels, self.dataset.spec.num_classes,
+                        self.dataset.val_count)
         outcome.metrics.update({k: v for k, v in execution.info.items()
                                 if isinstance(v, int | float) or k in PLACE_KEYS})
         return outcome
@@ -307,18 +318,6 @@ class Search:
         return Attempt(record["iteration"], self.state.codes[record["iteration"]],
                        describe(outcome), record.get("accuracy"))
 
-    def job(self) -> dict:
-        spec, config = self.dataset.spec, self.config
-        return {
-            "input_shape": list(spec.input_shape), "num_classes": spec.num_classes,
-            "mean": list(spec.mean), "std": list(spec.std), "crop_padding": 4,
-            "flip": spec.flip, "epochs": config.epochs, "batch_size": config.batch_size,
-            "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
-            "seed": config.seed, "device": config.device, "precision": config.precision,
-            "validate_batch": 2, "max_params": config.max_params,
-            "gpu_memory_fraction": gpu_share(config),
-        }
-
     def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,
                 diagnosis: Diagnosis | None, code: str | None, outcome: Outcome,
                 triple: Triple, timings: dict, novelty: dict | None) -> dict:
@@ -333,6 +332,10 @@ class Search:
             "chain": self.chain,
             "status": outcome.status,
             "accuracy": outcome.accuracy,
+            "metric": self.config.select_on,
+            "test_accuracy": outcome.test_accuracy,
+            "val_accuracy": outcome.val_accuracy,
+            "repeats": outcome.repeats,
             "error": outcome.error,
             "phase": outcome.phase,
             "code_file": code_file,
@@ -353,6 +356,36 @@ class Search:
                         "improver": improve_call.messages if improve_call else None},
             "time": time.time(),
         }
+
+
+def job_for(config: RunConfig, dataset: PreparedDataset, seed: int | None = None,
+            epochs: int | None = None) -> dict:
+    """The sandbox job of the run's protocol (another training seed or schedule when given)."""
+    spec = dataset.spec
+    return {
+        "input_shape": list(spec.input_shape), "num_classes": spec.num_classes,
+        "mean": list(spec.mean), "std": list(spec.std), "crop_padding": 4,
+        "flip": spec.flip, "epochs": epochs or config.epochs, "batch_size": config.batch_size,
+        "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
+        "seed": config.seed if seed is None else seed, "device": config.device,
+        "precision": config.precision, "validate_batch": 2, "max_params": config.max_params,
+        "gpu_memory_fraction": gpu_share(config),
+    }
+
+
+def averaged(outcomes: list[Outcome]) -> Outcome:
+    """One outcome for successful repeats: mean accuracies, the first's metrics, each
+    repeat's accuracies kept."""
+    def mean(values: list[float | None]) -> float | None:
+        return None if None in values else sum(values) / len(values)
+
+    first = outcomes[0]
+    return Outcome(
+        fc.OK, accuracy=mean([o.accuracy for o in outcomes]), metrics=first.metrics,
+        phase=first.phase, test_accuracy=mean([o.test_accuracy for o in outcomes]),
+        val_accuracy=mean([o.val_accuracy for o in outcomes]),
+        repeats={"accuracies": [o.accuracy for o in outcomes],
+                 "test_accuracies": [o.test_accuracy for o in outcomes]})
 
 
 def run_chains(searches: list[Search]) -> None:

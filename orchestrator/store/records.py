@@ -84,16 +84,54 @@ def correlations(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float | 
     return out
 
 
+def repeat_accuracies(rec: dict) -> list[float]:
+    """The selection accuracy of each training seed of a record evaluated with --repeats."""
+    repeats = rec.get("repeats")
+    values = repeats.get("accuracies") if isinstance(repeats, dict) else None
+    if not isinstance(values, list):
+        return []
+    return [float(v) for v in values
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+
+
+def seed_noise(records: Sequence[dict]) -> dict:
+    """The proxy's seed noise: the pooled standard deviation of the selection metric over the
+    successes evaluated with several seeds, and whether the best's lead over the runner-up
+    exceeds it (Welch's t-test of their per-seed accuracies, p < 0.05). None where there are
+    no repeats."""
+    spread = [np.var(a, ddof=1) for r in records
+              if accuracy_of(r) is not None and len(a := repeat_accuracies(r)) >= 2]
+    out: dict = {"seed_sd": math.sqrt(float(np.mean(spread))) if spread else None,
+                 "repeated": len(spread), "lead": None, "lead_p": None,
+                 "lead_exceeds_noise": None}
+    ranked = sorted((r for r in records if accuracy_of(r) is not None),
+                    key=lambda r: -accuracy_of(r))
+    best = best_record(records)
+    runner_up = next((r for r in ranked if r is not best), None)
+    if best is None or runner_up is None:
+        return out
+    out["lead"] = accuracy_of(best) - accuracy_of(runner_up)
+    a, b = repeat_accuracies(best), repeat_accuracies(runner_up)
+    if len(a) >= 2 and len(b) >= 2 and np.ptp(a + b) > 0:
+        p = _finite(sps.ttest_ind(a, b, equal_var=False).pvalue)
+        out["lead_p"] = p
+        out["lead_exceeds_noise"] = p is not None and p < 0.05 and out["lead"] > 0
+    return out
+
+
 def summarize(records: Sequence[dict]) -> dict:
     """summary.json, the paper's Table 2 for one run: iterations, successes, success rate,
     first/best accuracy, improvement, and Spearman/Kendall between iteration number and
-    accuracy over the successes (None where undefined)."""
+    accuracy over the successes (None where undefined). Accuracy is the selection metric
+    (`metric`: val or test); the best's test accuracy and the seed noise come with it."""
     pairs = successes(records)
     total = len(records)
     first = pairs[0][1] if pairs else None
     best = best_record(records)
     best_acc = accuracy_of(best) if best else None
     return {
+        "metric": str(records[0].get("metric", "test")) if records else None,
+        "best_test_accuracy": _number(best.get("test_accuracy", best_acc)) if best else None,
         "iterations": total,
         "successful": len(pairs),
         "success_rate": len(pairs) / total if total else None,
@@ -104,4 +142,10 @@ def summarize(records: Sequence[dict]) -> dict:
         "best_chain": record_chain(best) if best else None,
         "improvement": best_acc - first if best_acc is not None and first is not None else None,
         **correlations([p[0] for p in pairs], [p[1] for p in pairs]),
+        **seed_noise(records),
     }
+
+
+def _number(value: object) -> float | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
