@@ -181,3 +181,17 @@ def test_a_run_without_successes_and_a_missing_run_are_one_line_errors(base_run,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert missing.stderr.count("\n") == 1 and "no run found for 'nope'" in missing.stderr
+
+
+def test_proxy_fidelity_benchmark_runs_the_cli_end_to_end(fashion_data_dir, tmp_path, capsys):
+    """benchmarks/proxy_fidelity.py: search and retrain through the CLI, three designs."""
+    from benchmarks import proxy_fidelity
+
+    code = proxy_fidelity.main([
+        "--designs", "3", "--epochs", "2", "--train-samples", "600", "--test-samples", "200",
+        "--device", "cpu", "--data-dir", str(fashion_data_dir),
+        "--results-dir", str(tmp_path), "--json", str(tmp_path / "fidelity.json")])
+    assert code == 0, capsys.readouterr().out
+    summary = json.loads((tmp_path / "fidelity.json").read_text())["summary"]
+    assert len({d["key"] for d in summary["designs"]}) == 3  # three distinct designs
+    assert summary["correlations"]["selection"]["n"] == 3
