@@ -49,9 +49,10 @@ class Run:
         where = f" in chain {chain}" if chain is not None else ""
         raise KeyError(f"run {self.name!r} has no record for iteration {iteration}{where}")
 
-    def code_path(self, rec: dict) -> Path | None:
-        """The candidate file a record points to, if it exists inside the run directory."""
-        rel = rec.get("code_file")
+    def code_path(self, rec: dict, key: str = "code_file") -> Path | None:
+        """The file a record points to (`code_file`, or `reply_file`), if it exists inside the
+        run directory."""
+        rel = rec.get(key)
         if not isinstance(rel, str) or not rel:
             return None
         root = self.path.resolve()
@@ -62,7 +63,14 @@ class Run:
 
     def code(self, rec: dict) -> str | None:
         """The candidate code of a record, or None when its file is missing."""
-        path = self.code_path(rec)
+        return self._text(self.code_path(rec))
+
+    def reply(self, rec: dict) -> str | None:
+        """The Code Generator's raw reply of a record, or None when its file is missing."""
+        return self._text(self.code_path(rec, "reply_file"))
+
+    @staticmethod
+    def _text(path: Path | None) -> str | None:
         return path.read_text(encoding="utf-8", errors="replace") if path else None
 
 

@@ -73,11 +73,6 @@ def _diff(run: Run, name: str, base: dict | None, rec: dict, code: str | None) -
                                 str(rec.get("code_file")))}
 
 
-def _reply(run: Run, rec: dict) -> str | None:
-    # Run.code reads the file a record names, only when it lies inside the run directory.
-    return run.code({"code_file": rec.get("reply_file")})
-
-
 def _messages(prompt: object) -> list[dict]:
     if not isinstance(prompt, list):
         return []
@@ -119,7 +114,7 @@ def iteration_view(run: Run, name: str, rec: dict) -> dict:
         "reason": suggestions.get("reason"), "inspiration": suggestions.get("inspiration"),
         "suggestions": items if isinstance(items, list) else [items] if items else [],
         "prompts": {role: _messages(prompts.get(role)) for role in ROLES},
-        "reply": _reply(run, rec),
+        "reply": run.reply(rec),
         "metrics": _dict(rec.get("metrics")), "timings": _dict(rec.get("timings")),
         "llm": {role: _dict(llm.get(role)) for role in ROLES if llm.get(role)},
         "novelty": _dict(rec.get("novelty")) or None,
