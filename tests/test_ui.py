@@ -336,12 +336,12 @@ def test_the_chains_of_a_parallel_run_are_lines_that_can_be_toggled(browser, ser
     visible = """() => Chart.getChart("trajectory").data.datasets
         .filter((d, i) => Chart.getChart("trajectory").isDatasetVisible(i) && d.type === "line")
         .map((d) => d.chain)"""
-    assert page.evaluate(visible) == [1, 2]
+    assert page.evaluate(visible) == [0, 1]  # chains count from 0, as in the journal
     watched.shot("run-parallel")
-    page.uncheck("#chains input[value='1']")
-    assert page.evaluate(visible) == [2]
-    page.select_option("#filter-chain", "2")
+    page.uncheck("#chains input[value='0']")
+    assert page.evaluate(visible) == [1]
+    page.select_option("#filter-chain", "1")
     assert page.locator("#iterations tbody tr").count() == 4
-    page.check("#chains input[value='1']")
-    assert page.evaluate(visible) == [1, 2]
+    page.check("#chains input[value='0']")
+    assert page.evaluate(visible) == [0, 1]
 
