@@ -29,14 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
+from benchmarks.search_throughput import (  # noqa: E402
+    DATASET,
+    DEFAULT_DATA_DIR,
+    FASHION_SOURCE,
+    MODEL,
+)
 from orchestrator.data import datasets  # noqa: E402
 from tests import replies  # noqa: E402
 from tests.fake_ollama import FakeOllama, Reply  # noqa: E402
 
-DATASET = "fashionmnist"
-FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
-DEFAULT_DATA_DIR = REPO / ".cache" / "benchmarks" / "datasets"
-MODEL = "coder:bench"
 RUN = "fidelity"
 
 # (widths of the conv stages, batch norm): from a linear-ish probe to a wide three-stage net.

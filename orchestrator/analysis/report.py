@@ -142,7 +142,6 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
         "finished": run.summary is not None,
         "threshold": thr,
         "table2": summarize(run.records),
-        "first_test_accuracy": _first_test_accuracy(run.records),
         "overall": overall,
         "windows": stats.windows(run.records, window, thr, tau),
         "failures": stats.failure_breakdown(run.records),
@@ -150,16 +149,6 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
         "times": stats.time_breakdown(run.records),
         "warnings": list(run.warnings),
     }
-
-
-def _first_test_accuracy(records: list[dict]) -> float | None:
-    """The test accuracy of the first success (its selection accuracy in a run selected on
-    test)."""
-    for rec in ordered(records):
-        if accuracy_of(rec) is not None:
-            value = rec.get("test_accuracy", rec.get("accuracy"))
-            return float(value) if isinstance(value, int | float) else None
-    return None
 
 
 # ---------------------------------------------------------------- tables
@@ -232,7 +221,7 @@ def paper_table(m: dict, label: str) -> Table | None:
         return None
     t = m["table2"]
     mine = {**t, "best_accuracy": t["best_test_accuracy"],
-            "first_accuracy": m["first_test_accuracy"]}
+            "first_accuracy": t["first_test_accuracy"]}
     lines = [("Iterations", "iterations", str), ("Success rate", "success_rate", pct),
              ("First accuracy (test)", "first_accuracy", pct),
              ("Best accuracy (test)", "best_accuracy", pct),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,14 @@ from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import Outcome, score
 from orchestrator.search.loop import job_for
 from orchestrator.store.files import append_line, cut_torn_tail, write_atomic
-from orchestrator.store.records import accuracy_of, correlations, iteration_of, record_chain
+from orchestrator.store.records import (
+    accuracy_of,
+    correlations,
+    iteration_of,
+    number,
+    record_chain,
+    test_accuracy_of,
+)
 from orchestrator.store.run import Run, read_records
 
 RETRAIN_DIR = "retrain"
@@ -152,11 +158,11 @@ def journal_line(plan: Plan, design: Design, seed: int, outcome: Outcome) -> dic
         "key": design.key, "epochs": plan.epochs, "seed": seed,
         "iteration": design.iteration, "chain": design.chain, "metric": plan.metric,
         "proxy_epochs": plan.proxy_epochs, "proxy_accuracy": accuracy_of(rec),
-        "proxy_test_accuracy": _number(rec.get("test_accuracy", accuracy_of(rec))),
+        "proxy_test_accuracy": test_accuracy_of(rec),
         "status": outcome.status, "test_accuracy": outcome.test_accuracy,
         "val_accuracy": outcome.val_accuracy, "params": _count(metrics.get("params")),
-        "train_seconds": _number(metrics.get("train_seconds")),
-        "sandbox_seconds": _number(metrics.get("sandbox_seconds")),
+        "train_seconds": number(metrics.get("train_seconds")),
+        "sandbox_seconds": number(metrics.get("sandbox_seconds")),
         "error": str(error.get("message", ""))[:500] or None,
         "time": round(time.time(), 3),
     }
@@ -223,8 +229,7 @@ def _design_summary(design: Design, lines: list[dict | None]) -> dict:
     return {
         "rank": design.rank, "key": design.key, "iteration": design.iteration,
         "chain": design.chain, "proxy_accuracy": accuracy_of(design.record),
-        "proxy_test_accuracy": _number(design.record.get("test_accuracy",
-                                                         accuracy_of(design.record))),
+        "proxy_test_accuracy": test_accuracy_of(design.record),
         "test_accuracies": tests, "test_mean": float(np.mean(tests)) if tests else None,
         "test_sd": float(np.std(tests, ddof=1)) if len(tests) > 1 else None,
         "val_mean": float(np.mean(vals)) if vals else None,
@@ -275,14 +280,9 @@ def write_summary(directory: Path, summary: dict) -> str:
     return text
 
 
-def _number(value: object) -> float | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
 def _count(value: object) -> int | None:
-    number = _number(value)
-    return None if number is None else int(number)
+    value = number(value)
+    return None if value is None else int(value)
 
 
 def _pct(value: float | None) -> str:

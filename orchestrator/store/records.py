@@ -27,14 +27,23 @@ def iteration_of(rec: dict, default: int = 0) -> int:
     return it if isinstance(it, int) and not isinstance(it, bool) else default
 
 
+def number(value: object) -> float | None:
+    """A journal value as a finite float, else None (journals are read, not trusted)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
 def accuracy_of(rec: dict) -> float | None:
-    """The accuracy of a successful record as a float, else None."""
-    if rec.get("status") != "ok":
+    """The accuracy (the selection metric) of a successful record as a float, else None."""
+    return number(rec.get("accuracy")) if rec.get("status") == "ok" else None
+
+
+def test_accuracy_of(rec: dict) -> float | None:
+    """The test accuracy of a successful record: its `test_accuracy`, or for a record from
+    before that field (selected on test) its accuracy; else None."""
+    if accuracy_of(rec) is None:
         return None
-    acc = rec.get("accuracy")
-    if isinstance(acc, bool) or not isinstance(acc, (int, float)) or not math.isfinite(acc):
-        return None
-    return float(acc)
+    return number(rec.get("test_accuracy", rec.get("accuracy")))
 
 
 def ordered(records: Iterable[dict]) -> list[dict]:
@@ -90,8 +99,7 @@ def repeat_accuracies(rec: dict) -> list[float]:
     values = repeats.get("accuracies") if isinstance(repeats, dict) else None
     if not isinstance(values, list):
         return []
-    return [float(v) for v in values
-            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)]
+    return [x for v in values if (x := number(v)) is not None]
 
 
 def seed_noise(records: Sequence[dict]) -> dict:
@@ -127,11 +135,13 @@ def summarize(records: Sequence[dict]) -> dict:
     pairs = successes(records)
     total = len(records)
     first = pairs[0][1] if pairs else None
+    first_rec = next((r for r in ordered(records) if accuracy_of(r) is not None), None)
     best = best_record(records)
     best_acc = accuracy_of(best) if best else None
     return {
         "metric": str(records[0].get("metric", "test")) if records else None,
-        "best_test_accuracy": _number(best.get("test_accuracy", best_acc)) if best else None,
+        "first_test_accuracy": test_accuracy_of(first_rec) if first_rec else None,
+        "best_test_accuracy": test_accuracy_of(best) if best else None,
         "iterations": total,
         "successful": len(pairs),
         "success_rate": len(pairs) / total if total else None,
@@ -145,7 +155,3 @@ def summarize(records: Sequence[dict]) -> dict:
         **seed_noise(records),
     }
 
-
-def _number(value: object) -> float | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None

@@ -23,8 +23,8 @@ from orchestrator.analysis import stats
 from orchestrator.search.failures import OK
 from orchestrator.store.records import (
     accuracy_of,
-    best_record,
     iteration_of,
+    number,
     ordered,
     record_chain,
     summarize,
@@ -84,13 +84,8 @@ class Runs:
 # ---------------------------------------------------------------- facts about a run
 
 
-def _number(value: object) -> float | None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    return float(value) if ok else None
-
-
 def record_times(run: Run) -> list[float]:
-    return sorted(t for t in (_number(r.get("time")) for r in run.records) if t is not None)
+    return sorted(t for t in (number(r.get("time")) for r in run.records) if t is not None)
 
 
 def stale_after(times: list[float]) -> float:
@@ -134,7 +129,6 @@ def iteration_url(name: str, rec: dict) -> str:
 def run_row(run: Run, name: str) -> dict:
     """One line of the runs list."""
     table2 = summarize(run.records)
-    best = best_record(run.records)
     return {
         "name": name, "url": run_url(name), "dataset": run.dataset,
         "generator_model": run.config.get("generator_model"),
@@ -142,7 +136,7 @@ def run_row(run: Run, name: str) -> dict:
         "status": run_status(run), "iterations": table2["iterations"],
         "planned": planned(run), "chains": run.config.get("parallel") or 1,
         "success_rate": table2["success_rate"], "best_accuracy": table2["best_accuracy"],
-        "best_test_accuracy": _number((best or {}).get("test_accuracy")),
+        "best_test_accuracy": table2["best_test_accuracy"],
         "iterations_per_hour": iterations_per_hour(run),
     }
 
@@ -158,10 +152,10 @@ def _table_row(name: str, rec: dict) -> dict:
     return {
         "iteration": iteration_of(rec), "chain": record_chain(rec),
         "status": str(rec.get("status") or "unknown"), "accuracy": accuracy_of(rec),
-        "test_accuracy": _number(rec.get("test_accuracy")),
-        "best_accuracy": _number(rec.get("best_accuracy")),
-        "params": _number(metrics.get("params")), "flops": _number(metrics.get("flops")),
-        "seconds": sum(v for v in map(_number, timings.values()) if v is not None),
+        "test_accuracy": number(rec.get("test_accuracy")),
+        "best_accuracy": number(rec.get("best_accuracy")),
+        "params": number(metrics.get("params")), "flops": number(metrics.get("flops")),
+        "seconds": sum(v for v in map(number, timings.values()) if v is not None),
         "error": f"{error.get('type') or ''}: {error.get('message') or ''}".strip(": ")[:160],
         "url": iteration_url(name, rec),
     }
