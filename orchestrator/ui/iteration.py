@@ -58,10 +58,11 @@ def reference_of(run: Run, rec: dict) -> dict | None:
 
 
 def previous_of(run: Run, rec: dict) -> dict | None:
-    """The chain's latest earlier iteration that has code."""
+    """The chain's latest earlier iteration that has code (looked for from the latest back,
+    without reading the files)."""
     earlier = [r for r in _chain_records(run, record_chain(rec))
-               if iteration_of(r) < iteration_of(rec) and run.code(r) is not None]
-    return earlier[-1] if earlier else None
+               if iteration_of(r) < iteration_of(rec)]
+    return next((r for r in reversed(earlier) if run.code_path(r) is not None), None)
 
 
 def _diff(run: Run, name: str, base: dict | None, rec: dict, code: str | None) -> dict | None:
