@@ -328,7 +328,11 @@ def test_a_broken_sandbox_stops_the_run_after_a_streak_of_faults(fake_ollama, fa
     # The saboteur broke its own sandbox (its supervisor could not report): its fault. The
     # sandboxes after it have no folder to work in: infrastructure faults.
     assert [r["status"] for r in records] == [fc.RUNTIME_ERROR] + [fc.SANDBOX_ERROR] * 5
-    assert all("sandbox failed" in r["error"]["message"] for r in records[1:])
+    # Which fault depends on timing: a sandbox started later cannot make its folder; one
+    # pre-warmed while the folder moved away ends before READY, or its runner reports it.
+    messages = [r["error"]["message"] for r in records[1:]]
+    faults = ("local sandbox failed: ", "the sandbox ended while warming up", "the runner failed")
+    assert all(m.startswith(faults) for m in messages), messages
     assert len([b for b in server.chat_requests() if not b.get("format")]) == 6
     assert scratch.is_file()  # the sabotage did happen
 
