@@ -258,6 +258,7 @@ def test_a_running_search_shows_up_live_and_its_points_open_their_iterations(
         page.goto(base + "/runs/live")
         page.wait_for_selector("body[data-iterations='1']", state="attached")
         assert "running" in page.inner_text("#facts")
+        page.wait_for_selector("#live.on")  # the indicator shows the event stream is open
         navigations = len(watched.navigations)
         release.set()
         page.wait_for_selector("body[data-iterations='3']", state="attached")
@@ -284,6 +285,7 @@ def test_a_running_search_shows_up_live_and_its_points_open_their_iterations(
         assert page.locator("#diff-previous .del").count() > 0
         assert "iteration 1" in page.inner_text("#diff-reference")
         assert page.locator("#code .highlight .k").count() >= 10  # highlighted keywords
+        assert page.locator("#live").count() == 0  # an iteration never changes: no live claim
         watched.shot("iteration")
         assert watched.dialogs == [] and watched.elsewhere() == []
     finally:
