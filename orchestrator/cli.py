@@ -489,6 +489,7 @@ def retrain(
     """Train the top designs of a run for longer (resumable): converged test accuracy per
     design, and how well the one-epoch proxy ranked them."""
     from orchestrator.search import retrain as rt
+    from orchestrator.search.progress import busy
     from orchestrator.store.run import read_run
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -510,7 +511,8 @@ def retrain(
         say(f"retraining {len(plan.designs)} designs of {run.name} for {epochs} epochs, "
             f"{seeds} seed(s) each: {out}")
         with _sandboxes(cfg, dataset)[0] as box:
-            lines = rt.run_plan(plan, box, cfg, dataset, out / rt.JOURNAL_FILE, say)
+            lines = rt.run_plan(plan, box, cfg, dataset, out / rt.JOURNAL_FILE, say,
+                                lambda text: busy(console, text))
         text = rt.write_summary(out, rt.summarize(plan, lines, run.name))
     except (rt.RetrainError, ConfigError, datasets.DatasetError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,9 +59,9 @@ def copy_run(base: Path, tmp_path: Path) -> Path:
     return results
 
 
-def retrain(results: Path, *args: str) -> subprocess.CompletedProcess:
+def retrain(results: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, "retrain", "base", "--results-dir", str(results), *args],
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
 
 
 def jsonl(path: Path) -> list[dict]:
@@ -84,7 +85,9 @@ def test_retrain_trains_the_top_distinct_designs_and_summarizes(base_run, tmp_pa
     assert [r["status"] for r in records] == [fc.OK, fc.SHAPE_ERROR, fc.OK, fc.OK, fc.OK]
     assert records[0]["metric"] == "val"
 
-    proc = retrain(results, "--top", "3", "--epochs", "2", "--seeds", "2")
+    # As on a terminal (rich's TTY_COMPATIBLE): each training shows a spinner while it runs.
+    proc = retrain(results, "--top", "3", "--epochs", "2", "--seeds", "2",
+                   env={**os.environ, "TTY_COMPATIBLE": "1"})
     assert proc.returncode == 0, proc.stderr
     out = run_dir / "retrain"
     lines = jsonl(out / "retrain.jsonl")
@@ -129,6 +132,8 @@ def test_retrain_trains_the_top_distinct_designs_and_summarizes(base_run, tmp_pa
     assert proc.stdout == markdown
     assert "Spearman" in markdown and markdown.count("\n| ") >= 3 + 2 + 2
     assert "design 3/3 seed 2/2: it." in proc.stderr and "test after 2 epochs" in proc.stderr
+    assert re.search(r"design 3/3 seed 2/2: it\. \d, training 2 epochs \(limit 240 s\)",
+                     proc.stderr)
 
     # Run again: everything is done, nothing is trained, the same summary comes out.
     again = retrain(results, "--top", "3", "--epochs", "2", "--seeds", "2")

@@ -37,9 +37,11 @@ def by_role(generator: list, improver: list) -> Callable[[dict], Reply]:
     return respond
 
 
-def orchestrator(*args: str, scratch: Path | None = None) -> subprocess.Popen:
-    """`orchestrator run ARGS` in a subprocess; its sandboxes' folders go under `scratch`."""
-    env = {**os.environ, "TMPDIR": str(scratch)} if scratch else None
+def orchestrator(*args: str, scratch: Path | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """`orchestrator run ARGS` in a subprocess, with `env` added to the environment; its
+    sandboxes' folders go under `scratch`."""
+    env = {**os.environ, **({"TMPDIR": str(scratch)} if scratch else {}), **(env or {})}
     return subprocess.Popen([sys.executable, "-m", "orchestrator", "run", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=env)
@@ -340,9 +342,13 @@ def test_a_broken_sandbox_stops_the_run_after_a_streak_of_faults(fake_ollama, fa
 def test_an_ollama_before_0_5_gets_json_mode_for_the_diagnosis(fake_ollama, fashion_data_dir,
                                                               tmp_path):
     server = fake_ollama(version="0.4.7", default=by_role([replies.VALID_NET], DIAGNOSIS))
-    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "old", 1))
+    # As on a terminal (rich's TTY_COMPATIBLE): each slow phase shows a spinner while it runs.
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "old", 1),
+                        env={"TTY_COMPATIBLE": "1"})
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output
+    assert all(f"[1/1] {phase}…" in output for phase in ("generating", "evaluating",
+                                                        "improving")), output
     assert "predates structured outputs" in output
     improver = [b for b in server.chat_requests() if b.get("format")]
     assert [b["format"] for b in improver] == ["json"]

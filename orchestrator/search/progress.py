@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from orchestrator.llm.text import printable
 from orchestrator.search import failures as fc
@@ -23,10 +24,10 @@ class Reporter:
     @contextlib.contextmanager
     def phase(self, iteration: int, name: str) -> Iterator[None]:
         """A live spinner while a slow phase runs (on a terminal, with one chain)."""
-        if not self.console.is_terminal or self.chains > 1:
+        if self.chains > 1:
             yield
             return
-        with self.console.status(f"[{iteration}/{self.total}] {name}…"):
+        with busy(self.console, f"[{iteration}/{self.total}] {name}…"):
             yield
 
     def iteration(self, record: dict, summary: dict) -> None:
@@ -57,3 +58,16 @@ class Reporter:
 
     def warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {escape(printable(message))}", highlight=False)
+
+
+@contextlib.contextmanager
+def busy(console: Console, text: str) -> Iterator[None]:
+    """A spinner with the elapsed time while something slow runs (on a terminal only); it
+    disappears when done."""
+    if not console.is_terminal:
+        yield
+        return
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        progress.add_task(escape(text), total=None)
+        yield

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,8 +170,11 @@ def journal_line(plan: Plan, design: Design, seed: int, outcome: Outcome) -> dic
 
 
 def run_plan(plan: Plan, sandbox: Sandbox, cfg: RunConfig, dataset: PreparedDataset,
-             journal: Path, say: Callable[[str], None]) -> list[dict]:
-    """Train every (design, seed) not done yet, one journal line each; all the lines."""
+             journal: Path, say: Callable[[str], None],
+             busy: Callable[[str], AbstractContextManager] = lambda _: nullcontext()
+             ) -> list[dict]:
+    """Train every (design, seed) not done yet, one journal line each; all the lines. `busy`
+    wraps each training (a progress display)."""
     journal.parent.mkdir(parents=True, exist_ok=True)
     lines = load_journal(journal)
     finished = done(lines)
@@ -178,7 +182,8 @@ def run_plan(plan: Plan, sandbox: Sandbox, cfg: RunConfig, dataset: PreparedData
         if (design.key, plan.epochs, seed) in finished:
             continue
         job = job_for(cfg, dataset, seed=seed, epochs=plan.epochs)
-        outcome = evaluate(sandbox, design.code, job, dataset)
+        with busy(_training(plan, design, seed, cfg.timeout)):
+            outcome = evaluate(sandbox, design.code, job, dataset)
         line = journal_line(plan, design, seed, outcome)
         append_line(journal, orjson.dumps(line) + b"\n")
         lines.append(line)
@@ -186,10 +191,18 @@ def run_plan(plan: Plan, sandbox: Sandbox, cfg: RunConfig, dataset: PreparedData
     return lines
 
 
-def _progress(plan: Plan, design: Design, seed: int, line: dict) -> str:
+def _which(plan: Plan, design: Design, seed: int) -> str:
     where = f"it. {design.iteration}" + (f" (chain {design.chain})" if design.chain else "")
     s = plan.seeds.index(seed) + 1
-    head = (f"design {design.rank}/{len(plan.designs)} seed {s}/{len(plan.seeds)}: {where}, "
+    return f"design {design.rank}/{len(plan.designs)} seed {s}/{len(plan.seeds)}: {where}"
+
+
+def _training(plan: Plan, design: Design, seed: int, timeout: float) -> str:
+    return f"{_which(plan, design, seed)}, training {plan.epochs} epochs (limit {timeout:.0f} s)"
+
+
+def _progress(plan: Plan, design: Design, seed: int, line: dict) -> str:
+    head = (f"{_which(plan, design, seed)}, "
             f"{plan.metric} {_pct(line['proxy_accuracy'])} after {plan.proxy_epochs} epoch(s)")
     seconds = line["sandbox_seconds"]
     took = f", {seconds:.0f} s" if seconds is not None else ""
