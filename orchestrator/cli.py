@@ -287,6 +287,15 @@ def _diagnosis_format(version: str, num_predict: int, reporter: Reporter) -> dic
 
 
 def _run_config(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Journal]:
+    cfg, journal = _new_or_resumed(settings, cli, resume)
+    if cfg.track:  # stored absolute: a resume from another folder finds the same mirror
+        from orchestrator.store.tracking import resolve_uri
+
+        cfg.tracking_uri = resolve_uri(cfg.tracking_uri, None)
+    return cfg, journal
+
+
+def _new_or_resumed(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Journal]:
     if resume:
         name = cli.get("name") or settings.get("name")
         if not name:

@@ -133,13 +133,17 @@ def test_a_resumed_parallel_run_logs_into_the_same_mlflow_run_without_duplicates
     server = fake_ollama(default=respond)
     store = tmp_path / "store"
     args = run_args(server, fashion_data_dir, tmp_path, "par", 2)
-    tracked_run([*args, "--parallel", "2", "--tracking-uri", str(store)], cwd=tmp_path)
+    tracked_run([*args, "--parallel", "2", "--tracking-uri", "store"], cwd=tmp_path)  # relative
     run_dir = tmp_path / "par"
     client, run_id = mirror(run_dir)
     drop_step(store, run_id, chain=1, step=2)
 
+    # Resumed from another folder: the store is still the one the run started with.
     args[args.index("--iterations") + 1] = "3"
-    tracked_run([*args, "--resume"], cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    tracked_run([*args, "--resume"], cwd=elsewhere)
+    assert list(elsewhere.iterdir()) == []
     assert mirror(run_dir)[1] == run_id
     assert len(client.search_runs([client.get_run(run_id).info.experiment_id])) == 1
     records = read_records(run_dir)

@@ -62,8 +62,9 @@ def require_mlflow() -> None:
 
 
 def resolve_uri(given: str | None, stored: str | None) -> str:
-    """The tracking URI: --tracking-uri, else MLFLOW_TRACKING_URI, else the one the run used
-    before, else ./mlruns (a local file store). A local path becomes an absolute file: URI."""
+    """The tracking URI: --tracking-uri (or the run's config), else MLFLOW_TRACKING_URI, else
+    the one the run used before, else ./mlruns (a local file store). A local path becomes an
+    absolute file: URI."""
     uri = given or os.environ.get("MLFLOW_TRACKING_URI") or stored or "mlruns"
     if not urlparse(uri).scheme or len(urlparse(uri).scheme) == 1:  # a path (C:\ too)
         return Path(uri).expanduser().resolve().as_uri()
