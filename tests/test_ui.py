@@ -105,6 +105,17 @@ def test_journal_text_is_escaped_in_the_pages(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text
 
 
+def test_an_iteration_evaluated_with_several_seeds_shows_each_and_their_spread(tmp_path):
+    run = parallel_run(tmp_path)
+    records = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+    records[0]["repeats"] = {"accuracies": [0.5, 0.6], "test_accuracies": [0.49, 0.58]}
+    (run / "iterations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    page = client(tmp_path).get("/runs/parallel/iterations/1?chain=0").text
+    assert "± 7.07 pp" in page  # the sample sd of 50% and 60%
+    assert '<dd id="repeats">50.00%, 60.00%</dd>' in page
+    assert 'id="repeats"' not in client(tmp_path).get("/runs/parallel/iterations/3").text
+
+
 def test_unknown_runs_and_iterations_are_404_and_names_cannot_escape(tmp_path):
     results = tmp_path / "results"
     parallel_run(results)

@@ -7,6 +7,7 @@ text that the template escapes. Candidate code is only ever read as text.
 from __future__ import annotations
 
 import difflib
+import statistics
 
 from markupsafe import Markup
 from pygments import highlight
@@ -14,7 +15,13 @@ from pygments.formatters import HtmlFormatter
 from pygments.lexers import PythonLexer
 
 from orchestrator.analysis.stats import ROLES
-from orchestrator.store.records import accuracy_of, iteration_of, ordered, record_chain
+from orchestrator.store.records import (
+    accuracy_of,
+    iteration_of,
+    ordered,
+    record_chain,
+    repeat_accuracies,
+)
 from orchestrator.store.run import Run
 from orchestrator.ui.data import iteration_url, run_url
 
@@ -104,7 +111,8 @@ def iteration_view(run: Run, name: str, rec: dict) -> dict:
         "chains": run.config.get("parallel") or 1, "status": rec.get("status"),
         "accuracy": accuracy_of(rec), "test_accuracy": rec.get("test_accuracy"),
         "val_accuracy": rec.get("val_accuracy"), "metric": rec.get("metric"),
-        "accuracy_sd": rec.get("accuracy_sd"), "repeats": rec.get("repeat_accuracies"),
+        "accuracy_sd": statistics.stdev(seeds) if len(seeds := repeat_accuracies(rec)) > 1
+        else None, "repeats": [f"{100 * a:.2f}%" for a in seeds],
         "best_accuracy": rec.get("best_accuracy"), "best_iteration": rec.get("best_iteration"),
         "phase": rec.get("phase"), "error": _dict(rec.get("error")) or None,
         "improver_error": rec.get("improver_error"),
