@@ -291,7 +291,7 @@ def _run_config(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Jou
     if cfg.track:  # stored absolute: a resume from another folder finds the same mirror
         from orchestrator.store.tracking import resolve_uri
 
-        cfg.tracking_uri = resolve_uri(cfg.tracking_uri, None)
+        cfg.tracking_uri = resolve_uri(cfg.tracking_uri)
     return cfg, journal
 
 

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from orchestrator.config import RunConfig
 from orchestrator.data.datasets import PreparedDataset
 from orchestrator.sandbox.base import Execution, Sandbox
@@ -227,15 +229,8 @@ class Search:
         return outcomes[-1] if len(outcomes) == 1 or not outcomes[-1].ok else averaged(outcomes)
 
     def _evaluate_once(self, code: str, seed: int) -> Outcome:
-        try:
-            execution = self.sandbox.run(code, job_for(self.config, self.dataset, seed=seed))
-        except Exception as exc:  # a sandbox bug must not end the search or blame the design
-            execution = Execution(None, 0.0, sandbox_error=f"sandbox failed: {exc!r}")
-        outcome = score(execution, self.labels, self.dataset.spec.num_classes,
-                        self.dataset.val_count)
-        outcome.metrics.update({k: v for k, v in execution.info.items()
-                                if isinstance(v, int | float) or k in PLACE_KEYS})
-        return outcome
+        job = job_for(self.config, self.dataset, seed=seed)
+        return evaluate(self.sandbox, code, job, self.dataset, self.labels)
 
     def _improve(self, i: int, code: str | None, reply: str, outcome: Outcome, triple: Triple,
                  timings: dict) -> tuple[RoleCall | None, Diagnosis | None]:
@@ -371,6 +366,20 @@ def job_for(config: RunConfig, dataset: PreparedDataset, seed: int | None = None
         "precision": config.precision, "validate_batch": 2, "max_params": config.max_params,
         "gpu_memory_fraction": gpu_share(config),
     }
+
+
+def evaluate(sandbox: Sandbox, code: str, job: dict, dataset: PreparedDataset,
+             labels: np.ndarray) -> Outcome:
+    """One training of `code` in the sandbox, scored on the host against `labels` (the
+    dataset's evaluation labels), with the sandbox's measurements among its metrics."""
+    try:
+        execution = sandbox.run(code, job)
+    except Exception as exc:  # a sandbox bug must not end the search or blame the design
+        execution = Execution(None, 0.0, sandbox_error=f"sandbox failed: {exc!r}")
+    outcome = score(execution, labels, dataset.spec.num_classes, dataset.val_count)
+    outcome.metrics.update({k: v for k, v in execution.info.items()
+                            if isinstance(v, int | float) or k in PLACE_KEYS})
+    return outcome
 
 
 def averaged(outcomes: list[Outcome]) -> Outcome:

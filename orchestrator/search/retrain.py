@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from orchestrator.analysis.report import num, pct
 from orchestrator.config import RunConfig, for_resume
 from orchestrator.data.datasets import PreparedDataset
-from orchestrator.sandbox.base import Execution, Sandbox
+from orchestrator.sandbox.base import Sandbox
 from orchestrator.search import failures as fc
-from orchestrator.search.evaluation import Outcome, score
-from orchestrator.search.loop import job_for
+from orchestrator.search.evaluation import Outcome
+from orchestrator.search.loop import evaluate, job_for
 from orchestrator.store.files import append_line, cut_torn_tail, write_atomic
 from orchestrator.store.records import (
     accuracy_of,
@@ -143,15 +144,6 @@ def done(lines: Sequence[dict]) -> set[tuple[str, int, int]]:
     return {entry_id(ln) for ln in lines if ln.get("status") not in fc.INFRASTRUCTURE_CLASSES}
 
 
-def evaluate(sandbox: Sandbox, code: str, job: dict, dataset: PreparedDataset) -> Outcome:
-    """One training of `code` in the sandbox, scored on the host."""
-    try:
-        execution = sandbox.run(code, job)
-    except Exception as exc:  # a sandbox bug is a fault, not the design's result
-        execution = Execution(None, 0.0, sandbox_error=f"sandbox failed: {exc!r}")
-    return score(execution, dataset.test_labels(), dataset.spec.num_classes, dataset.val_count)
-
-
 def journal_line(plan: Plan, design: Design, seed: int, outcome: Outcome) -> dict:
     rec, metrics = design.record, outcome.metrics
     error = outcome.error or {}
@@ -178,12 +170,13 @@ def run_plan(plan: Plan, sandbox: Sandbox, cfg: RunConfig, dataset: PreparedData
     journal.parent.mkdir(parents=True, exist_ok=True)
     lines = load_journal(journal)
     finished = done(lines)
+    labels = dataset.test_labels()
     for design, seed in plan.evaluations():
         if (design.key, plan.epochs, seed) in finished:
             continue
         job = job_for(cfg, dataset, seed=seed, epochs=plan.epochs)
         with busy(_training(plan, design, seed, cfg.timeout)):
-            outcome = evaluate(sandbox, design.code, job, dataset)
+            outcome = evaluate(sandbox, design.code, job, dataset, labels)
         line = journal_line(plan, design, seed, outcome)
         append_line(journal, orjson.dumps(line) + b"\n")
         lines.append(line)
@@ -203,12 +196,12 @@ def _training(plan: Plan, design: Design, seed: int, timeout: float) -> str:
 
 def _progress(plan: Plan, design: Design, seed: int, line: dict) -> str:
     head = (f"{_which(plan, design, seed)}, "
-            f"{plan.metric} {_pct(line['proxy_accuracy'])} after {plan.proxy_epochs} epoch(s)")
+            f"{plan.metric} {pct(line['proxy_accuracy'], 2)} after {plan.proxy_epochs} epoch(s)")
     seconds = line["sandbox_seconds"]
     took = f", {seconds:.0f} s" if seconds is not None else ""
     if line["status"] != fc.OK:
         return f"{head} ... {line['status']}: {line['error'] or ''}"[:300] + took
-    return f"{head} ... {_pct(line['test_accuracy'])} test after {plan.epochs} epochs{took}"
+    return f"{head} ... {pct(line['test_accuracy'], 2)} test after {plan.epochs} epochs{took}"
 
 
 def summarize(plan: Plan, lines: Sequence[dict], run_name: str) -> dict:
@@ -273,15 +266,15 @@ def markdown(summary: dict) -> str:
         params = "-" if d["params"] is None else f"{int(d['params']):,}"
         train = "-" if d["train_seconds_mean"] is None else f"{d['train_seconds_mean']:.1f} s"
         fails = ", ".join(d["failures"]) or "-"
-        out.append(f"| {d['rank']} | {where} | {_pct(d['proxy_accuracy'])} | {acc}{runs} | "
+        out.append(f"| {d['rank']} | {where} | {pct(d['proxy_accuracy'], 2)} | {acc}{runs} | "
                    f"{params} | {train} | {fails} |")
     out += ["", f"Proxy ({proxy} epoch) vs converged test accuracy, over the designs that "
             "converged:", "", "| Proxy | n | Spearman ρ | p | Kendall τ | p |",
             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, label in (("selection", f"{metric} accuracy"), ("test", "test accuracy")):
         c = summary["correlations"][name]
-        out.append(f"| {label} | {c['n']} | {_num(c['spearman_rho'])} | {_num(c['spearman_p'])}"
-                   f" | {_num(c['kendall_tau'])} | {_num(c['kendall_p'])} |")
+        out.append(f"| {label} | {c['n']} | {num(c['spearman_rho'])} | {num(c['spearman_p'])}"
+                   f" | {num(c['kendall_tau'])} | {num(c['kendall_p'])} |")
     return "\n".join(out) + "\n"
 
 
@@ -296,11 +289,3 @@ def write_summary(directory: Path, summary: dict) -> str:
 def _count(value: object) -> int | None:
     value = number(value)
     return None if value is None else int(value)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"

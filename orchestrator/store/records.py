@@ -154,4 +154,3 @@ def summarize(records: Sequence[dict]) -> dict:
         **correlations([p[0] for p in pairs], [p[1] for p in pairs]),
         **seed_noise(records),
     }
-

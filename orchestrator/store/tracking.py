@@ -61,11 +61,11 @@ def require_mlflow() -> None:
         raise TrackingUnavailable(f"--track mlflow needs MLflow: {INSTALL_HINT}") from None
 
 
-def resolve_uri(given: str | None, stored: str | None) -> str:
-    """The tracking URI: --tracking-uri (or the run's config), else MLFLOW_TRACKING_URI, else
-    the one the run used before, else ./mlruns (a local file store). A local path becomes an
-    absolute file: URI."""
-    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or stored or "mlruns"
+def resolve_uri(given: str | None) -> str:
+    """The tracking URI: --tracking-uri, else MLFLOW_TRACKING_URI, else ./mlruns (a local file
+    store). A local path becomes an absolute file: URI, which the run's config records, so a
+    resume from another folder finds the same mirror."""
+    uri = given or os.environ.get("MLFLOW_TRACKING_URI") or "mlruns"
     if not urlparse(uri).scheme or len(urlparse(uri).scheme) == 1:  # a path (C:\ too)
         return Path(uri).expanduser().resolve().as_uri()
     return uri
@@ -122,7 +122,7 @@ class Tracker:
         self.journal = journal
         self.settings = settings
         self.stored = self._stored()
-        self.uri = resolve_uri(uri, self.stored.get("tracking_uri"))
+        self.uri = resolve_uri(uri)
         self.name = name
         self.metric = metric_names(chains)
         self.warn = warn
