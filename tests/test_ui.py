@@ -131,9 +131,16 @@ def test_unknown_runs_and_iterations_are_404_and_names_cannot_escape(tmp_path):
 
 
 def test_a_request_for_another_host_name_is_refused(tmp_path):
-    """A page elsewhere that rebinds its DNS name to 127.0.0.1 cannot read the runs."""
-    ui = client(tmp_path)
+    """A page elsewhere that rebinds its DNS name to 127.0.0.1 cannot read the runs; the
+    loopback names, IPv6 too, are served."""
+    from starlette.testclient import TestClient
+
+    from orchestrator.ui.app import create_app
+
+    ui = TestClient(create_app(tmp_path))  # the default: loopback only
     assert ui.get("/api/runs", headers={"host": "attacker.example"}).status_code == 400
+    for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765"):
+        assert ui.get("/api/runs", headers={"host": host}).status_code == 200, host
 
 
 def test_a_candidate_pointing_outside_its_run_is_not_read(tmp_path):

@@ -41,7 +41,7 @@ SECURITY_HEADERS = {
     "cross-origin-opener-policy": "same-origin",
     "cross-origin-resource-policy": "same-origin",
 }
-LOCAL_HOSTS = ["127.0.0.1", "localhost"]
+LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]  # Host names of loopback (IPv6 bracketed)
 
 
 class SecurityHeaders:
