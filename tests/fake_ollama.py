@@ -10,6 +10,15 @@ Like Ollama's scheduler (`server/sched.go`, `needsReload`), it counts a model *l
 chat request asks for a model that is not loaded, or for a loaded model with different runner
 options (`RUNNER_OPTIONS`; `num_ctx` above all): on a real server each of those reloads the
 weights, seconds for a 7B model.
+
+Each model has a `ModelSpec`: what /api/tags and /api/show (`model_info`, capabilities) say of
+it, and what it holds once loaded, as Ollama's runner does (`llm/llama_server.go` starts
+llama.cpp with a context of num_ctx x OLLAMA_NUM_PARALLEL tokens): its weights, an f16 KV cache
+of that many tokens, and compute buffers. With a `gpu` (tests/fake_gpu.py), a load places the
+model the way `server/sched.go` does: the first model takes what fits and the rest goes to the
+CPU (size_vram < size); a further model that does not fit wholly unloads a loaded one first
+(`findRunnerToUnload`). /api/ps lists the loaded models (`server/routes.go`, `PsHandler`).
+With a `throughput`, replies take the time a real server's shared GPU would give them.
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ import json
 import re
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Protocol
 
 FAKE_VERSION = "0.6.5"
 MODIFIED_AT = "2025-01-15T10:20:30.123456789Z"
@@ -44,6 +55,82 @@ SHOW_PARAMETERS = (
     'stop                           "<|im_end|>"'
 )
 BLOB_PATH = re.compile(r"^/api/blobs/(sha256:[0-9a-f]{64})$")
+MIB = 1 << 20
+DEFAULT_NUM_CTX = 4096  # what Ollama's runner gets when a request sends no num_ctx
+CHARS_PER_TOKEN = 4  # for the pace of a reply under `throughput`
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model as the server describes it (GGUF metadata) and what it holds when loaded."""
+
+    architecture: str = "qwen2"
+    parameter_size: str = "7.6B"
+    file_size: int = 4_683_087_332  # /api/tags `size`: the weights
+    block_count: int = 28
+    head_count: int = 28
+    head_count_kv: int = 4
+    embedding_length: int = 3584
+    context_length: int = 32768  # the longest context it was trained for
+    compute_bytes: int = 400 * MIB  # llama.cpp's compute buffers once loaded
+    family: str = "qwen2"
+    thinking: bool = False
+
+    def kv_bytes_per_token(self) -> int:
+        """f16 K and V for every layer: 2 x layers x KV heads x head dim x 2 bytes."""
+        return 2 * self.block_count * self.head_count_kv * (
+            self.embedding_length // self.head_count) * 2
+
+    def held(self, num_ctx: int, slots: int) -> int:
+        """Bytes a runner holds with `slots` parallel sequences of num_ctx tokens."""
+        return self.file_size + self.kv_bytes_per_token() * num_ctx * slots + self.compute_bytes
+
+
+# Public models' metadata as Ollama's library states it (qwen2.5-coder:7b, qwen2.5:7b: 28
+# layers, 4 KV heads of 128; deepseek-coder:6.7b: llama, 32 layers, 32 KV heads of 128, no GQA).
+QWEN25_CODER_7B = ModelSpec()
+QWEN25_7B = ModelSpec()
+DEEPSEEK_CODER_67B = ModelSpec(
+    architecture="llama", parameter_size="7B", file_size=3_827_834_503, block_count=32,
+    head_count=32, head_count_kv=32, embedding_length=4096, context_length=16384,
+    family="llama")
+
+
+class GpuMemoryHolder(Protocol):
+    """Where the server's loaded models take GPU memory: a simulated GPU (tests/fake_gpu.py),
+    or a process holding real GPU memory (benchmarks/gpu_tenants.py)."""
+
+    def free(self) -> int: ...
+    def hold(self, owner: str, nbytes: int) -> None: ...
+    def release(self, owner: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """A GPU shared by the server's parallel requests: each stream decodes at most `stream`
+    tokens/s, all of them together at most `aggregate`; a prompt takes 1 / `prompt` s per
+    token. Requests beyond the model's OLLAMA_NUM_PARALLEL slots wait for one."""
+
+    stream: float
+    aggregate: float
+    prompt: float
+
+    def rate(self, active: int) -> float:
+        """Tokens/s of each of `active` streams decoding at once."""
+        return min(self.stream, self.aggregate / max(1, active))
+
+
+@dataclass
+class _Runner:
+    """A loaded model (Ollama's runnerRef): its options, its memory, its slots."""
+
+    options: tuple
+    num_ctx: int
+    size: int
+    size_vram: int
+    loaded_at: float
+    expires_at: datetime
+    slots: threading.Semaphore = field(repr=False, default_factory=threading.Semaphore)
 
 
 @dataclass
@@ -196,6 +283,10 @@ class FakeOllama:
         version: str = FAKE_VERSION,
         context_length: int = 32768,
         thinking: bool = False,
+        specs: dict[str, ModelSpec] | None = None,
+        num_parallel: int = 1,
+        gpu: GpuMemoryHolder | None = None,
+        throughput: Throughput | None = None,
     ) -> None:
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -204,7 +295,7 @@ class FakeOllama:
         self._script: list[ScriptItem] = list(script)
         self._default: ScriptItem = default if default is not None else EXHAUSTED
         self._requests: list[tuple[str, Any]] = []
-        self._runners: dict[str, tuple] = {}  # model -> runner options it is loaded with
+        self._runners: dict[str, _Runner] = {}  # loaded models
         self._loads: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
         self._blobs: dict[str, int] = {}  # digest -> size of the uploaded blobs
@@ -212,8 +303,15 @@ class FakeOllama:
         self._creates: list[dict[str, Any]] = []  # /api/create bodies, in order
         self._created: dict[str, dict[str, Any]] = {}  # created model -> its create body
         self.version = version
-        self.context_length = context_length  # what /api/show says of every model
-        self.thinking = thinking  # whether /api/show lists "thinking" among the capabilities
+        # Models without a spec are qwen2.5-coder:7b with this context length and thinking.
+        self.default_spec = replace(QWEN25_CODER_7B, context_length=context_length,
+                                    thinking=thinking)
+        self.specs = {full_name(k): v for k, v in (specs or {}).items()}
+        self.num_parallel = num_parallel  # OLLAMA_NUM_PARALLEL (Ollama's default: 1)
+        self.gpu = gpu
+        self.throughput = throughput
+        self._decoding = 0  # streams decoding now, under `throughput`
+        self.most_decoding = 0  # the most that decoded at once
         self._server = _Server(self)
         port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{port}"
@@ -254,9 +352,11 @@ class FakeOllama:
         with self._lock:
             return list(self._requests)
 
-    def chat_requests(self) -> list[dict[str, Any]]:
-        """The bodies of the /api/chat requests, in arrival order."""
-        return [body for path, body in self.requests if path == "/api/chat"]
+    def chat_requests(self, loads: bool = False) -> list[dict[str, Any]]:
+        """The bodies of the /api/chat requests that asked for a reply, in arrival order; with
+        `loads`, those without messages too (a model loaded or unloaded)."""
+        return [body for path, body in self.requests
+                if path == "/api/chat" and (loads or body.get("messages"))]
 
     def paths(self) -> list[str]:
         """The paths requested, in arrival order."""
@@ -276,6 +376,24 @@ class FakeOllama:
     def reloads(self) -> int:
         """Loads after each model's first: each a reload of its weights on a real server."""
         return sum(n - 1 for n in self.loads().values())
+
+    def spec(self, model: str) -> ModelSpec:
+        return self.specs.get(full_name(model), self.default_spec)
+
+    def running(self) -> dict[str, dict[str, int]]:
+        """The loaded models: full name -> {num_ctx, size, size_vram}."""
+        with self._lock:
+            return {m: {"num_ctx": r.num_ctx, "size": r.size, "size_vram": r.size_vram}
+                    for m, r in self._runners.items()}
+
+    def load(self, model: str, options: dict[str, Any], keep_alive: Any = None) -> None:
+        """Load a model as another client's request would (for a test's story)."""
+        self._load(full_name(model), options, keep_alive)
+
+    def unload(self, model: str) -> None:
+        """Unload a model as `ollama stop` would (for a test's story)."""
+        with self._lock:
+            self._unload(full_name(model))
 
     def blobs(self) -> dict[str, int]:
         """The blobs uploaded so far: 'sha256:<hex>' -> size in bytes."""
@@ -311,6 +429,7 @@ class FakeOllama:
             ("HEAD", "/"): lambda h, b: h.send_text(200, "Ollama is running"),
             ("GET", "/api/version"): lambda h, b: h.send_json(200, {"version": self.version}),
             ("GET", "/api/tags"): self._tags,
+            ("GET", "/api/ps"): self._ps,
             ("POST", "/api/show"): self._show,
             ("POST", "/api/pull"): self._pull,
             ("POST", "/api/chat"): self._chat,
@@ -322,26 +441,64 @@ class FakeOllama:
             return
         route(h, body)
 
-    def _load(self, model: str, options: dict[str, Any]) -> None:
-        runner = tuple(options.get(name) for name in RUNNER_OPTIONS)
+    def _load(self, model: str, options: dict[str, Any], keep_alive: Any) -> _Runner:
+        """The model's runner, as `server/sched.go` schedules it: a loaded one whose runner
+        options match (`needsReload`), else a fresh load (a loaded one with other options is
+        unloaded first). Its context is num_ctx capped at the trained length
+        (`effectiveContext`); with a GPU, a model that does not fit wholly unloads the oldest
+        other model first (`findRunnerToUnload`), and the first model takes what fits, the rest
+        on the CPU."""
+        spec = self.spec(model)
+        key = tuple(options.get(name) for name in RUNNER_OPTIONS)
         with self._lock:
-            if self._runners.get(model) != runner:
-                self._runners[model] = runner
-                self._loads[model] = self._loads.get(model, 0) + 1
+            runner = self._runners.get(model)
+            if runner is not None and runner.options == key:
+                runner.expires_at = _expiry(keep_alive)
+                return runner
+            if runner is not None:
+                self._unload(model)
+            num_ctx = min(options.get("num_ctx") or DEFAULT_NUM_CTX, spec.context_length)
+            size = vram = spec.held(num_ctx, self.num_parallel)
+            if self.gpu is not None:
+                while self._runners and size > self.gpu.free():
+                    self._unload(min(self._runners, key=lambda m: self._runners[m].loaded_at))
+                vram = max(0, min(size, self.gpu.free()))
+                self.gpu.hold(model, vram)
+            runner = _Runner(key, num_ctx, size, vram, time.monotonic(), _expiry(keep_alive),
+                             threading.Semaphore(self.num_parallel))
+            self._runners[model] = runner
+            self._loads[model] = self._loads.get(model, 0) + 1
+            return runner
+
+    def _unload(self, model: str) -> None:
+        """Drop a runner (call with the lock held)."""
+        if self._runners.pop(model, None) is not None and self.gpu is not None:
+            self.gpu.release(model)
+
+    def _ps(self, h: _Handler, body: Any) -> None:
+        with self._lock:
+            loaded = [(m, r, self._models.get(m, "")) for m, r in self._runners.items()]
+        entries = [{"name": m, "model": m, "size": r.size, "digest": digest,
+                    "details": _details(self.spec(m)), "expires_at": r.expires_at.isoformat(),
+                    "size_vram": r.size_vram, "context_length": r.num_ctx}
+                   for m, r, digest in loaded]
+        entries.sort(key=lambda e: e["expires_at"], reverse=True)  # longest remaining first
+        h.send_json(200, {"models": entries})
 
     def _lookup(self, name: str) -> str | None:
         with self._lock:
             return self._models.get(full_name(name or ""))
 
     def _tags(self, h: _Handler, body: Any) -> None:
-        h.send_json(200, {"models": [_tag_entry(n, d) for n, d in self.models.items()]})
+        h.send_json(200, {"models": [_tag_entry(n, d, self.spec(n))
+                                     for n, d in self.models.items()]})
 
     def _show(self, h: _Handler, body: dict[str, Any]) -> None:
         name = body.get("model") or body.get("name") or ""
         if self._lookup(name) is None:
             h.send_json(404, {"error": f"model '{name}' not found"})
             return
-        shown = _show_body(full_name(name), self.context_length, self.thinking)
+        shown = _show_body(full_name(name), self.spec(name))
         with self._lock:
             created = self._created.get(full_name(name))
         if created is not None:
@@ -402,7 +559,7 @@ class FakeOllama:
         with self._lock:
             self._models[name] = digest
             self._created[name] = dict(body)
-            self._runners.pop(name, None)  # a new model: the next chat loads it
+            self._unload(name)  # a new model: the next chat loads it
         yield {"status": "success"}
 
     # -- pull ------------------------------------------------------------------------------
@@ -456,7 +613,16 @@ class FakeOllama:
             h.send_json(400, {"error": "json: cannot unmarshal object into Go struct field "
                                        "ChatRequest.format of type string"})
             return
-        self._load(full_name(model), body.get("options") or {})
+        name, keep_alive = full_name(model), body.get("keep_alive")
+        if not body.get("messages") and _seconds(keep_alive) == 0:  # ChatHandler: unload
+            with self._lock:
+                self._unload(name)
+            h.send_json(200, _chat_done(model, "unload"))
+            return
+        runner = self._load(name, body.get("options") or {}, keep_alive)
+        if not body.get("messages"):  # ChatHandler: load the model, generate nothing
+            h.send_json(200, _chat_done(model, "load"))
+            return
         reply = self._next_reply(body)
         if reply.delay > 0 and self._closing.wait(reply.delay):
             h.close_connection = True
@@ -466,13 +632,39 @@ class FakeOllama:
             status = reply.status if reply.status >= 400 else 500
             h.send_json(status, {"error": reply.error or f"fake server error {status}"})
             return
-        if stream:
-            h.send_ndjson(_chat_stream(model, body, reply))
-        else:
-            count = len(_tokens(reply.thinking)) + len(_tokens(reply.content))
-            final = _chat_final(model, body, reply, count)
+        with runner.slots:  # beyond OLLAMA_NUM_PARALLEL, a request waits for a slot
+            chunks = self._paced(_chat_stream(model, body, reply), body)
+            if stream:
+                h.send_ndjson(chunks)
+                return
+            *_, final = chunks
             final["message"] = _chat_chunk(model, reply.content, True, reply.thinking)["message"]
             h.send_json(200, final)
+
+    def _paced(self, chunks: Iterator[dict[str, Any]], body: dict[str, Any]
+               ) -> Iterator[dict[str, Any]]:
+        """The reply's chunks at the pace of `throughput`: the prompt first, then each chunk's
+        tokens at the rate the streams decoding at once leave it."""
+        if self.throughput is None:
+            yield from chunks
+            return
+        if self._closing.wait(_estimate_prompt_tokens(body) / self.throughput.prompt):
+            return
+        with self._lock:
+            self._decoding += 1
+            self.most_decoding = max(self.most_decoding, self._decoding)
+        try:
+            for chunk in chunks:
+                message = chunk.get("message") or {}
+                chars = len(message.get("content") or "") + len(message.get("thinking") or "")
+                with self._lock:
+                    rate = self.throughput.rate(self._decoding)
+                if chars and self._closing.wait(chars / CHARS_PER_TOKEN / rate):
+                    return
+                yield chunk
+        finally:
+            with self._lock:
+                self._decoding -= 1
 
 
 def _older_than(version: str, than: tuple[int, int]) -> bool:
@@ -483,6 +675,37 @@ def _older_than(version: str, than: tuple[int, int]) -> bool:
 def _estimate_prompt_tokens(body: dict[str, Any]) -> int:
     messages = body.get("messages") or []
     return sum(len(str(m.get("content") or "")) for m in messages) // 4
+
+
+def _seconds(keep_alive: Any) -> float | None:
+    """keep_alive in seconds as Ollama reads it (a number of seconds, or a Go duration such as
+    "30m"); negative: forever; None: not given (the server's default)."""
+    if keep_alive is None:
+        return None
+    if isinstance(keep_alive, int | float):
+        return float(keep_alive)
+    text = str(keep_alive).strip()
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    seconds = sum(float(n) * units[u] for n, u in re.findall(r"(\d+\.?\d*)(ns|us|ms|s|m|h)",
+                                                            text))
+    if not seconds and text.lstrip("-").replace(".", "", 1).isdigit():
+        seconds = abs(float(text))
+    return -seconds if text.startswith("-") else seconds
+
+
+def _expiry(keep_alive: Any) -> datetime:
+    """When a runner given this keep_alive expires (5 minutes by default; far off: forever)."""
+    seconds = _seconds(keep_alive)
+    seconds = 300.0 if seconds is None else seconds
+    return datetime.now(UTC) + timedelta(days=36500 if seconds < 0 else 0,
+                                         seconds=max(0.0, seconds))
+
+
+def _chat_done(model: str, reason: str) -> dict[str, Any]:
+    """The answer to a chat request with no messages: the model was loaded or unloaded."""
+    done = _chat_chunk(model, "", True)
+    done["done_reason"] = reason
+    return done
 
 
 def _chat_chunk(model: str, content: str, done: bool, thinking: str = "") -> dict[str, Any]:
@@ -522,24 +745,24 @@ def _chat_stream(model: str, body: dict[str, Any], reply: Reply) -> Iterator[dic
     yield _chat_final(model, body, reply, len(thoughts) + len(tokens))
 
 
-def _tag_entry(name: str, digest: str) -> dict[str, Any]:
+def _tag_entry(name: str, digest: str, spec: ModelSpec) -> dict[str, Any]:
     return {
         "name": name,
         "model": name,
         "modified_at": MODIFIED_AT,
-        "size": 4_683_087_332,
+        "size": spec.file_size,
         "digest": digest,
-        "details": _details(),
+        "details": _details(spec),
     }
 
 
-def _details() -> dict[str, Any]:
+def _details(spec: ModelSpec) -> dict[str, Any]:
     return {
         "parent_model": "",
         "format": "gguf",
-        "family": "qwen2",
-        "families": ["qwen2"],
-        "parameter_size": "7.6B",
+        "family": spec.family,
+        "families": [spec.family],
+        "parameter_size": spec.parameter_size,
         "quantization_level": "Q4_K_M",
     }
 
@@ -555,18 +778,23 @@ def _modelfile_parameters(params: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _show_body(name: str, context_length: int, thinking: bool = False) -> dict[str, Any]:
+def _show_body(name: str, spec: ModelSpec) -> dict[str, Any]:
+    arch = spec.architecture
     return {
         "license": "Apache License 2.0",
         "modelfile": f"# Modelfile generated by \"ollama show\"\nFROM {name}\n",
         "parameters": SHOW_PARAMETERS,
         "template": SHOW_TEMPLATE,
-        "details": _details(),
-        "model_info": {
-            "general.architecture": "qwen2",
+        "details": _details(spec),
+        "model_info": {  # GGUF metadata, as llama.cpp's converters write it
+            "general.architecture": arch,
             "general.parameter_count": 7_615_616_512,
-            "qwen2.context_length": context_length,
+            f"{arch}.block_count": spec.block_count,
+            f"{arch}.context_length": spec.context_length,
+            f"{arch}.embedding_length": spec.embedding_length,
+            f"{arch}.attention.head_count": spec.head_count,
+            f"{arch}.attention.head_count_kv": spec.head_count_kv,
         },
-        "capabilities": ["completion", "tools", *(["thinking"] if thinking else [])],
+        "capabilities": ["completion", "tools", *(["thinking"] if spec.thinking else [])],
         "modified_at": MODIFIED_AT,
     }
