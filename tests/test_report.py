@@ -125,6 +125,23 @@ def test_report_markdown_has_table2_values(mixed, tmp_path: Path) -> None:
     assert "Where the time went" in md and "evaluate took most of the time" in md
 
 
+def test_the_prompts_measured_length_stands_beside_the_reserved_num_ctx(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, "ctx", {1: ("ok", 0.3, NET_MLP), 2: ("ok", 0.4, NET_CNN)})
+    config = json.loads((run_dir / "config.json").read_text())
+    config["num_ctx_per_model"] = {"generator-7b:latest": 6144, "improver-7b:latest": 10240}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    lines = [json.loads(line) for line in (run_dir / "iterations.jsonl").read_text().splitlines()]
+    for rec, tokens in zip(lines, (1200, 5000), strict=True):
+        rec["llm"]["improver"]["prompt_tokens"] = tokens
+    (run_dir / "iterations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    rep = report.build_report([read_run(run_dir)])
+    assert rep.metrics["runs"][0]["prompts"]["improver-7b"] == {
+        "num_ctx": 10240, "calls": 2, "median": 3100.0, "p95": 4810.0, "max": 5000,
+        "max_with_reply": 5300}
+    assert "| ctx | improver-7b | 10,240 | 2 | 3,100 | 4,810 | 5,000 | 5,300 |" in rep.markdown
+    assert "| ctx | generator-7b | 6,144 | 2 | 900 | 900 | 900 | 1,200 |" in rep.markdown
+
+
 def test_trajectory_png_is_real(mixed) -> None:
     rep = report.build_report([mixed])
     img = mpimg.imread(rep.files["png"])

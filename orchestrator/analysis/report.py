@@ -147,6 +147,7 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
         "failures": stats.failure_breakdown(run.records),
         "failure_examples": _examples(run.records),
         "times": stats.time_breakdown(run.records),
+        "prompts": stats.prompt_lengths(run.records, run.config.get("num_ctx_per_model") or {}),
         "warnings": list(run.warnings),
     }
 
@@ -301,6 +302,17 @@ def time_table(ms: list[dict], labels: list[str]) -> Table:
                     + [f"{t['llm'][role]['prompt_tokens']:,} / "
                        f"{t['llm'][role]['completion_tokens']:,}" for t in ts])
     return Table("Time and tokens", ["", *labels], rows)
+
+
+def context_table(ms: list[dict], labels: list[str]) -> Table:
+    """Each model's reserved num_ctx beside its prompts' measured length, in tokens."""
+    rows = [[label, model, f"{p['num_ctx']:,}" if p["num_ctx"] else "-", str(p["calls"]),
+             f"{p['median']:,.0f}", f"{p['p95']:,.0f}", f"{p['max']:,}",
+             f"{p['max_with_reply']:,}"]
+            for m, label in zip(ms, labels, strict=True) for model, p in m["prompts"].items()]
+    return Table("Context: num_ctx and the prompts' measured length (tokens)",
+                 ["Run", "Model", "num_ctx", "Calls", "Median prompt", "95th percentile",
+                  "Longest", "Longest with reply"], rows)
 
 
 def _failed_eval(times: dict) -> float:
@@ -477,7 +489,8 @@ def build_report(runs: list[Run], window: int = 50, threshold: float | None = No
     tables = [summary_table(ms, labels)]
     tables += [t for m, label in zip(ms, labels, strict=True) if (t := paper_table(m, label))]
     tables += [windows_table(m, label, window) for m, label in zip(ms, labels, strict=True)]
-    tables += [failure_table(ms, labels), error_table(ms, labels), time_table(ms, labels)]
+    tables += [failure_table(ms, labels), error_table(ms, labels), time_table(ms, labels),
+               context_table(ms, labels)]
     notes = time_notes(ms, labels)
     warnings = [f"{label}: {w}" for m, label in zip(ms, labels, strict=True) for w in m["warnings"]]
     title = f"Report: {', '.join(labels)}"

@@ -127,6 +127,31 @@ def failure_breakdown(records: Iterable[dict]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
+def prompt_lengths(records: Sequence[dict], num_ctx: dict[str, int]) -> dict[str, dict]:
+    """Per model, the prompts' measured length (the server's prompt_eval_count) beside the
+    num_ctx the run reserved for it: calls, median, 95th percentile and longest prompt, and
+    the longest prompt plus its reply, in tokens."""
+    prompts: dict[str, list[int]] = {}
+    whole: dict[str, list[int]] = {}
+    for rec in records:
+        llm_rec = rec.get("llm") if isinstance(rec.get("llm"), dict) else {}
+        for role in ROLES:
+            call = llm_rec.get(role)
+            if not isinstance(call, dict) or not isinstance(call.get("prompt_tokens"), int):
+                continue
+            model = str(call.get("model"))
+            prompts.setdefault(model, []).append(call["prompt_tokens"])
+            whole.setdefault(model, []).append(
+                call["prompt_tokens"] + int(_num(call.get("completion_tokens"))))
+    out = {}
+    for model, lengths in prompts.items():
+        out[model] = {"num_ctx": num_ctx.get(model) or num_ctx.get(f"{model}:latest"),
+                      "calls": len(lengths), "median": float(np.median(lengths)),
+                      "p95": float(np.percentile(lengths, 95)), "max": max(lengths),
+                      "max_with_reply": max(whole[model])}
+    return out
+
+
 def time_breakdown(records: Sequence[dict]) -> dict:
     """Seconds per phase, evaluation seconds per outcome, and LLM usage per role."""
     seconds = dict.fromkeys(PHASES, 0.0)
