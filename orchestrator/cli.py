@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import signal
@@ -19,6 +20,9 @@ from rich.markup import escape
 from orchestrator import __version__
 from orchestrator.config import ConfigError, RunConfig, build, for_resume, load_toml
 from orchestrator.data import datasets
+from orchestrator.gpu.memory import candidates_gpu
+from orchestrator.gpu.plan import Plan
+from orchestrator.gpu.residency import Demand, PlanBroken, Tenancy, Watch, keep_alive_for
 from orchestrator.llm.client import (
     GenerationOptions,
     LLMError,
@@ -28,7 +32,7 @@ from orchestrator.llm.client import (
 )
 from orchestrator.llm.servers import Servers
 from orchestrator.llm.text import printable
-from orchestrator.sandbox.base import Limits, Sandbox
+from orchestrator.sandbox.base import READY_TIMEOUT, Limits, Sandbox, parse_size
 from orchestrator.sandbox.pool import PoolSize
 from orchestrator.search import failures as fc
 from orchestrator.search.diagnosis import bounded_schema
@@ -41,8 +45,8 @@ from orchestrator.search.loop import (
     run_chains,
     task_for,
 )
-from orchestrator.search.progress import Reporter
-from orchestrator.search.prompts import PromptBook, num_ctx_per_model
+from orchestrator.search.progress import Reporter, busy
+from orchestrator.search.prompts import PromptBook, context_needs, diagnosis_chars
 from orchestrator.search.roles import Roles
 from orchestrator.store.journal import Journal, JournalError
 
@@ -88,7 +92,9 @@ def run(
     timeout: Annotated[float | None, Opt(help="Seconds per candidate.")] = None,
     memory: Annotated[str | None, Opt(help="Memory limit per candidate, e.g. 8g.")] = None,
     cpus: Annotated[float | None, Opt(help="CPU quota per candidate (docker).")] = None,
-    gpus: Annotated[str | None, Opt(help="all, none or device ids like 0,1 (docker).")] = None,
+    gpus: Annotated[str | None, Opt(help="all, none or device ids like 0,1, numbered as "
+                                         "nvidia-smi does (docker; for the local sandbox, "
+                                         "CUDA_VISIBLE_DEVICES).")] = None,
     runtime: Annotated[str | None, Opt(help="Docker runtime, e.g. runsc (gVisor).")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu or cuda.")] = None,
     precision: Annotated[str | None, Opt(help="fp32 (TF32 allowed) or bf16.")] = None,
@@ -155,14 +161,18 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     Every --ollama-host is checked at start (version, models, num_ctx). One that does not
     answer is an error naming it, not skipped: the user asked for it, a mistyped host should
     not silently cost throughput, and the models are checked (or pulled) on each server before
-    the run relies on them. Once running, a server that goes down is failed over (Servers)."""
+    the run relies on them. Once running, a server that goes down is failed over (Servers).
+    The role models are loaded before any candidate starts, and the GPU they share with the
+    candidates is planned (orchestrator/gpu/): a plan that cannot work stops here, before
+    anything is journaled."""
     cfg, journal = _run_config(settings, cli, resume)
     _require_tracking(cfg)
     dataset = _dataset(cfg)
     reporter = Reporter(cfg.iterations, console, chains=cfg.parallel)
+    keep_alive = keep_alive_for(cfg.keep_alive, longest_gap(cfg))
     servers = Servers([OllamaClient(host, GenerationOptions(
         temperature=cfg.temperature, top_p=cfg.top_p, num_predict=cfg.num_predict,
-        num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout, keep_alive=cfg.keep_alive,
+        num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout, keep_alive=keep_alive,
         think_tokens=cfg.think_tokens), on_warning=reporter.warn) for host in cfg.hosts()],
         on_warning=reporter.warn)
     versions = {client.host: client.check_server() for client in servers.clients}
@@ -171,13 +181,18 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     digests = _ensure_models(cfg, servers, reporter)
     think = _think_per_role(cfg, servers.clients)
     prompts = PromptBook(cfg.prompts_dir)
-    sizes = _num_ctx_start(cfg, dataset, prompts, journal, resume)
-    num_ctx = [client.set_num_ctx(sizes) for client in servers.clients][0]
+    tenancy = _tenancy(cfg, dataset, servers)
+    num_ctx = _num_ctx_start(cfg, dataset, prompts, journal, resume, tenancy,
+                             bounded=diagnosis_format != "json")
     with contextlib.ExitStack() as stack:
-        boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset)]
+        stack.callback(tenancy.release, num_ctx, cfg.keep_alive)  # after the run: as asked
+        plan = _settle(tenancy, num_ctx, reporter)
+        warm = plan.warm if plan.gpu else None
+        boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset, warm)]
         stored = {**cfg.to_dict(), "models": digests, "sandbox_info": boxes[0].describe(),
                   "dataset_fingerprint": dataset.fingerprint, "version": __version__,
                   "ollama_version": ollama_version, "num_ctx_per_model": num_ctx,
+                  "keep_alive_sent": keep_alive, "gpu_plan": plan.to_dict(),
                   "python": platform.python_version()}
         if len(servers.clients) > 1:
             stored["ollama_servers"] = versions
@@ -188,11 +203,12 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
         records = journal.load()
         reporter.note(f"run {cfg.name}: {journal.root}")
         novelty = _novelty_gate(cfg, journal, records)
+        watch = Watch(tenancy, plan, reporter.warn)
         searches = [
             Search(cfg, journal, Roles(servers, cfg.generator_model, cfg.improver_model,
                                        cfg.seed + chain * CHAIN_SEED_STRIDE, digests,
                                        diagnosis_format, think, chain),
-                   box, dataset, prompts, reporter, records, novelty, chain)
+                   box, dataset, prompts, reporter, records, novelty, chain, watch)
             for chain, box in enumerate(boxes)
         ]
         try:
@@ -202,11 +218,43 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
             console.print(f"\nstopped; {len(journal.records())} iterations are saved. "
                           f"Continue with: orchestrator run --name {cfg.name} --resume")
             raise typer.Exit(130) from None
-        except (InfrastructureDown, JournalError) as exc:
+        except (InfrastructureDown, PlanBroken, JournalError) as exc:
             raise fail(f"stopped: {exc}. {len(journal.records())} iterations are saved; fix "
                        f"the cause, then: orchestrator run --name {cfg.name} --resume",
                        code=3) from None
     return journal.summary()
+
+
+def longest_gap(cfg: RunConfig) -> float:
+    """The longest a role's model can wait between two calls of the run: an evaluation (every
+    repeat, and a crowded-out candidate's second try, each with its sandbox's warm-up) and the
+    other role's calls."""
+    return (cfg.repeats + 1) * (cfg.timeout + READY_TIMEOUT) + 2 * cfg.request_timeout
+
+
+def _tenancy(cfg: RunConfig, dataset: datasets.PreparedDataset, servers: Servers) -> Tenancy:
+    """The role models on the servers and the GPU the candidates train on (none under Ray:
+    its nodes' GPUs keep their share of each)."""
+    spec = dataset.spec
+    images = dataset.train_count + dataset.test_count
+    data_bytes = images * math.prod(spec.input_shape) + 8 * dataset.train_count  # labels int64
+    index = None if cfg.executor == "ray" else candidates_gpu(cfg.sandbox, cfg.gpus, cfg.device)
+    demand = Demand(index, cfg.parallel, cfg.warm_pool, data_bytes, parse_size(cfg.min_gpu_budget))
+    return Tenancy(servers.clients, [cfg.generator_model, cfg.improver_model], demand,
+                   busy=lambda text: busy(console, text))
+
+
+def _settle(tenancy: Tenancy, num_ctx: dict[str, int], reporter: Reporter) -> Plan:
+    """Load the role models and state the GPU plan; one that cannot work is refused (the
+    models it loaded are unloaded again, so that the next try finds the memory)."""
+    plan = tenancy.settle(num_ctx)
+    for line in plan.lines():
+        reporter.note(line)
+    refusal = plan.refusal()
+    if refusal:
+        tenancy.release(num_ctx, "0")
+        raise UserError(refusal)
+    return plan
 
 
 def _require_tracking(cfg: RunConfig) -> None:
@@ -237,12 +285,17 @@ def _tracker(cfg: RunConfig, journal: Journal, settings: dict,
 
 
 def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: PromptBook,
-                   journal: Journal, resume: bool) -> dict[str, int]:
-    """Each model's num_ctx to start the run with: the value a resumed run stored, else sized
-    from the longest prompts the templates can produce for this task."""
+                   journal: Journal, resume: bool, tenancy: Tenancy, bounded: bool
+                   ) -> dict[str, int]:
+    """Each model's num_ctx for the run, fixed on every server: the value a resumed run stored,
+    else as much as the prompts can need and the GPU plan affords (`Tenancy.fitted_num_ctx`);
+    a configured num_ctx wins (set_num_ctx)."""
     stored = (journal.config().get("num_ctx_per_model") or {}) if resume else {}
-    sizes = num_ctx_per_model(prompts, task_for(cfg, dataset), cfg, OUTCOME_CHARS)
-    return {model: stored.get(model, size) for model, size in sizes.items()}
+    needs = context_needs(prompts, task_for(cfg, dataset), cfg, OUTCOME_CHARS,
+                          diagnosis_chars(cfg.num_predict, bounded))
+    fitted = {} if set(needs) <= set(stored) else tenancy.fitted_num_ctx(needs)
+    sizes = {model: stored.get(model) or fitted[model] for model in needs}
+    return [client.set_num_ctx(sizes) for client in tenancy.clients][0]
 
 
 def _ensure_models(cfg: RunConfig, servers: Servers, reporter: Reporter) -> dict[str, str]:
@@ -333,19 +386,22 @@ def _novelty_gate(cfg: RunConfig, journal: Journal, records: list[dict]) -> Nove
     return gate
 
 
-def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset) -> list[Sandbox]:
-    """One sandbox per chain (each keeps its own pre-warmed candidate environment)."""
+def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset,
+               warm_gpu: int | None = None) -> list[Sandbox]:
+    """One sandbox per chain (each keeps its own pre-warmed candidate environment); `warm_gpu`
+    is the GPU memory the GPU plan set aside for all chains' warm sandboxes."""
     # Chains share the cores: oversubscribed OpenMP threads slow every candidate down.
     cpus = cfg.cpus or (max(1.0, (os.cpu_count() or 1) / cfg.parallel) if cfg.parallel > 1
                         else None)
     limits = Limits(timeout=cfg.timeout, memory=cfg.memory, cpus=cpus)
-    pool = PoolSize(depth=cfg.warm_pool, share=1 / cfg.parallel)
+    pool = PoolSize(depth=cfg.warm_pool, share=1 / cfg.parallel,
+                    gpu_bytes=None if warm_gpu is None else warm_gpu // cfg.parallel)
     if cfg.executor == "ray":
         return _ray_sandboxes(cfg, dataset, limits)
     if cfg.sandbox == "local":
         from orchestrator.sandbox.local import LocalSandbox
 
-        return [LocalSandbox(dataset.sandbox_dir, limits, cfg.device, pool)
+        return [LocalSandbox(dataset.sandbox_dir, limits, cfg.device, pool, gpus=cfg.gpus)
                 for _ in range(cfg.parallel)]
     from orchestrator.sandbox.docker import DockerSandbox
     from orchestrator.sandbox.engine import check_engine, connect
@@ -498,7 +554,6 @@ def retrain(
     """Train the top designs of a run for longer (resumable): converged test accuracy per
     design, and how well the one-epoch proxy ranked them."""
     from orchestrator.search import retrain as rt
-    from orchestrator.search.progress import busy
     from orchestrator.store.run import read_run
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -13,7 +13,8 @@ from pathlib import Path
 DEFAULT_MODEL = "qwen2.5-coder:7b"
 # Settings that may change when a stopped run is resumed; the rest are the run's identity.
 RESUMABLE = frozenset({"iterations", "ollama_host", "timeout", "no_pull", "request_timeout",
-                       "keep_alive", "warm_pool", "ray_address", "track", "tracking_uri"})
+                       "keep_alive", "warm_pool", "ray_address", "track", "tracking_uri",
+                       "min_gpu_budget"})
 # A Go duration, as Ollama parses keep_alive: "30m", "1h30m", "0" (unload), "-1m" (forever).
 DURATION = re.compile(r"[-+]?(0|((\d+\.?\d*|\.\d+)(ns|us|µs|ms|s|m|h))+)")
 
@@ -109,6 +110,8 @@ class RunConfig:
     memory: str = "8g"
     cpus: float | None = None
     gpus: str = "auto"
+    # The GPU plan refuses a run whose candidates would each get less GPU memory than this.
+    min_gpu_budget: str = "2g"
     runtime: str | None = None
     warm_pool: int | None = None  # warm sandboxes kept ahead per chain; None: sized as measured
     offline_build: bool = False
@@ -167,6 +170,8 @@ class RunConfig:
             ("cpus", self.cpus is None or self.cpus > 0, "a positive number, or unset"),
             ("memory", MEMORY.fullmatch(self.memory.strip().lower()) is not None,
              "a size such as 8g or 512m"),
+            ("min_gpu_budget", MEMORY.fullmatch(self.min_gpu_budget.strip().lower()) is not None,
+             "a size such as 2g or 512m"),
             ("parallel", self.parallel >= 1, "at least 1"),
             ("ollama_host", _valid_hosts(self.ollama_host),
              "a server URL such as http://gpu1:11434, or a non-empty list of them"),

@@ -27,6 +27,7 @@ import json
 import math
 import os
 import random
+import re
 import sys
 import threading
 import traceback
@@ -53,6 +54,11 @@ JOB_KEYS = (
     "momentum", "weight_decay", "seed",
 )
 LIFELINE_EXIT = 3  # exit code when the host closed stdin, i.e. it is gone
+CROWDED_OUT = "CrowdedOut"  # error type of a CUDA OOM within the budget (docs/contracts.md)
+OOM_MARGIN = 64 << 20  # allocator rounding: an OOM this close to the budget is the candidate's
+# torch's CUDA OOM message (c10 format_size): "Tried to allocate 20.00 MiB", "... 512 bytes"
+REQUEST = re.compile(r"Tried to allocate (\d+(?:\.\d+)?) (bytes|KiB|MiB|GiB)")
+UNIT_BYTES = {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30}
 MESSAGE_CHARS = 2000
 TRACEBACK_CHARS = 4000
 # Exceptions a validation forward raises on mismatched shapes ("mat1 and mat2 shapes cannot be
@@ -531,14 +537,59 @@ def describe(exc: BaseException) -> dict[str, str]:
 
 
 def run_job(run: Run, job_dir: Path) -> tuple[dict[str, Any], np.ndarray | None]:
-    """Run the candidate; never raises for candidate faults. Returns (result, predictions)."""
+    """Run the candidate; never raises for candidate faults. Returns (result, predictions).
+    A CUDA OOM within the candidate's GPU budget is not its fault: `sandbox_error`."""
     preds, status, error = None, "ok", None
     try:
         preds = execute(run, job_dir)
     except BaseException as e:  # candidate code may raise anything, SystemExit included
         status, error = classify(run.phase, e), describe(e)
+        crowding = crowded_out(e, run) if status == "cuda_oom" else None
+        if crowding:
+            status, error = "sandbox_error", {**error, "type": CROWDED_OUT, "message": crowding}
+    run.metrics.update(gpu_memory(run))
     metrics = {k: clean_number(v) for k, v in run.metrics.items()}
     return {"status": status, "phase": run.phase, "error": error, "metrics": metrics}, preds
+
+
+def gpu_memory(run: Run) -> dict[str, int]:
+    """The candidate's GPU memory: the most its allocator reserved (its data included), and its
+    budget where the job gave one."""
+    held = {}
+    if run.data.device.type == "cuda":
+        held["gpu_peak_bytes"] = torch.cuda.max_memory_reserved(run.data.device)
+    if run.job.get("gpu_memory_budget"):
+        held["gpu_budget_bytes"] = int(run.job["gpu_memory_budget"])
+    return held
+
+
+def gpu_reserved(device: torch.device) -> int:
+    """What the allocator holds on `device` now (0 off CUDA)."""
+    return torch.cuda.memory_reserved(device) if device.type == "cuda" else 0
+
+
+def requested_bytes(message: str) -> int | None:
+    """The allocation a CUDA OOM message says failed, in bytes."""
+    match = REQUEST.search(message)
+    return int(float(match[1]) * UNIT_BYTES[match[2]]) if match else None
+
+
+def crowded_out(exc: BaseException, run: Run) -> str | None:
+    """Why a CUDA OOM is not the candidate's doing, or None when it is: with a budget, a
+    candidate that held `held` and asked for `wanted`, together within its budget, found the
+    GPU full of another tenant's memory (the LLM server's, another process's). Past its
+    budget, or without one, the OOM is the candidate's."""
+    budget = run.job.get("gpu_memory_budget")
+    wanted = requested_bytes(str(exc))
+    if not budget or wanted is None:
+        return None
+    held = gpu_reserved(run.data.device)
+    if held + wanted + OOM_MARGIN > budget:
+        return None
+    mib = 1 << 20
+    return (f"crowded out: the GPU ran out of memory while the candidate held {held / mib:.0f} "
+            f"MiB and asked for {wanted / mib:.0f} MiB more, within its budget of "
+            f"{budget / mib:.0f} MiB: another tenant holds the rest ({str(exc)[:600]})")
 
 
 def clean_number(value: Any) -> Any:
@@ -610,10 +661,21 @@ def prepare(args: argparse.Namespace, step: Step) -> Run:
     step.phase = "job"
     check_job(job, data)
     step.phase = "memory_share"
-    share = job.get("gpu_memory_fraction")
-    if share and data.device.type == "cuda":  # neighbours on the same GPU keep their part
-        torch.cuda.set_per_process_memory_fraction(float(share), data.device)
+    if data.device.type == "cuda":  # the LLM server and the neighbours keep their part
+        limit_memory(job, data.device)
     return Run(job, data, metrics={"device": str(data.device), "warmup_seconds": warmup})
+
+
+def limit_memory(job: dict[str, Any], device: torch.device) -> None:
+    """Cap the allocator at the job's GPU budget in bytes (the host's GPU plan), else at its
+    share of the device; then count the peak from here."""
+    budget, share = job.get("gpu_memory_budget"), job.get("gpu_memory_fraction")
+    if budget:
+        total = torch.cuda.get_device_properties(device).total_memory
+        share = min(1.0, float(budget) / total)
+    if share:
+        torch.cuda.set_per_process_memory_fraction(float(share), device)
+    torch.cuda.reset_peak_memory_stats(device)
 
 
 def watch_lifeline() -> None:

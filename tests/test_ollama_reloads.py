@@ -10,18 +10,27 @@ import pytest
 
 from orchestrator.config import RunConfig
 from orchestrator.llm.client import auto_num_ctx, prompt_chars
+from orchestrator.search.diagnosis import field_chars
 from orchestrator.search.loop import OUTCOME_CHARS
 from orchestrator.search.memory import Triple
-from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task, num_ctx_per_model
+from orchestrator.search.prompts import (
+    Attempt,
+    GeneratorInput,
+    PromptBook,
+    Task,
+    context_needs,
+    diagnosis_chars,
+)
 from tests import replies
 from tests.test_search_e2e import by_role, orchestrator, read_records, run_args
 
 TASK = Task("fashionmnist", (1, 28, 28), 10, {"epochs": 1, "lr": 0.01, "momentum": 0.9,
                                              "weight_decay": 5e-4, "batch_size": 128})
 ONE_MODEL = {"generator_model": "coder:test", "improver_model": "coder:test"}
-# Long diagnoses make the prompts grow from iteration to iteration, as real ones do.
+# Diagnoses as long as the schema lets them be (512 characters a field at num_predict 2048)
+# make the prompts grow from iteration to iteration, as real ones do.
 DIAGNOSES = [replies.diagnosis_json(f"problem {i}", f"idea {i}",
-                                    f"suggestion {i}: widen the second stage. " * 120)
+                                    f"suggestion {i}: widen the second stage. " * 12)
              for i in range(8)]
 NETS = [replies.VALID_NET, replies.VALID_NET_WIDER] * 4
 
@@ -32,7 +41,11 @@ def book() -> PromptBook:
 
 
 def sizes(book: PromptBook, **settings: Any) -> dict[str, int]:
-    return num_ctx_per_model(book, TASK, RunConfig(**settings), OUTCOME_CHARS)
+    """The most each model's prompts can need, diagnoses bounded by the schema."""
+    config = RunConfig(**settings)
+    needs = context_needs(book, TASK, config, OUTCOME_CHARS,
+                          diagnosis_chars(config.num_predict, bounded=True))
+    return {model: most for model, (_, most) in needs.items()}
 
 
 # -- sizing ----------------------------------------------------------------------------------
@@ -45,22 +58,26 @@ def test_roles_on_one_model_share_the_larger_size(book: PromptBook) -> None:
         "llama3.1:latest": apart["improver:test"]}
 
 
-def test_size_counts_every_slot_at_num_predict_tokens(book: PromptBook) -> None:
+def test_size_counts_every_code_at_num_predict_tokens_and_diagnoses_at_the_schema(
+        book: PromptBook) -> None:
     for num_predict in (512, 2048):
         apart = sizes(book, num_predict=num_predict, generator_model="g", improver_model="i")
         # generator: reference, current, suggestions; improver: best, current, 5 triples;
-        # both: the reply. The fixed template text adds less than 4096 tokens.
-        for model, slots in (("g:latest", 3), ("i:latest", 7)):
-            floor = (slots + 1) * num_predict
+        # both: the reply. A diagnosis field is at most num_predict / 4 characters, a third
+        # of that in tokens by the generous estimate. The template text adds less than 4096.
+        field = field_chars(num_predict) // 3
+        for model, floor in (("g:latest", 3 * num_predict + 2 * field),
+                             ("i:latest", 3 * num_predict + 5 * 2 * field)):
             assert floor <= apart[model] < floor + 4096 and apart[model] % 1024 == 0
 
 
 def test_size_grows_with_the_window_and_the_extended_prompt(book: PromptBook) -> None:
     base = sizes(book, generator_model="g", improver_model="i")
-    wider = sizes(book, generator_model="g", improver_model="i", history_size=8)
+    wider = sizes(book, generator_model="g", improver_model="i", history_size=11)
     extended = sizes(book, generator_model="g", improver_model="i", extended_prompt=True,
                      top_k=3, history_size=5)
-    assert wider["i:latest"] >= base["i:latest"] + 3 * 2048
+    # six more triples of two 512-character fields: about 2048 tokens more
+    assert wider["i:latest"] >= base["i:latest"] + 1024
     assert extended["g:latest"] >= base["g:latest"] + (3 + 5) * 2048
     assert extended["i:latest"] == base["i:latest"]  # the extended prompt is the Generator's
 
@@ -68,11 +85,12 @@ def test_size_grows_with_the_window_and_the_extended_prompt(book: PromptBook) ->
 def test_no_realistic_prompt_needs_more_than_the_size(book: PromptBook) -> None:
     num_predict = 1024
     code = "y" * (3 * num_predict)  # num_predict tokens by the generous estimate
+    field = "z" * field_chars(num_predict)  # a diagnosis field as long as the schema allows
     outcome = "failed with runtime_error: " + "z" * OUTCOME_CHARS
     attempt = Attempt(123, code, outcome[:OUTCOME_CHARS])
     size = sizes(book, num_predict=num_predict, **ONE_MODEL)["coder:test"]
-    generator = book.generator(TASK, GeneratorInput(attempt, attempt, code))
-    triples = [Triple(code[:len(code) // 2], code[:len(code) // 2], outcome)] * 5
+    generator = book.generator(TASK, GeneratorInput(attempt, attempt, field))
+    triples = [Triple(field, field, outcome)] * 5
     improver = book.improver(TASK, attempt, attempt, triples)
     for messages in (generator, improver):
         assert auto_num_ctx(prompt_chars(messages), num_predict) <= size
@@ -90,6 +108,7 @@ def one_model_run(server, data_dir: Path, results: Path, name: str, iterations: 
 
 
 def sent_num_ctx(server) -> list[int]:
+    """num_ctx of the generating calls (not the loads without messages)."""
     return [b["options"]["num_ctx"] for b in server.chat_requests()]
 
 
@@ -108,11 +127,12 @@ def test_both_roles_on_one_model_load_it_once(fake_ollama, fashion_data_dir, tmp
     assert server.loads() == {"coder:test": 1}, sent_num_ctx(server)
     assert server.reloads() == 0
     chats = server.chat_requests()
-    assert len(chats) == 8 and all(b.get("keep_alive") == "30m" for b in chats)
+    # keep_alive outlasts the run's longest gap: 2 x (300 s + 300 s warm-up) + 2 x 600 s
+    assert len(chats) == 8 and all(b.get("keep_alive") == "2400s" for b in chats)
     config = json.loads((tmp_path / "once" / "config.json").read_text())
     (num_ctx,) = config["num_ctx_per_model"].values()
     assert config["num_ctx_per_model"] == sizes(book, **ONE_MODEL) == {"coder:test": num_ctx}
-    assert config["keep_alive"] == "30m"
+    assert config["keep_alive"] == "30m" and config["keep_alive_sent"] == "2400s"
     assert set(sent_num_ctx(server)) == {num_ctx}
     assert journaled_num_ctx(tmp_path / "once") == {num_ctx}
 

@@ -11,11 +11,10 @@ import threading
 
 import pytest
 
+from orchestrator.gpu.plan import CUDA_CONTEXT_BYTES, WARM_GPU_SHARE
 from orchestrator.sandbox.pool import (
     AUTO_MAX_DEPTH,
-    CUDA_CONTEXT_BYTES,
     FIRST_DEPTH,
-    WARM_GPU_SHARE,
     WARM_MEMORY_SHARE,
     Footprint,
     PoolSize,
@@ -67,6 +66,14 @@ def test_depth_is_bounded_by_gpu_memory() -> None:
     s.observe_warmup(60.0, held)
     s.observe_cycle(1.0)
     assert s.depth() == int(0.25 * WARM_GPU_SHARE * 80) == 2
+
+
+def test_the_gpu_plans_reservation_bounds_the_depth() -> None:
+    held = Footprint(rss_bytes=1, gpu_bytes=GIB - CUDA_CONTEXT_BYTES, gpu_total_bytes=80 * GIB)
+    s = Sizer(PoolSize(share=0.25, gpu_bytes=3 * GIB), host_memory=64 * GIB)
+    s.observe_warmup(60.0, held)
+    s.observe_cycle(1.0)
+    assert s.depth() == 3  # not a quarter of a tenth of 80 GiB (2): what the plan set aside
 
 
 def test_never_less_than_one_and_a_fixed_depth_wins() -> None:

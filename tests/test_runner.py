@@ -87,6 +87,24 @@ TRAIN_RAISES = TINY.replace(
     "            raise ValueError('boom on call 3')",
 )
 
+GIB = 1 << 30
+
+
+def oom_forward(asked: str) -> str:
+    """A net whose training forward raises torch's CUDA OOM, asking for `asked` (there is no
+    GPU here: the message is the one stand-in for the GPU's figures)."""
+    return TINY.replace(
+        "def forward(self, x):",
+        "def forward(self, x):\n"
+        "        if self.training:\n"
+        "            raise torch.cuda.OutOfMemoryError(\n"
+        f"                'CUDA out of memory. Tried to allocate {asked}. GPU 0 has a total '\n"
+        "                'capacity of 23.99 GiB of which 6.00 MiB is free.')",
+    )
+
+
+OOM_SMALL, OOM_HUGE = oom_forward("20.00 MiB"), oom_forward("6.00 GiB")
+
 # name -> (candidate code, expected status, expected phase, text the error message contains)
 CASES = {
     "no-net": (NO_NET, "contract_error", "instantiate", "no `Net`"),
@@ -236,6 +254,9 @@ def outcomes(
     jobs.append(("budget", TINY, {"max_params": 3000}))
     jobs.append(("lazy", LAZY, {"max_params": 3140}))
     jobs.append(("last-batch-of-one", BATCHNORM_1D, {"batch_size": 73}))  # 512 = 7 x 73 + 1
+    jobs.append(("crowded", OOM_SMALL, {"gpu_memory_budget": 4 * GIB}))
+    jobs.append(("past-budget", OOM_HUGE, {"gpu_memory_budget": 4 * GIB}))
+    jobs.append(("no-budget", OOM_SMALL, {}))
 
     def one(name: str, code: str, overrides: dict) -> tuple[str, tuple[Path, dict]]:
         job_dir, out_dir = make_job(tmp_path_factory.mktemp(name), code, **overrides)
@@ -257,6 +278,37 @@ def test_candidate_failures_are_classified(
     assert needle in error["message"]
     assert len(error["message"]) <= 2000 and len(error["traceback"]) <= 4000
     assert sorted(p.name for p in out_dir.iterdir()) == ["result.json"]  # no temporaries left
+
+
+def test_a_cuda_oom_within_the_budget_is_another_tenants_doing(
+    outcomes: dict[str, tuple[Path, dict]]
+) -> None:
+    _, result = outcomes["crowded"]
+    assert (result["status"], result["phase"]) == ("sandbox_error", "train")
+    assert result["error"]["type"] == "CrowdedOut"
+    assert result["error"]["message"].startswith(
+        "crowded out: the GPU ran out of memory while the candidate held 0 MiB and asked for "
+        "20 MiB more, within its budget of 4096 MiB")
+    assert "OutOfMemoryError" in result["error"]["traceback"]
+    assert result["metrics"]["gpu_budget_bytes"] == 4 * GIB
+
+
+@pytest.mark.parametrize("name", ["past-budget", "no-budget"])
+def test_a_cuda_oom_past_the_budget_or_without_one_is_the_designs(
+    outcomes: dict[str, tuple[Path, dict]], name: str
+) -> None:
+    _, result = outcomes[name]
+    assert (result["status"], result["phase"]) == ("cuda_oom", "train")
+    assert result["error"]["type"] == "OutOfMemoryError"
+
+
+def test_the_oom_request_is_read_from_torchs_message() -> None:
+    runner = load_runner()
+    assert runner.requested_bytes("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0") \
+        == 2 * GIB
+    assert runner.requested_bytes("Tried to allocate 20.00 MiB (GPU 0; ...)") == 20 << 20
+    assert runner.requested_bytes("Tried to allocate 512 bytes") == 512
+    assert runner.requested_bytes("CUBLAS_STATUS_ALLOC_FAILED") is None
 
 
 def test_train_failure_records_progress(outcomes: dict[str, tuple[Path, dict]]) -> None:

@@ -59,7 +59,7 @@ class GenerationOptions:
     temperature: float = 0.7
     top_p: float = 0.9
     num_predict: int = 2048
-    num_ctx: int | None = None  # None: one per model, sized for the run, grown when needed
+    num_ctx: int | None = None  # None: one per model, sized for the run (set_num_ctx)
     request_timeout: float = 600.0
     keep_alive: str | None = "30m"  # how long the server keeps a model loaded after a call
     think_tokens: int = 4096  # added to num_predict when a reasoning model thinks: its trace
@@ -83,6 +83,16 @@ class ChatResult:
     num_ctx: int
     truncated: bool = False
     done_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class Running:
+    """A model the server holds (/api/ps): bytes in all and on the GPU, its context."""
+
+    model: str
+    size: int
+    size_vram: int
+    context_length: int | None
 
 
 class LLMError(Exception):
@@ -240,7 +250,6 @@ class OllamaClient:
         self.max_backoff = max_backoff
         self.client = ollama.Client(host=self.host, timeout=self._timeout())
         self._num_ctx: dict[str, int] = {}  # full model name -> its num_ctx for this run
-        self._ctx_limits: dict[str, int] = {}  # full model name -> the model's context length
         self._ctx_lock = threading.Lock()  # search chains share one client
         self._shown: dict[str, ollama.ShowResponse] = {}  # full model name -> /api/show
 
@@ -362,6 +371,40 @@ class OllamaClient:
             detail = exc.error if isinstance(exc, ollama.ResponseError) else repr(exc)
             raise LLMError(f"pulling {model} from {self.host} failed: {detail}") from exc
 
+    # -- what the server holds ---------------------------------------------------------------
+    def running(self) -> list[Running]:
+        """The models the server holds now (/api/ps): name, bytes in all and on the GPU, and
+        the context each was loaded with."""
+        try:
+            listing = self._retrying("listing loaded models")(self.client.ps)
+        except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
+            raise self._fail(exc, "listing loaded models") from exc
+        return [Running(full_model_name(m.model or m.name or ""), int(m.size or 0),
+                        int(m.size_vram or 0), m.context_length)
+                for m in listing.models if m.model or m.name]
+
+    def load(self, model: str, num_ctx: int, keep_alive: str | None = None) -> None:
+        """Load the model with the run's runner options, without generating (a chat request
+        with no messages), and keep it for `keep_alive` (default: the run's); a model loaded
+        so already only takes the new keep_alive."""
+        self._empty_chat(model, {"num_ctx": num_ctx}, keep_alive or self.options.keep_alive,
+                         "loading")
+
+    def unload(self, model: str) -> None:
+        """Unload the model now (no messages and keep_alive 0)."""
+        self._empty_chat(model, {}, 0, "unloading")
+
+    def _empty_chat(self, model: str, options: dict[str, Any], keep_alive: str | int | None,
+                    what: str) -> None:
+        def send() -> None:
+            self.client.chat(model=model, messages=[], options=options, keep_alive=keep_alive,
+                             stream=False)
+
+        try:
+            self._retrying(f"{what} {model}")(send)
+        except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
+            raise self._fail(exc, f"{what} {model}", model) from exc
+
     # -- context window --------------------------------------------------------------------
     def _show(self, model: str) -> ollama.ShowResponse:
         """/api/show of the model, asked once per run (start-up asks it several things)."""
@@ -372,6 +415,11 @@ class OllamaClient:
             except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
                 raise self._fail(exc, f"showing {model}", model) from exc
         return self._shown[key]
+
+    def model_info(self, model: str) -> dict[str, Any]:
+        """The model's GGUF metadata from /api/show (`model_info`): its architecture, layers,
+        attention heads and context length."""
+        return dict(self._show(model).modelinfo or {})
 
     def thinks(self, model: str) -> bool:
         """Whether the model can think (a reasoning model: "thinking" among its capabilities)."""
@@ -385,7 +433,9 @@ class OllamaClient:
 
     def set_num_ctx(self, sizes: Mapping[str, int]) -> dict[str, int]:
         """Fix each model's num_ctx for the run: the configured num_ctx if given, else its size
-        here; capped at the model's context length. Returns model -> num_ctx."""
+        here; capped at the model's context length. Returns model -> num_ctx. It never changes
+        afterwards: Ollama reloads a model whose num_ctx changes, into whatever GPU memory the
+        candidates have left it, and the GPU plan counts on its KV cache."""
         fixed: dict[str, int] = {}
         for model, size in sizes.items():
             limit = self.context_length(model)
@@ -396,41 +446,28 @@ class OllamaClient:
                            f"using {limit}")
             with self._ctx_lock:
                 self._num_ctx[full_model_name(model)] = fixed[model]
-                if limit:
-                    self._ctx_limits[full_model_name(model)] = limit
         return fixed
 
     def fits(self, model: str, messages: Messages, think: bool | None = None) -> bool:
-        """Whether the messages and the reply fit the model's context length (generously
-        estimated); True when the server did not state a length. Ollama would cut a longer
-        prompt silently."""
+        """Whether the messages and the reply fit the model's num_ctx (generously estimated);
+        True for a model whose num_ctx is not fixed yet. Ollama would cut a longer prompt
+        silently."""
         with self._ctx_lock:
-            limit = self._ctx_limits.get(full_model_name(model))
+            limit = self._num_ctx.get(full_model_name(model))
         if limit is None:
             return True
         reply = self.options.num_predict + (self.options.think_tokens if think else 0)
         return math.ceil(prompt_chars(messages) / CHARS_PER_TOKEN_GENEROUS) + reply <= limit
 
     def num_ctx_for(self, model: str, chars: int, reply_tokens: int | None = None) -> int:
-        """The model's num_ctx for a prompt of `chars` characters: the run's value, raised (never
-        lowered, at most to the model's context length) when the prompt needs more. Ollama
-        reloads a model whose num_ctx changes, so it stays the same for every call otherwise."""
+        """The model's num_ctx: the one set_num_ctx fixed; for a model it did not (a client used
+        on its own), the configured num_ctx or one sized for this first prompt, then kept."""
         key = full_model_name(model)
-        need = auto_num_ctx(chars, self.options.num_predict if reply_tokens is None
-                            else reply_tokens)
         with self._ctx_lock:
-            current = self._num_ctx.get(key)
-            if self.options.num_ctx is not None:
-                return self.options.num_ctx if current is None else current
-            limit = self._ctx_limits.get(key)
-            wanted = min(need, limit) if limit else need
-            if current is not None and wanted <= current:
-                return current
-            self._num_ctx[key] = wanted
-        if current is not None:
-            self._warn(f"{model}: a prompt needs num_ctx {wanted}, more than {current}: raising "
-                       "it for the rest of the run; Ollama reloads the model once for this")
-        return wanted
+            if key not in self._num_ctx:
+                self._num_ctx[key] = self.options.num_ctx or auto_num_ctx(
+                    chars, self.options.num_predict if reply_tokens is None else reply_tokens)
+            return self._num_ctx[key]
 
     # -- chat ------------------------------------------------------------------------------
     def chat(
@@ -467,16 +504,11 @@ class OllamaClient:
         }
         if think is not None:
             request["think"] = think
-
-        def attempt() -> tuple[ollama.ChatResponse, str]:
-            # Each attempt asks with the model's current num_ctx: another chain may have
-            # raised it meanwhile, and an older value would reload the model again.
-            options["num_ctx"] = self.num_ctx_for(model, chars, options["num_predict"])
-            return self._chat_once(request, stream, on_progress)
-
+        options["num_ctx"] = self.num_ctx_for(model, chars, options["num_predict"])
         start = time.monotonic()
         try:
-            final, text = self._retrying(f"chat with {model}")(attempt)
+            final, text = self._retrying(f"chat with {model}")(
+                self._chat_once, request, stream, on_progress)
         except (ollama.ResponseError, ConnectionError, httpx.HTTPError, ValueError) as exc:
             raise self._fail(exc, f"chat with {model}", model) from exc
         result = ChatResult(

@@ -45,7 +45,7 @@ KILL_GRACE_SECONDS = 10.0
 class _Slot:
     """One started runner process (waiting for its job) and its private directories."""
 
-    def __init__(self, data_dir: Path, limits: Limits, device: str,
+    def __init__(self, data_dir: Path, limits: Limits, device: str, gpus: str = "auto",
                  scratch: Path | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="orchestrator-local-", dir=scratch))
         self.job_dir, self.out_dir, home = (self.root / n for n in ("job", "out", "home"))
@@ -68,7 +68,7 @@ class _Slot:
         ]
         self.proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=_minimal_env(home, limits), cwd=self.root,
+            stderr=subprocess.STDOUT, env=_minimal_env(home, limits, gpus), cwd=self.root,
             start_new_session=True, preexec_fn=_rlimits(limits, device),
         )
         self.reader = threading.Thread(target=self._read_output, daemon=True)
@@ -162,15 +162,17 @@ class LocalSandbox(Sandbox):
     kind = "local"
 
     def __init__(self, data_dir: Path, limits: Limits, device: str = "auto",
-                 pool: PoolSize | None = None, scratch: Path | None = None) -> None:
-        super().__init__(data_dir, limits, device)
+                 pool: PoolSize | None = None, scratch: Path | None = None,
+                 gpus: str = "auto") -> None:
+        super().__init__(data_dir, limits, "cpu" if gpus == "none" else device)
         self.scratch = scratch  # where the per-candidate folders go (default: the temp dir)
+        self.gpus = gpus  # "auto" (the environment's CUDA_VISIBLE_DEVICES), "all", ids
         pool = pool or PoolSize()
         self._pool = None if pool.depth == 0 else WarmPool(
             self._slot, _Slot.destroy, Sizer(pool), name="local-sandbox-pool")
 
     def _slot(self) -> _Slot:
-        return _Slot(self.data_dir, self.limits, self.device, self.scratch)
+        return _Slot(self.data_dir, self.limits, self.device, self.gpus, self.scratch)
 
     def run(self, code: str, job: dict) -> Execution:
         slot: _Slot | None = None
@@ -209,17 +211,24 @@ class LocalSandbox(Sandbox):
             self._pool.close()
 
 
-def _minimal_env(home: Path, limits: Limits) -> dict[str, str]:
-    """No host secrets: only what Python and torch need."""
+def _minimal_env(home: Path, limits: Limits, gpus: str = "auto") -> dict[str, str]:
+    """No host secrets: only what Python and torch need. GPUs are numbered in PCI bus order,
+    as NVML, nvidia-smi and Docker number them; `gpus` ids (or "none") set
+    CUDA_VISIBLE_DEVICES, "all" clears it, "auto" keeps the environment's."""
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "TMPDIR": str(home),
         "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+        "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
     }
     if limits.cpus:
         env["OMP_NUM_THREADS"] = str(max(1, int(limits.cpus)))
     for name in ("CUDA_VISIBLE_DEVICES", "LD_LIBRARY_PATH"):
         if name in os.environ:
             env[name] = os.environ[name]
+    if gpus == "all":
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+    elif gpus != "auto":
+        env["CUDA_VISIBLE_DEVICES"] = "" if gpus == "none" else gpus
     return env
 
 

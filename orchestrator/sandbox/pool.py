@@ -27,12 +27,11 @@ from typing import Generic, TypeVar
 
 import orjson
 
+from orchestrator.gpu.plan import CUDA_CONTEXT_BYTES, WARM_GPU_SHARE
+
 S = TypeVar("S")
 
 WARM_MEMORY_SHARE = 0.25  # of the host's available memory, for every pool of the run together
-WARM_GPU_SHARE = 0.10  # of the GPU's memory, likewise
-CANDIDATES_GPU_SHARE = 0.95 - WARM_GPU_SHARE  # what --parallel chains' candidates divide
-CUDA_CONTEXT_BYTES = 512 << 20  # a CUDA context's own memory, which torch's allocator does not see
 AUTO_MAX_DEPTH = 8
 FIRST_DEPTH = 1  # before anything is measured
 SAMPLES = 8  # recent measurements the sizing looks at
@@ -73,10 +72,13 @@ def available_memory() -> int:
 @dataclass
 class PoolSize:
     """`depth` warm sandboxes, or None to size the pool from measurements. `share` is this
-    pool's part of the memory the run's warm sandboxes may hold (1 / number of chains)."""
+    pool's part of the memory the run's warm sandboxes may hold (1 / number of chains);
+    `gpu_bytes`, where the GPU plan set it, the GPU memory this pool's warm sandboxes may hold
+    (else `share` of WARM_GPU_SHARE of the GPU)."""
 
     depth: int | None = None
     share: float = 1.0
+    gpu_bytes: int | None = None
 
 
 class Sizer:
@@ -122,8 +124,9 @@ class Sizer:
             bound = min(bound, int(self.size.share * WARM_MEMORY_SHARE * self.host_memory
                                    // held.rss_bytes))
         if held.gpu_held:
-            bound = min(bound, int(self.size.share * WARM_GPU_SHARE * held.gpu_total_bytes
-                                   // held.gpu_held))
+            room = self.size.gpu_bytes if self.size.gpu_bytes is not None else int(
+                self.size.share * WARM_GPU_SHARE * held.gpu_total_bytes)
+            bound = min(bound, room // held.gpu_held)
         return max(1, bound)
 
 

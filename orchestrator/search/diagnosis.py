@@ -21,14 +21,19 @@ DIAGNOSIS_SCHEMA: dict[str, Any] = {
     "required": ["reason", "inspiration", "suggestions"],
 }
 
+def field_chars(num_predict: int) -> int | None:
+    """The most characters of each diagnosis field: num_predict / 4, so the three fit within
+    num_predict tokens even at one character a token (a rambling small model writes runs of
+    digits, one token each); None (no bound) when num_predict is unlimited."""
+    return max(1, num_predict // 4) if num_predict > 0 else None
+
+
 def bounded_schema(num_predict: int) -> dict[str, Any]:
-    """DIAGNOSIS_SCHEMA with each field at most num_predict / 4 characters (no bound when
-    num_predict is unlimited): the three fit within num_predict tokens even at one character
-    a token (a rambling small model writes runs of digits, one token each), so the server's
-    grammar closes the JSON before the reply is cut."""
-    if num_predict <= 0:
+    """DIAGNOSIS_SCHEMA with each field at most `field_chars` long, so the server's grammar
+    closes the JSON before the reply is cut."""
+    bound = field_chars(num_predict)
+    if bound is None:
         return DIAGNOSIS_SCHEMA
-    bound = max(1, num_predict // 4)
     fields = {k: {**v, "maxLength": bound} for k, v in DIAGNOSIS_SCHEMA["properties"].items()}
     return {**DIAGNOSIS_SCHEMA, "properties": fields}
 

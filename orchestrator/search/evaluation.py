@@ -105,6 +105,9 @@ def _sandbox_fault(message: str, result: dict | None) -> Outcome:
     phase = result.get("phase")
     phase = phase[:PHASE_CHARS] if isinstance(phase, str) else SANDBOX_PHASE
     error = result.get("error") if isinstance(result.get("error"), dict) else {}
+    if error.get("type") == fc.CROWDED_OUT:
+        return failure(fc.SANDBOX_ERROR, str(error.get("message", "")), type_=fc.CROWDED_OUT,
+                       traceback=str(error.get("traceback", "")), phase=phase)
     detail = f"{str(error.get('type', ''))[:200]}: {str(error.get('message', ''))}".strip(": ")
     return failure(fc.SANDBOX_ERROR, f"{message} in phase {phase}: {detail}",
                    traceback=str(error.get("traceback", "")), phase=phase)

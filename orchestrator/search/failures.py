@@ -31,3 +31,7 @@ RUNNER_CLASSES = frozenset({
 })
 # Not the candidate's fault: the Prompt Improver is not told the candidate caused them.
 INFRASTRUCTURE_CLASSES = frozenset({SANDBOX_ERROR, LLM_ERROR})
+# The error type of a `sandbox_error` the runner reports for a CUDA out-of-memory error within
+# the candidate's GPU budget: another tenant took the memory. The iteration evaluates it again
+# once (sandbox-image/runner.py spells it too).
+CROWDED_OUT = "CrowdedOut"

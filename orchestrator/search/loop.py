@@ -11,8 +11,9 @@ import numpy as np
 
 from orchestrator.config import RunConfig
 from orchestrator.data.datasets import PreparedDataset
+from orchestrator.gpu.plan import CANDIDATES_GPU_SHARE
+from orchestrator.gpu.residency import Watch
 from orchestrator.sandbox.base import Execution, Sandbox
-from orchestrator.sandbox.pool import CANDIDATES_GPU_SHARE
 from orchestrator.search import failures as fc
 from orchestrator.search.diagnosis import Diagnosis
 from orchestrator.search.evaluation import Outcome, failure, key_traceback_line, score
@@ -36,9 +37,9 @@ PLACE_KEYS = ("node", "host", "gpu_ids")  # where a cluster evaluation ran (text
 
 
 def gpu_share(config: RunConfig) -> float | None:
-    """The GPU memory share of one candidate: the candidates' part of the GPU, split between
-    the chains that share it, or the fraction of a GPU Ray gives each task; None for a whole
-    GPU."""
+    """The GPU memory share of one candidate where no GPU plan gives it a budget: the
+    candidates' part of the GPU, split between the chains that share it, or the fraction of a
+    GPU Ray gives each task; None for a whole GPU."""
     if config.executor == "ray":
         gpus = config.ray_gpus
         return round(CANDIDATES_GPU_SHARE * gpus, 3) if gpus and gpus < 1 else None
@@ -126,10 +127,11 @@ class Search:
 
     def __init__(self, config: RunConfig, journal: Journal, roles: Roles, sandbox: Sandbox,
                  dataset: PreparedDataset, prompts: PromptBook, reporter: Reporter,
-                 records: list[dict], novelty: NoveltyGate, chain: int = 0) -> None:
+                 records: list[dict], novelty: NoveltyGate, chain: int = 0,
+                 watch: Watch | None = None) -> None:
         self.config, self.journal, self.roles, self.sandbox = config, journal, roles, sandbox
         self.dataset, self.prompts, self.reporter = dataset, prompts, reporter
-        self.novelty, self.chain = novelty, chain
+        self.novelty, self.chain, self.watch = novelty, chain, watch
         self.prefix = f"c{chain}_" if config.parallel > 1 else ""
         self.labels = dataset.test_labels()
         self.task = task_for(config, dataset)
@@ -141,6 +143,8 @@ class Search:
         for i in range(self.state.iteration + 1, self.config.iterations + 1):
             if stop is not None and stop.is_set():
                 return
+            if self.watch is not None:
+                self.watch.check()  # before anything of the iteration is spent
             self.step(i)
             self._check_fault_streak()
 
@@ -229,7 +233,21 @@ class Search:
         return outcomes[-1] if len(outcomes) == 1 or not outcomes[-1].ok else averaged(outcomes)
 
     def _evaluate_once(self, code: str, seed: int) -> Outcome:
-        job = job_for(self.config, self.dataset, seed=seed)
+        """One training; a candidate crowded out of GPU memory by another tenant is evaluated
+        again, once."""
+        outcome = self._evaluate_within_plan(code, seed)
+        if (outcome.error or {}).get("type") == fc.CROWDED_OUT:
+            outcome = self._evaluate_within_plan(code, seed)
+            outcome.metrics["crowded_retries"] = 1
+        return outcome
+
+    def _evaluate_within_plan(self, code: str, seed: int) -> Outcome:
+        """One training within the GPU plan's budget, once the plan is checked again."""
+        budget = None
+        if self.watch is not None:
+            self.watch.check()
+            budget = self.watch.budget()
+        job = job_for(self.config, self.dataset, seed=seed, gpu_budget=budget)
         return evaluate(self.sandbox, code, job, self.dataset, self.labels)
 
     def _improve(self, i: int, code: str | None, reply: str, outcome: Outcome, triple: Triple,
@@ -354,8 +372,10 @@ class Search:
 
 
 def job_for(config: RunConfig, dataset: PreparedDataset, seed: int | None = None,
-            epochs: int | None = None) -> dict:
-    """The sandbox job of the run's protocol (another training seed or schedule when given)."""
+            epochs: int | None = None, gpu_budget: int | None = None) -> dict:
+    """The sandbox job of the run's protocol (another training seed or schedule when given);
+    with a GPU plan's `gpu_budget` (bytes), that is the candidate's GPU memory limit, else its
+    share of the GPU."""
     spec = dataset.spec
     return {
         "input_shape": list(spec.input_shape), "num_classes": spec.num_classes,
@@ -364,7 +384,8 @@ def job_for(config: RunConfig, dataset: PreparedDataset, seed: int | None = None
         "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
         "seed": config.seed if seed is None else seed, "device": config.device,
         "precision": config.precision, "validate_batch": 2, "max_params": config.max_params,
-        "gpu_memory_fraction": gpu_share(config),
+        "gpu_memory_fraction": None if gpu_budget else gpu_share(config),
+        "gpu_memory_budget": gpu_budget,
     }
 
 

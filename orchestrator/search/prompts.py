@@ -15,6 +15,7 @@ from orchestrator.llm.client import (
     reply_tokens,
 )
 from orchestrator.resources import PROMPTS_DIR
+from orchestrator.search.diagnosis import field_chars
 from orchestrator.search.memory import Triple
 
 TEMPLATES = ("generator_system", "generator", "improver_system", "improver")
@@ -99,15 +100,22 @@ class PromptBook:
         user = self._render("improver", task.fields(), sections)
         return _messages(self.templates["improver_system"], user)
 
-    def longest(self, task: Task, bounds: PromptBounds) -> dict[str, list[dict]]:
-        """Both roles' messages with every variable part at its bound."""
+    def longest(self, task: Task, bounds: PromptBounds, least: bool = False
+                ) -> dict[str, list[dict]]:
+        """Both roles' messages with every variable part at its bound; with `least`, after the
+        drop rules took all they can (the Generator keeps the reference and the suggestions,
+        the Improver the current architecture and its triple)."""
         attempt = Attempt(10**6, "x" * bounds.code, "o" * bounds.outcome)
         half = "x" * (bounds.diagnosis // 2)
+        triple = Triple(half, half, "o" * bounds.outcome)
+        if least:
+            given = GeneratorInput(attempt, None, "x" * bounds.diagnosis)
+            return {"generator": self.generator(task, given),
+                    "improver": self.improver(task, None, attempt, [triple])}
         given = GeneratorInput(attempt, attempt, "x" * bounds.diagnosis,
                                [attempt] * bounds.top, [attempt] * bounds.recent)
-        triples = [Triple(half, half, "o" * bounds.outcome)] * bounds.history
         return {"generator": self.generator(task, given),
-                "improver": self.improver(task, attempt, attempt, triples)}
+                "improver": self.improver(task, attempt, attempt, [triple] * bounds.history)}
 
     def _render(self, name: str, fields: dict, sections: dict) -> str:
         return Template(self.templates[name]).safe_substitute({**fields, **sections})
@@ -140,22 +148,34 @@ def _history(triples: list[Triple]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def num_ctx_per_model(book: PromptBook, task: Task, config: RunConfig,
-                      outcome_chars: int) -> dict[str, int]:
-    """The num_ctx each model needs for the whole run: the longest prompt its roles can get
-    (every code slot and diagnosis at most num_predict tokens, K triples, the extended prompt's
-    attempts) plus the reply, by `auto_num_ctx`. Roles on one model share the larger value;
+def context_needs(book: PromptBook, task: Task, config: RunConfig, outcome_chars: int,
+                  diagnosis_chars: int) -> dict[str, tuple[int, int]]:
+    """What each model's num_ctx must hold, as (least, most) tokens by `auto_num_ctx`: most,
+    the longest prompt its roles can get (every code slot at num_predict tokens, every
+    diagnosis at `diagnosis_chars`, K triples, the extended prompt's attempts) plus the reply;
+    least, the prompt the drop rules cut down to. Roles on one model share the larger values;
     models are keyed by their full names."""
     chars = reply_tokens(config.num_predict) * CHARS_PER_TOKEN_GENEROUS  # = num_predict tokens
     extended = config.extended_prompt
-    bounds = PromptBounds(chars, chars, outcome_chars, config.history_size,
+    bounds = PromptBounds(chars, diagnosis_chars, outcome_chars, config.history_size,
                           config.top_k if extended else 0, config.history_size if extended else 0)
-    longest = book.longest(task, bounds)
-    sizes: dict[str, int] = {}
+    longest, least = book.longest(task, bounds), book.longest(task, bounds, least=True)
+    needs: dict[str, tuple[int, int]] = {}
     for role, model in (("generator", config.generator_model),
                         ("improver", config.improver_model)):
         thinking = config.think_tokens if getattr(config, f"{role}_think") else 0
-        need = auto_num_ctx(prompt_chars(longest[role]), config.num_predict + thinking)
+        reply = config.num_predict + thinking
+        need = (auto_num_ctx(prompt_chars(least[role]), reply),
+                auto_num_ctx(prompt_chars(longest[role]), reply))
         model = full_model_name(model)
-        sizes[model] = max(sizes.get(model, 0), need)
-    return sizes
+        before = needs.get(model, (0, 0))
+        needs[model] = (max(before[0], need[0]), max(before[1], need[1]))
+    return needs
+
+
+def diagnosis_chars(num_predict: int, bounded: bool) -> int:
+    """The most characters a diagnosis brings into a prompt (a triple's problem and suggestion,
+    or the suggestions): two fields at the schema's bound; without one (JSON mode, or an
+    unlimited num_predict), as long as a reply can be."""
+    bound = field_chars(num_predict) if bounded else None
+    return 2 * bound if bound else reply_tokens(num_predict) * CHARS_PER_TOKEN_GENEROUS
