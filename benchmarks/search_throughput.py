@@ -1,7 +1,7 @@
 """Search throughput: the real `orchestrator run` end to end against a scripted Ollama server.
 
     .venv/bin/python benchmarks/search_throughput.py [--parallel 1,2,4,8] [--iterations K]
-        [--latency 0|7b] [--device auto|cpu|cuda] [--quick] [--json PATH]
+        [--latency 0|7b|7b-fixed] [--device auto|cpu|cuda] [--quick] [--json PATH]
 
 For each N in --parallel it runs `python -m orchestrator run --parallel N` (a subprocess, the
 product's CLI) on real Fashion-MNIST against `tests.fake_ollama.FakeOllama`, started in this
@@ -10,6 +10,11 @@ deterministic cycle of replies: the reference nets (benchmarks/reference_nets.py
 must come back `ok`, interleaved with broken candidates of known failure classes. A request's
 place in the cycle is keyed on its `options.seed` (chain c's seeds are run seed + c x 1,000,000 +
 its call counter), so iteration k of every chain gets cycle entry k-1 and every status is known.
+
+With `--latency 7b` the server shares one GPU's decoding between its parallel requests, as a
+real one does (`tests.fake_ollama.Throughput`: tokens/s for one stream, a ceiling for all of
+them together, a time per prompt token; OLLAMA_NUM_PARALLEL = N slots); `7b-fixed` is the older
+fixed latency per call, whatever the concurrency.
 
 Prints iterations/hour per N (and its ratio to N=1), every iteration's status against its
 expectation, the time an ok iteration waited for its sandbox beyond its own training and
@@ -46,13 +51,20 @@ from orchestrator.search import failures as fc  # noqa: E402
 from orchestrator.search.loop import CHAIN_SEED_STRIDE  # noqa: E402
 from orchestrator.store.journal import Journal  # noqa: E402
 from tests import replies  # noqa: E402
-from tests.fake_ollama import FakeOllama, Reply  # noqa: E402
+from tests.fake_ollama import FakeOllama, Reply, Throughput  # noqa: E402
 
 DATASET = "fashionmnist"
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
 DEFAULT_DATA_DIR = REPO / ".cache" / "benchmarks" / "datasets"
 MODEL = "coder:bench"  # both roles on one model, the product's default: reloads would show
-LATENCIES = {"0": (0.0, 0.0), "7b": (8.0, 3.0)}  # seconds per generation, per diagnosis
+# A 7B model on one GPU, its decoding shared by the parallel requests: 60 tokens/s for one
+# stream, 150 for all together (batched decoding gains about 2.5x), 2000 prompt tokens/s. A
+# single chain's iteration (about 620 generated and 2800 prompt tokens here) then takes about
+# as long as under `7b-fixed`.
+SHARED = {"7b": Throughput(stream=60.0, aggregate=150.0, prompt=2000.0)}
+# Seconds per generation and per diagnosis, whatever the concurrency.
+FIXED = {"0": (0.0, 0.0), "7b-fixed": (8.0, 3.0)}
+LATENCIES = (*FIXED, *SHARED)
 BROKEN = (  # (name, reply, expected failure class) for 1x28x28 inputs, 10 classes
     ("shape_mismatch", replies.SHAPE_MISMATCH_NET, fc.SHAPE_ERROR),
     ("syntax_error", replies.SYNTAX_ERROR_REPLY, fc.SYNTAX_ERROR),
@@ -84,9 +96,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "through the reply cycle on CUDA, 4 on CPU, 3 with --quick)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="passed to `orchestrator run --device`")
-    p.add_argument("--latency", choices=tuple(LATENCIES), default="0",
-                   help="scripted LLM latency: 0, or 7b-like (8 s per generation, 3 s per "
-                   "diagnosis)")
+    p.add_argument("--latency", choices=LATENCIES, default="0",
+                   help="scripted LLM: 0 (instant), 7b (one GPU's decoding shared by the "
+                   "parallel requests: 60 tokens/s a stream, 150 in all, 2000 prompt tokens/s) "
+                   "or 7b-fixed (8 s per generation, 3 s per diagnosis at any concurrency)")
     p.add_argument("--gen-latency", type=float, help="seconds per generation (overrides "
                    "--latency)")
     p.add_argument("--diag-latency", type=float, help="seconds per diagnosis (overrides "
@@ -136,7 +149,7 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> SimpleNamespace:
     else:
         nets, train, test, par = "tiny,vgg", 2000, 500, "1,2,4"
     nets_list = [n.strip() for n in (args.nets or nets).split(",") if n.strip()]
-    gen, diag = LATENCIES[args.latency]
+    gen, diag = FIXED.get(args.latency, (0.0, 0.0))
     cycle_len = len(build_cycle(nets_list))
     default_iterations = 3 if args.quick else (cycle_len if full else 4)
     return SimpleNamespace(
@@ -147,6 +160,7 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> SimpleNamespace:
         test=args.test_samples if args.test_samples is not None else test,
         gen_latency=args.gen_latency if args.gen_latency is not None else gen,
         diag_latency=args.diag_latency if args.diag_latency is not None else diag,
+        throughput=SHARED.get(args.latency),
     )
 
 
@@ -349,8 +363,8 @@ def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[
             results: Path) -> dict:
     """One `orchestrator run --parallel n` against a fresh scripted server, checked."""
     responder = Responder(cycle, args.seed, cfg.gen_latency, cfg.diag_latency)
-    with FakeOllama(models=[MODEL], default=responder) as server, \
-            simulated_nodes(n, args.executor) as address:
+    with FakeOllama(models=[MODEL], default=responder, throughput=cfg.throughput,
+                    num_parallel=n) as server, simulated_nodes(n, args.executor) as address:
         cmd = cli_command(cfg, args, n, server.url, results, address)
         print(f"$ {shlex.join(cmd)}", flush=True)
         limit = cfg.iterations * (args.timeout + cfg.gen_latency + cfg.diag_latency + 60) + 600
@@ -471,8 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"search_throughput: device={args.device} ({'cuda' if cfg.cuda else 'cpu'}) "
           f"executor={args.executor} sandbox={args.sandbox} data={data.name} "
           f"{data.train_count}/{data.test_count} "
-          f"parallel={cfg.parallel} iterations/chain={cfg.iterations} latency gen "
-          f"{cfg.gen_latency:g} s, diag {cfg.diag_latency:g} s")
+          f"parallel={cfg.parallel} iterations/chain={cfg.iterations} {llm_text(cfg)}")
     print(f"  reply cycle: {' '.join(f'{e.name}={e.expected}' for e in cycle)}", flush=True)
     runs = []
     for n in cfg.parallel:
@@ -494,6 +507,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, cfg, args, data, cycle, runs, problems, total)
     return 1 if problems else 0
+
+
+def llm_text(cfg: SimpleNamespace) -> str:
+    """The scripted LLM's pace, in words."""
+    if cfg.throughput is None:
+        return f"latency gen {cfg.gen_latency:g} s, diag {cfg.diag_latency:g} s"
+    t = cfg.throughput
+    return (f"LLM on one shared GPU: {t.stream:g} tokens/s a stream, {t.aggregate:g} in all, "
+            f"{t.prompt:g} prompt tokens/s, OLLAMA_NUM_PARALLEL = N")
 
 
 def report(runs: list[dict], problems: list[str], results: Path, temp: bool) -> None:

@@ -64,3 +64,32 @@ def test_synthetic_data_and_job_follow_the_contracts(tmp_path) -> None:
     assert job["seed"] == 7 and job["crop_padding"] == 4 and job["epochs"] == 1
     again = bench.synthetic_cifar(tmp_path, train=300, test=100)  # cached, same data
     assert again.fingerprint == prepared.fingerprint
+
+
+def test_gpu_tenants_checks_peaks_against_budgets_and_refuses_to_run_without_a_gpu(
+        tmp_path, monkeypatch) -> None:
+    """benchmarks/gpu_tenants.py needs a GPU; here its verdict on a run's records, and its
+    answer where NVML sees none."""
+    from types import SimpleNamespace
+
+    from benchmarks import gpu_tenants, search_throughput
+
+    cycle = search_throughput.build_cycle(["tiny"])
+    (tmp_path / "candidates").mkdir()
+    records = []
+    for i, (status, peak) in enumerate([("ok", 3 << 30), ("shape_error", None)], start=1):
+        reply = tmp_path / f"candidates/iter_{i:04d}.reply.md"
+        reply.write_text(cycle[i - 1].content)
+        metrics = {"gpu_budget_bytes": 4 << 30, **({"gpu_peak_bytes": peak} if peak else {})}
+        records.append({"iteration": i, "chain": 0, "status": status, "metrics": metrics,
+                        "reply_file": str(reply.relative_to(tmp_path))})
+    args = SimpleNamespace(parallel=1, iterations=2)
+    assert gpu_tenants.checks(0, records, tmp_path, cycle, args, intact=True) == []
+    records[0]["metrics"]["gpu_peak_bytes"] = 5 << 30
+    records[1]["error"] = {"type": "CrowdedOut"}
+    problems = gpu_tenants.checks(0, records, tmp_path, cycle, args, intact=False)
+    assert problems == ["chain 0 it 1: peak 5368709120 over its budget 4294967296",
+                        "chain 0 it 2: crowded out of its budget",
+                        "the server's held memory changed under the candidates"]
+    monkeypatch.setattr(gpu_tenants, "gpu_memory", lambda: [])
+    assert gpu_tenants.main([]) == 2

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from benchmarks import search_throughput as bench
+from orchestrator.llm.client import OllamaClient
 from orchestrator.search import failures as fc
 from tests import replies
+from tests.fake_ollama import FakeOllama, Reply, Throughput
 
 NETS = ["tiny", "vgg"]
 
@@ -93,11 +96,15 @@ def test_settings_depend_on_device_and_quick() -> None:
     quick = bench.resolve_settings(bench.parse_args(["--quick"]), cuda=False)
     assert (quick.nets, quick.parallel, quick.iterations, quick.train) == (
         ["tiny"], [1, 2], 3, 1000)
-    gpu = bench.resolve_settings(bench.parse_args(["--device", "cuda", "--latency", "7b"]),
+    gpu = bench.resolve_settings(bench.parse_args(["--device", "cuda", "--latency", "7b-fixed"]),
                                  cuda=False)
     assert (gpu.train, gpu.test, gpu.nets[-1], gpu.parallel) == (None, None, "resnet18",
                                                                  [1, 2, 4, 8])
     assert (gpu.gen_latency, gpu.diag_latency, gpu.iterations) == (8.0, 3.0, 6)
+    assert gpu.throughput is None
+    shared = bench.resolve_settings(bench.parse_args(["--latency", "7b"]), cuda=False)
+    assert (shared.gen_latency, shared.diag_latency) == (0.0, 0.0)
+    assert shared.throughput == Throughput(stream=60.0, aggregate=150.0, prompt=2000.0)
     cpu = bench.resolve_settings(bench.parse_args(["--device", "cpu", "--gen-latency", "1"]),
                                  cuda=True)
     assert (cpu.nets, cpu.train, cpu.test, cpu.gen_latency) == (NETS, 2000, 500, 1.0)
@@ -105,6 +112,23 @@ def test_settings_depend_on_device_and_quick() -> None:
     cmd = bench.cli_command(cpu, args, 4, "http://127.0.0.1:1", Path("/r"))
     assert cmd[cmd.index("--parallel") + 1] == "4" and "--train-samples" in cmd
     assert cmd[cmd.index("--sandbox") + 1] == "docker"
+
+
+def test_one_gpu_shares_its_decoding_between_the_streams() -> None:
+    shared = Throughput(stream=60.0, aggregate=150.0, prompt=2000.0)
+    assert [shared.rate(n) for n in (1, 2, 4, 8)] == [60.0, 60.0, 37.5, 18.75]
+
+
+def test_requests_beyond_the_servers_slots_wait_for_one() -> None:
+    """Ollama's runner serves OLLAMA_NUM_PARALLEL requests of a model at once, the rest queue:
+    three chains on a one-slot server never decode together."""
+    fast = Throughput(stream=4000.0, aggregate=4000.0, prompt=1e6)
+    with FakeOllama(models=[bench.MODEL], default=Reply(content="word " * 200),
+                    throughput=fast, num_parallel=1) as server:
+        client = OllamaClient(server.url)
+        with ThreadPoolExecutor(3) as pool:
+            texts = list(pool.map(lambda _: client.chat(bench.MODEL, "hi").text, range(3)))
+        assert texts == ["word " * 200] * 3 and server.most_decoding == 1
 
 
 @pytest.mark.slow
