@@ -187,13 +187,18 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     with contextlib.ExitStack() as stack:
         stack.callback(tenancy.release, num_ctx, cfg.keep_alive)  # after the run: as asked
         plan = _settle(tenancy, num_ctx, reporter)
+        nodes = _ray_node_plans(cfg, tenancy, num_ctx, reporter) if cfg.executor == "ray" \
+            else {}
         warm = plan.warm if plan.gpu else None
-        boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset, warm)]
+        budgets = {node: node_plan.budget for node, node_plan in nodes.items()}
+        boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset, warm, budgets)]
         stored = {**cfg.to_dict(), "models": digests, "sandbox_info": boxes[0].describe(),
                   "dataset_fingerprint": dataset.fingerprint, "version": __version__,
                   "ollama_version": ollama_version, "num_ctx_per_model": num_ctx,
                   "keep_alive_sent": keep_alive, "gpu_plan": plan.to_dict(),
                   "python": platform.python_version()}
+        if nodes:
+            stored["gpu_plans_by_node"] = {node: p.to_dict() for node, p in nodes.items()}
         if len(servers.clients) > 1:
             stored["ollama_servers"] = versions
         if resume:
@@ -255,6 +260,27 @@ def _settle(tenancy: Tenancy, num_ctx: dict[str, int], reporter: Reporter) -> Pl
         tenancy.release(num_ctx, "0")
         raise UserError(refusal)
     return plan
+
+
+def _ray_node_plans(cfg: RunConfig, tenancy: Tenancy, num_ctx: dict[str, int],
+                    reporter: Reporter) -> dict[str, Plan]:
+    """The GPU plans of the Ray nodes that also run one of the servers (node id -> plan); one
+    that cannot work is refused, as on one machine."""
+    from orchestrator.gpu.nodes import plan_ray_nodes
+    from orchestrator.sandbox.cluster import connect
+
+    gpus = _ray_gpus(cfg, connect(cfg.ray_address))
+    plans = plan_ray_nodes(tenancy.clients, tenancy.roles, tenancy.demand, gpus, num_ctx,
+                           tenancy.busy)
+    for node, plan in plans.items():
+        reporter.note(f"Ray node {node[:12]}, which runs an Ollama server:")
+        for line in plan.lines():
+            reporter.note(f"  {line}")
+        refusal = plan.refusal()
+        if refusal:
+            tenancy.release(num_ctx, "0")
+            raise UserError(f"on Ray node {node[:12]}: {refusal}")
+    return plans
 
 
 def _require_tracking(cfg: RunConfig) -> None:
@@ -387,9 +413,11 @@ def _novelty_gate(cfg: RunConfig, journal: Journal, records: list[dict]) -> Nove
 
 
 def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset,
-               warm_gpu: int | None = None) -> list[Sandbox]:
+               warm_gpu: int | None = None, budgets: dict[str, int] | None = None
+               ) -> list[Sandbox]:
     """One sandbox per chain (each keeps its own pre-warmed candidate environment); `warm_gpu`
-    is the GPU memory the GPU plan set aside for all chains' warm sandboxes."""
+    is the GPU memory the GPU plan set aside for all chains' warm sandboxes, `budgets` the
+    evaluations' GPU budgets on the Ray nodes it covers."""
     # Chains share the cores: oversubscribed OpenMP threads slow every candidate down.
     cpus = cfg.cpus or (max(1.0, (os.cpu_count() or 1) / cfg.parallel) if cfg.parallel > 1
                         else None)
@@ -397,7 +425,7 @@ def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset,
     pool = PoolSize(depth=cfg.warm_pool, share=1 / cfg.parallel,
                     gpu_bytes=None if warm_gpu is None else warm_gpu // cfg.parallel)
     if cfg.executor == "ray":
-        return _ray_sandboxes(cfg, dataset, limits)
+        return _ray_sandboxes(cfg, dataset, limits, budgets or {})
     if cfg.sandbox == "local":
         from orchestrator.sandbox.local import LocalSandbox
 
@@ -419,22 +447,29 @@ def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset,
             for _ in range(cfg.parallel)]
 
 
-def _ray_sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset,
-                   limits: Limits) -> list[Sandbox]:
+def _ray_sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset, limits: Limits,
+                   budgets: dict[str, int]) -> list[Sandbox]:
     """One RaySandbox per chain; each node builds the configured sandbox for its tasks."""
     from orchestrator.sandbox.cluster import NodeSpec, RaySandbox, connect
 
     resources = connect(cfg.ray_address)
-    gpus = cfg.ray_gpus if cfg.ray_gpus is not None else (
-        1.0 if resources.get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0)
+    gpus = _ray_gpus(cfg, resources)
     cpus = cfg.cpus or 1.0
     console.print(f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
                   f"{cpus:g} CPU and {gpus:g} GPU per evaluation", highlight=False)
     node_limits = Limits(timeout=limits.timeout, memory=limits.memory, cpus=cpus)
     spec = NodeSpec(cfg.sandbox, node_limits, cfg.device, cfg.runtime, cfg.warm_pool,
                     cfg.offline_build)
-    return [RaySandbox(spec, dataset.sandbox_dir, dataset.fingerprint, gpus, cpus)
+    return [RaySandbox(spec, dataset.sandbox_dir, dataset.fingerprint, gpus, cpus, budgets)
             for _ in range(cfg.parallel)]
+
+
+def _ray_gpus(cfg: RunConfig, resources: dict) -> float:
+    """GPUs per evaluation: --ray-gpus, else 1 when the cluster has GPUs (and the candidates
+    may use them)."""
+    if cfg.ray_gpus is not None:
+        return cfg.ray_gpus
+    return 1.0 if resources.get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0
 
 
 def _sandbox_errors() -> tuple[type[Exception], ...]:

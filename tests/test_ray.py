@@ -193,3 +193,50 @@ def test_the_docker_sandbox_runs_under_ray_and_leaves_no_container(local_ray, ti
     assert execution.info["gpu_ids"] == ""  # no GPU asked, none given to the container
     # The candidate's container is gone (warm_pool=0: none is kept ready for the next one).
     assert {c.id for c in client.containers.list(all=True, filters=label)} <= before
+
+
+def test_a_gpu_node_that_runs_the_ollama_server_is_planned_and_its_tasks_get_the_budget(
+        fake_ollama, fashion_data_dir, tmp_path, monkeypatch):
+    """The cluster's GPU node is this machine, where the (loopback) server runs: its GPU is
+    planned from NVML read on the node (the simulated GPU, there too), and its evaluations get
+    the plan's budget."""
+    from tests.fake_gpu import SimulatedGPU
+
+    gpu = SimulatedGPU(tmp_path / "gpus.json", [24 << 30])
+    for name, value in gpu.env().items():  # the nodes' processes read NVML from it too
+        monkeypatch.setenv(name, value)
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    c.add_node(num_cpus=1, num_gpus=1)
+    c.wait_for_nodes()
+    try:
+        server = fake_ollama(gpu=gpu, default=by_role([replies.VALID_NET] * 2, DIAGNOSIS))
+        args = [*run_args(server, fashion_data_dir, tmp_path, "planned", 2), "--executor",
+                "ray", "--ray-address", c.address, "--train-samples", "2000"]
+        args[args.index("--device") + 1] = "auto"
+        proc = orchestrator(*args, scratch=tmp_path, env=gpu.env())
+        output, _ = proc.communicate(timeout=900)
+    finally:
+        ray.shutdown()
+        c.shutdown()
+    assert proc.returncode == 0, output
+    config = json.loads((tmp_path / "planned" / "config.json").read_text())
+    ((node, plan),) = config["gpu_plans_by_node"].items()
+    assert plan["gpu"]["total"] == 24 << 30 and plan["chains"] == 1
+    assert {h["model"] for h in plan["holdings"]} == {"coder:test", "improver:test"}
+    records = read_records(tmp_path / "planned")
+    assert [r["status"] for r in records] == ["ok", "ok"]
+    assert {r["metrics"]["node"] for r in records} == {node}
+    assert [r["metrics"]["gpu_budget_bytes"] for r in records] == [plan["budget"]] * 2
+    assert f"Ray node {node[:12]}, which runs an Ollama server:" in output
+
+
+def test_nodes_without_a_server_of_the_run_keep_their_share(local_ray, fake_ollama):
+    from orchestrator.gpu.nodes import plan_ray_nodes
+    from orchestrator.gpu.residency import Demand
+    from orchestrator.llm.client import OllamaClient
+
+    demand = Demand(None, 2, None, 1 << 20, 2 << 30)
+    elsewhere = OllamaClient("http://192.0.2.1:11434")  # TEST-NET-1: not a node of the cluster
+    assert plan_ray_nodes([elsewhere], ["coder:test"], demand, 1.0, {}, None) == {}
+    here = OllamaClient(fake_ollama().url)  # loopback: the driver's node, which has the GPUs
+    assert plan_ray_nodes([here], ["coder:test"], demand, 0.0, {}, None) == {}  # no GPU asked

@@ -100,10 +100,14 @@ class Tenancy:
 
     def __init__(self, clients: Sequence[OllamaClient], roles: Sequence[str], demand: Demand,
                  read: Callable[[], list[GpuMemory]] = gpu_memory,
-                 busy: Busy = lambda text: contextlib.nullcontext()) -> None:
+                 busy: Busy = lambda text: contextlib.nullcontext(),
+                 local: Sequence[OllamaClient] | None = None) -> None:
+        """`local`: the servers on the machine whose GPU `read` reads (default: those on this
+        machine)."""
         self.clients, self.demand, self.read, self.busy = list(clients), demand, read, busy
         self.roles = list(dict.fromkeys(full_model_name(m) for m in roles))
-        self.local = [c for c in self.clients if is_local(c.host)]
+        self.local = list(local) if local is not None else [
+            c for c in self.clients if is_local(c.host)]
         self.kv = {m: kv_bytes_per_token(self.clients[0].model_info(m)) for m in self.roles}
         self.gpus = self.read()
         self.gpu = self._gpu(self.gpus)

@@ -12,6 +12,9 @@ worker process). A Docker sandbox there is given the GPUs Ray assigned to the ta
 id: Ray's CUDA_VISIBLE_DEVICES reaches the worker, not the Docker daemon. Each sandbox first
 removes the containers a dead driver left on its node.
 
+A node that also runs one of the run's Ollama servers gets the GPU plan's budget for its
+evaluations (`orchestrator/gpu/nodes.py`); the others the share of the GPU Ray gives a task.
+
 Faults: a task that outlives the sandbox's own time limits is cancelled (force: its worker,
 and with it the container's lifeline, dies) and the iteration is a `sandbox_error`; a task
 lost with its node or worker returned nothing, so it is retried once, then a `sandbox_error`.
@@ -96,10 +99,14 @@ class RaySandbox(Sandbox):
     kind = "ray"
 
     def __init__(self, spec: NodeSpec, sandbox_dir: Path, fingerprint: str,
-                 gpus_per_task: float, cpus_per_task: float) -> None:
+                 gpus_per_task: float, cpus_per_task: float,
+                 budgets: dict[str, int] | None = None) -> None:
+        """`budgets`: node id -> the GPU memory budget of an evaluation there, for the nodes
+        the GPU plan covers (orchestrator/gpu/nodes.py)."""
         super().__init__(Path(sandbox_dir), spec.limits, spec.device)
         self.spec, self.fingerprint = spec, fingerprint
         self.gpus, self.cpus = gpus_per_task, cpus_per_task
+        self.budgets = budgets or {}
         self.data = share_data(sandbox_dir, fingerprint)
         self.deadline = spec.limits.timeout + READY_TIMEOUT + RAY_GRACE
 
@@ -108,6 +115,7 @@ class RaySandbox(Sandbox):
         import ray.exceptions as rex
 
         lost = ""
+        job = {**job, "gpu_budgets": self.budgets}
         for _attempt in range(2):
             ref = _task().options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0) \
                 .remote(self.spec, [self.data], self.fingerprint, code, job)
@@ -185,6 +193,9 @@ def _evaluate_here(spec: NodeSpec, data: list, fingerprint: str, code: str,
 
     started, clock = time.time(), time.perf_counter()
     gpu_ids = tuple(str(g) for g in ray.get_gpu_ids())
+    budget = job.pop("gpu_budgets", {}).get(ray.get_runtime_context().get_node_id())
+    if budget:  # a node the GPU plan covers: its budget instead of the task's share
+        job = {**job, "gpu_memory_budget": budget, "gpu_memory_fraction": None}
     box = _node_sandbox(spec, _node_data(data, fingerprint), gpu_ids)
     run_started = time.perf_counter()
     execution = box.run(code, job)
