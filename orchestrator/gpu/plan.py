@@ -195,7 +195,7 @@ class Plan:
     def lines(self) -> list[str]:
         """The plan in a few lines, as the run states it at start."""
         if self.gpu is None:
-            head = ["GPU plan: the candidates train on the CPU"]
+            head = ["GPU plan: the candidates use no GPU of this machine"]
         else:
             gpu = self.gpu
             head = [f"GPU plan: GPU {gpu.index} ({gpu.name}), {size_text(gpu.total)}, "
