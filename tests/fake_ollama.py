@@ -86,8 +86,9 @@ class ModelSpec:
         return self.file_size + self.kv_bytes_per_token() * num_ctx * slots + self.compute_bytes
 
 
-# Public models' metadata as Ollama's library states it (qwen2.5-coder:7b, qwen2.5:7b: 28
-# layers, 4 KV heads of 128; deepseek-coder:6.7b: llama, 32 layers, 32 KV heads of 128, no GQA).
+# Public models' metadata as their GGUF files state it (qwen2.5-coder:7b, qwen2.5:7b: 28
+# layers, 4 KV heads of 128; deepseek-coder:6.7b: llama, 32 layers, 32 KV heads of 128, no
+# GQA); the file sizes stand for the 4.7 GB and 3.8 GB Ollama's library lists.
 QWEN25_CODER_7B = ModelSpec()
 QWEN25_7B = ModelSpec()
 DEEPSEEK_CODER_67B = ModelSpec(

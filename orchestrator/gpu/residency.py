@@ -50,7 +50,7 @@ class PlanBroken(RuntimeError):
 class Demand:
     """What the run asks of the candidates' GPU."""
 
-    gpu_index: int | None  # NVML index of the candidates' GPU; None: they train on the CPU
+    gpu_index: int | None  # NVML index of the candidates' GPU; None: none of this machine
     chains: int
     warm_pool: int | None  # warm sandboxes per chain as asked; None: sized automatically
     data_bytes: int  # one sandbox's data on the GPU
