@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator import __version__
-from orchestrator.config import ConfigError, RunConfig, build, for_resume, load_toml
+from orchestrator.config import ConfigError, RunConfig, build, for_resume, load_toml, plain_name
 from orchestrator.data import datasets
 from orchestrator.gpu.memory import candidates_gpu
 from orchestrator.gpu.plan import Plan
@@ -76,7 +76,11 @@ Opt = typer.Option
 def run(
     dataset: Annotated[str | None, Opt(help="cifar10, cifar100, svhn, mnist, fashionmnist, "
                                             "imagenette")] = None,
-    iterations: Annotated[int | None, Opt(help="Iterations in total (default 100).")] = None,
+    iterations: Annotated[int | None, Opt(help="Iterations per chain (default 100): each "
+                                               "chain ends with this many evaluated designs, "
+                                               "so --parallel P evaluates P times as many; "
+                                               "attempts lost to a server or sandbox fault "
+                                               "are tried again.")] = None,
     generator_model: Annotated[str | None, Opt(help="Ollama model of the Code Generator.")] = None,
     improver_model: Annotated[str | None, Opt(help="Ollama model of the Prompt Improver.")] = None,
     ollama_host: Annotated[list[str] | None, Opt(
@@ -150,9 +154,12 @@ def run(
         raise fail(str(exc)) from None
     except _sandbox_errors() as exc:
         raise fail(str(exc)) from None
+    lost = sum(summary["lost"].values())
     console.print(f"done: {summary['successful']}/{summary['iterations']} successful, "
                   f"best accuracy {_pct(summary['best_accuracy'])} "
-                  f"(iteration {summary['best_iteration']})", highlight=False)
+                  f"(iteration {summary['best_iteration']})"
+                  + (f"; {lost} attempts lost to faults were tried again" if lost else ""),
+                  highlight=False)
 
 
 def start(settings: dict, cli: dict, resume: bool) -> dict:
@@ -206,7 +213,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
         else:
             journal.create(stored)
         records = journal.load()
-        reporter.note(f"run {cfg.name}: {journal.root}")
+        reporter.note(f"run {cfg.name}: {journal.root}; {planned_text(cfg)}")
         novelty = _novelty_gate(cfg, journal, records)
         watch = Watch(tenancy, plan, reporter.warn)
         searches = [
@@ -220,14 +227,23 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
             with _tracker(cfg, journal, stored, reporter):
                 run_chains(searches)
         except KeyboardInterrupt:
-            console.print(f"\nstopped; {len(journal.records())} iterations are saved. "
+            console.print(f"\nstopped; {journal.summary()['iterations']} iterations are saved. "
                           f"Continue with: orchestrator run --name {cfg.name} --resume")
             raise typer.Exit(130) from None
         except (InfrastructureDown, PlanBroken, JournalError) as exc:
-            raise fail(f"stopped: {exc}. {len(journal.records())} iterations are saved; fix "
-                       f"the cause, then: orchestrator run --name {cfg.name} --resume",
+            saved = journal.summary()["iterations"]
+            raise fail(f"stopped: {exc}. {saved} iterations are saved; fix the cause, then: "
+                       f"orchestrator run --name {cfg.name} --resume",
                        code=3) from None
     return journal.summary()
+
+
+def planned_text(cfg: RunConfig) -> str:
+    """What the run will evaluate, in the words of --iterations (per chain)."""
+    if cfg.parallel == 1:
+        return f"{cfg.iterations} iterations"
+    return (f"{cfg.parallel} chains x {cfg.iterations} iterations each = "
+            f"{cfg.parallel * cfg.iterations} evaluated designs")
 
 
 def longest_gap(cfg: RunConfig) -> float:
@@ -379,6 +395,7 @@ def _new_or_resumed(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig,
         name = cli.get("name") or settings.get("name")
         if not name:
             raise UserError("--resume needs --name of the run to continue")
+        plain_name(name)
         journal = Journal(Path(cli.get("results_dir") or settings.get("results_dir")
                                or "results") / name)
         if not journal.exists:
@@ -770,8 +787,8 @@ def cycles(
     def say(text: str) -> None:
         console.print(text, highlight=False, markup=False)
 
-    root = results_dir / name
     try:
+        root = results_dir / plain_name(name)
         if resume:
             cycles = Cycles.open(root, say)
         else:

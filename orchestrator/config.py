@@ -45,6 +45,17 @@ class ConfigError(ValueError):
     """A setting is unknown or invalid."""
 
 
+NAME_RULE = "one folder name: no '/', '\\', '..' or NUL"
+
+
+def plain_name(name: str, flag: str = "--name") -> str:
+    """`name` if it is one plain path component, a folder right under the results folder;
+    else ConfigError (a name such as ../x would write outside it)."""
+    if not _is_plain(name):
+        raise ConfigError(f"{flag} {name!r} is not a run name: use {NAME_RULE}")
+    return name
+
+
 @dataclass
 class RunConfig:
     name: str | None = None
@@ -148,6 +159,7 @@ class RunConfig:
             return value is None or value >= low
 
         return [
+            ("name", self.name is None or _is_plain(self.name), NAME_RULE),
             ("iterations", self.iterations >= 1, "at least 1"),
             ("history_size", self.history_size >= 0, "0 or more"),
             ("top_k", self.top_k >= 0, "0 or more"),
@@ -218,6 +230,10 @@ def _has_type(value: object, hint: object) -> bool:
     if hint is float:
         return isinstance(value, int | float)
     return isinstance(value, hint)
+
+
+def _is_plain(name: str) -> bool:
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
 
 
 def _valid_hosts(hosts: str | list[str] | None) -> bool:

@@ -157,6 +157,26 @@ def test_existing_run_without_resume(fashion_data_dir: Path, tmp_path: Path) -> 
     assert journal.records() == []
 
 
+@pytest.mark.parametrize("name", ["../escaped-run", "a/b", "..", "/tmp/abs", "x\\y"])
+def test_a_run_name_that_is_a_path_is_refused(fashion_data_dir: Path, tmp_path: Path,
+                                               name: str) -> None:
+    """--name is one folder under --results-dir: ../escaped-run would write beside it."""
+    results = tmp_path / "results"
+    for extra in ((), ("--resume",)):
+        result = invoke(*run_args(fashion_data_dir, results, "http://127.0.0.1:9",
+                                  "--name", name, *extra))
+        assert_user_error(result, repr(name), "one folder name")
+    cycles = invoke("cycles", "--name", name, "--results-dir", str(results), "--resume")
+    assert_user_error(cycles, repr(name), "one folder name")
+    assert not (tmp_path / "escaped-run").exists() and not results.exists()
+
+
+def test_run_help_says_iterations_are_per_chain() -> None:
+    text = flat(CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output)
+    assert "Iterations per chain" in text and "--parallel P evaluates P times as many" in text
+    assert "in total" not in text
+
+
 def test_invalid_setting_on_the_command_line(fashion_data_dir: Path, tmp_path: Path) -> None:
     result = invoke(*run_args(fashion_data_dir, tmp_path, "http://127.0.0.1:9",
                               "--name", "bad", "--history-size", "-2"))

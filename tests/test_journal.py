@@ -144,9 +144,11 @@ def test_summarize_edge_cases() -> None:
         "iterations": 0, "successful": 0, "success_rate": None, "first_accuracy": None,
         "best_accuracy": None, "best_iteration": None, "improvement": None}
     failures = [record(1, fc.TIMEOUT), record(2, fc.LLM_ERROR), record(3, fc.EXTRACT_ERROR)]
+    # The llm_error is a lost attempt, not a design: it counts only in `lost`.
     assert head(summarize(failures)) == {
-        "iterations": 3, "successful": 0, "success_rate": 0.0, "first_accuracy": None,
+        "iterations": 2, "successful": 0, "success_rate": 0.0, "first_accuracy": None,
         "best_accuracy": None, "best_iteration": None, "improvement": None}
+    assert summarize(failures)["lost"] == {fc.LLM_ERROR: 1}
     # The first success is the best: no improvement, not None.
     one = summarize([record(1, fc.OOM), record(2, fc.OK, 0.3), record(3, fc.OK, 0.2)])
     assert one["first_accuracy"] == 0.3

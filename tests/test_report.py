@@ -114,7 +114,7 @@ def test_report_markdown_has_table2_values(mixed, tmp_path: Path) -> None:
     assert md == rep.markdown
     xs, ys = [1, 3, 5, 7], [0.30, 0.35, 0.52, 0.45]
     rho, tau = sps.spearmanr(xs, ys), sps.kendalltau(xs, ys)
-    for row in ["| Total iterations | 7 |", "| Successful evaluations | 4 |",
+    for row in ["| Iterations (evaluated designs) | 7 |", "| Successful evaluations | 4 |",
                 "| Success rate | 57.1% |", "| First accuracy | 30.0% |",
                 "| Best accuracy | 52.0% (it. 5) |", "| Improvement | +22.0 pp |",
                 f"| Spearman ρ | {rho.statistic:.3f} |", f"| Kendall τ | {tau.statistic:.3f} |",
@@ -123,6 +123,34 @@ def test_report_markdown_has_table2_values(mixed, tmp_path: Path) -> None:
         assert row in md, row
     assert HOSTILE not in md
     assert "Where the time went" in md and "evaluate took most of the time" in md
+
+
+def test_attempts_lost_to_faults_are_listed_apart_and_counted_nowhere(tmp_path: Path) -> None:
+    """The server died during iteration 3 twice and a sandbox broke at iteration 6: those
+    attempts were tried again. Table 2, the windows and the failure shares are those of the
+    seven designs alone; the lost attempts stand apart, with their last error."""
+    run_dir = write_run(tmp_path, "outage", MIXED)
+    designs = (run_dir / "iterations.jsonl").read_text().splitlines(keepends=True)
+    lost = [json.dumps(record(it, cls, None, attempt=k, code_file=None)) + "\n"
+            for it, cls, k in ((3, "llm_error", 1), (3, "llm_error", 2), (6, "sandbox_error", 1))]
+    ordered_lines = designs[:2] + lost[:2] + designs[2:5] + lost[2:] + designs[5:]
+    (run_dir / "iterations.jsonl").write_text("".join(ordered_lines))
+    run = read_run(run_dir)
+
+    metrics = report.run_metrics(run, window=4)
+    assert metrics["table2"] == report.run_metrics(read_run(write_run(
+        tmp_path, "same", MIXED)), window=4)["table2"] | {"lost": {"llm_error": 2,
+                                                                  "sandbox_error": 1}}
+    assert [w["n"] for w in metrics["windows"]] == [4, 3]
+    assert "llm_error" not in metrics["failures"]
+    md = report.build_report([run], window=4).markdown
+    for row in ["| Iterations (evaluated designs) | 7 |", "| Success rate | 57.1% |",
+                "| Attempts lost to faults (not counted) | 2 llm_error, 1 sandbox_error |",
+                "| syntax_error | 1 (14.3%) |",
+                "| llm_error: lost, tried again (not counted) | 2 |",
+                "| sandbox_error: lost, tried again (not counted) | 1 |"]:
+        assert row in md, row
+    assert run.record(3)["status"] == "ok"  # `show RUN 3` is the design, not a lost attempt
 
 
 def test_the_prompts_measured_length_stands_beside_the_reserved_num_ctx(tmp_path: Path) -> None:
@@ -176,7 +204,7 @@ def test_two_runs_overlaid(mixed, tmp_path: Path) -> None:
                                                        2: ("oom", None, NET_CNN)}))
     rep = report.build_report([mixed, other, mixed], out_dir=tmp_path / "ablation")
     assert "| Metric | mixed | no-memory | mixed' |" in rep.markdown
-    assert "| Total iterations | 7 | 2 | 7 |" in rep.markdown
+    assert "| Iterations (evaluated designs) | 7 | 2 | 7 |" in rep.markdown
     assert "| Spearman ρ | " in rep.markdown and "n/a |" in rep.markdown
     assert mpimg.imread(rep.files["png"]).shape[:2] == (550, 1000)
     assert len(rep.metrics["runs"]) == 3
@@ -191,7 +219,7 @@ def test_all_failures_and_empty_run(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "config.json").write_text(json.dumps({"name": "empty"}))
     rep = report.build_report([read_run(tmp_path / "empty")])
-    assert "| Total iterations | 0 |" in rep.markdown and rep.files["png"].exists()
+    assert "| Iterations (evaluated designs) | 0 |" in rep.markdown and rep.files["png"].exists()
 
 
 def test_render_show(mixed) -> None:

@@ -249,6 +249,9 @@ def test_parallel_chains_share_one_journal(fake_ollama, fashion_data_dir, tmp_pa
     assert by_chain[1][1]["novelty"]["nearest_chain"] == 1
     summary = json.loads((tmp_path / "par" / "summary.json").read_text())
     assert summary["iterations"] == 4 and summary["successful"] == 4
+    assert summary["iterations_per_chain"] == {"0": 2, "1": 2}
+    # --iterations is per chain, and the start line says what that adds up to.
+    assert "2 chains x 2 iterations each = 4 evaluated designs" in flat(output)
 
 
 def test_novelty_reject_regenerates_and_skips_duplicates(fake_ollama, fashion_data_dir,
@@ -324,12 +327,15 @@ def test_a_broken_sandbox_stops_the_run_after_a_streak_of_faults(fake_ollama, fa
                         scratch=scratch)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 3, output
-    assert "5 infrastructure faults in a row (iterations 2-6)" in output
+    assert "5 infrastructure faults in a row (iteration 2)" in output
     assert "orchestrator run --name broken --resume" in output
     records = read_records(tmp_path / "broken")
     # The saboteur broke its own sandbox (its supervisor could not report): its fault. The
     # sandboxes after it have no folder to work in: infrastructure faults.
     assert [r["status"] for r in records] == [fc.RUNTIME_ERROR] + [fc.SANDBOX_ERROR] * 5
+    # The lost attempts are iteration 2, tried five times.
+    assert [(r["iteration"], r["attempt"]) for r in records] == [(1, 1)] + [
+        (2, k) for k in range(1, 6)]
     # Which fault depends on timing: a sandbox started later cannot make its folder; one
     # pre-warmed while the folder moved away ends before READY, or its runner reports it.
     messages = [r["error"]["message"] for r in records[1:]]
@@ -398,7 +404,7 @@ def test_a_device_the_runner_cannot_set_up_stops_the_run(fake_ollama, fashion_da
     proc = orchestrator(*args)
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 3, output
-    assert "5 infrastructure faults in a row (iterations 1-5)" in output
+    assert "5 infrastructure faults in a row (iteration 1)" in output
     records = read_records(tmp_path / "nocuda")
     assert [(r["status"], r["phase"]) for r in records] == [(fc.SANDBOX_ERROR, "device")] * 5
     assert all("warming up" in r["error"]["message"] for r in records)
@@ -425,7 +431,7 @@ def test_data_torn_mid_run_stops_it_and_resume_completes(fake_ollama, fashion_da
         return by_role([replies.VALID_NET], [DIAGNOSIS[0]])(body)
 
     server = fake_ollama(default=generate)
-    args = run_args(server, fashion_data_dir, tmp_path, "torn", 7)
+    args = run_args(server, fashion_data_dir, tmp_path, "torn", 2)
     try:
         proc = orchestrator(*args, "--warm-pool", "0")  # each runner starts after generation
         output, _ = proc.communicate(timeout=900)
@@ -443,6 +449,7 @@ def test_data_torn_mid_run_stops_it_and_resume_completes(fake_ollama, fashion_da
     output, _ = again.communicate(timeout=900)
     assert again.returncode == 0, output
     records = read_records(tmp_path / "torn")
+    # Five lost attempts at iteration 1 did not count: the run still has its two designs.
     assert [r["status"] for r in records] == [fc.SANDBOX_ERROR] * 5 + [fc.OK] * 2
     # The faults stayed out of the memory: the Improver's first window holds no sandbox_error.
     improver = [user_message(b) for b in server.chat_requests() if b.get("format")]
@@ -544,6 +551,48 @@ def test_chains_are_spread_over_the_servers_of_a_toml_list_and_resume_on_others(
     assert hosts_of(records, 0) == [(a.url, a.url), (b.url, b.url)]
     assert hosts_of(records, 1) == [(b.url, b.url), (b.url, b.url)]
     assert json.loads((tmp_path / "spread" / "config.json").read_text())["ollama_host"] == b.url
+
+
+def test_attempts_an_outage_lost_are_made_up_and_counted_apart(fake_ollama, fashion_data_dir,
+                                                              tmp_path):
+    """The Ollama server is killed while iteration 3 of 6 is generated: five lost attempts
+    stop the run (exit 3), and --resume against the restarted server completes it. Every design
+    the server sent was valid, so the run has 6 iterations, all successful; the five attempts
+    the outage lost are history, counted apart."""
+    first: dict[str, object] = {}
+
+    def dies_at_the_third_design(body: dict) -> Reply:
+        server = first["server"]
+        if not body.get("format") and len(generator_requests(server)) == 3:
+            server.close()  # drops this very connection too: the reply never arrives
+        return Reply(content=DIAGNOSIS[0] if body.get("format") else replies.VALID_NET)
+
+    server = first["server"] = fake_ollama(default=dies_at_the_third_design)
+    args = run_args(server, fashion_data_dir, tmp_path, "outage", 6)
+    proc = orchestrator(*args)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 3, output
+    assert "5 infrastructure faults in a row (iteration 3)" in flat(output)
+    assert "2 iterations are saved" in flat(output)
+
+    restarted = fake_ollama(default=by_role([replies.VALID_NET] * 4, DIAGNOSIS))
+    args[args.index(server.url)] = restarted.url
+    again = orchestrator(*args, "--resume")
+    output, _ = again.communicate(timeout=900)
+    assert again.returncode == 0, output
+    assert "done: 6/6 successful" in output and "5 attempts lost to faults" in flat(output)
+    records = read_records(tmp_path / "outage")
+    assert [(r["iteration"], r["attempt"]) for r in records] == [
+        (1, 1), (2, 1), *[(3, k) for k in range(1, 7)], (4, 1), (5, 1), (6, 1)]
+    assert [r["status"] for r in records] == [fc.OK] * 2 + [fc.LLM_ERROR] * 5 + [fc.OK] * 4
+    summary = json.loads((tmp_path / "outage" / "summary.json").read_text())
+    assert (summary["iterations"], summary["successful"], summary["success_rate"]) == (6, 6, 1)
+    assert summary["lost"] == {fc.LLM_ERROR: 5}
+    assert len(generator_requests(restarted)) == 4  # the outage cost no design
+
+
+def generator_requests(server) -> list[dict]:
+    return [b for b in server.chat_requests() if not b.get("format")]
 
 
 def test_a_server_that_dies_mid_run_hands_its_chain_to_the_other(fake_ollama,

@@ -116,6 +116,23 @@ def test_an_iteration_evaluated_with_several_seeds_shows_each_and_their_spread(t
     assert 'id="repeats"' not in client(tmp_path).get("/runs/parallel/iterations/3").text
 
 
+def test_an_attempt_lost_to_a_fault_is_not_an_iteration_of_the_run(tmp_path):
+    """Chain 1 lost an attempt at its iteration 4 to a dead server, and has not tried again
+    yet: the run is not finished, its lost attempt is counted apart and plotted nowhere."""
+    run = parallel_run(tmp_path)
+    records = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+    lost = {**records[-1], "status": "llm_error", "accuracy": None, "test_accuracy": None,
+            "code_file": None, "attempt": 1}
+    (run / "iterations.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in [*records[:-1], lost]))
+    data = client(tmp_path).get("/api/runs/parallel").json()
+    assert data["status"] != "finished"
+    assert (data["iterations"], data["planned"], data["lost"]) == (7, 8, 1)
+    chain1 = next(c for c in data["trajectory"]["chains"] if c["chain"] == 1)
+    assert "llm_error" not in chain1["failures"]
+    assert "llm_error" not in data["failures"]["classes"]
+
+
 def test_unknown_runs_and_iterations_are_404_and_names_cannot_escape(tmp_path):
     results = tmp_path / "results"
     parallel_run(results)

@@ -138,7 +138,7 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
         "generator_model": run.config.get("generator_model"),
         "improver_model": run.config.get("improver_model"),
         "seed": run.config.get("seed"),
-        "planned_iterations": run.config.get("iterations"),
+        "planned_iterations_per_chain": run.config.get("iterations"),
         "finished": run.summary is not None,
         "threshold": thr,
         "table2": summarize(run.records),
@@ -173,7 +173,8 @@ def summary_table(ms: list[dict], labels: list[str]) -> Table:
         ["Dataset"] + [m["dataset"] for m in ms],
         ["Generator"] + [str(m["generator_model"] or "n/a") for m in ms],
         ["Improver"] + [str(m["improver_model"] or "n/a") for m in ms],
-        ["Total iterations"] + [str(t["iterations"]) for t in t2],
+        ["Iterations (evaluated designs)"] + [_iterations(t) for t in t2],
+        ["Attempts lost to faults (not counted)"] + [_lost(t) for t in t2],
         ["Successful evaluations"] + [str(t["successful"]) for t in t2],
         ["Success rate"] + [pct(t["success_rate"]) for t in t2],
         ["First accuracy"] + [pct(t["first_accuracy"]) for t in t2],
@@ -192,6 +193,17 @@ def summary_table(ms: list[dict], labels: list[str]) -> Table:
         ["Best's lead over the runner-up"] + [_lead(t) for t in t2],
     ]
     return Table("Search summary (Table 2)", ["Metric", *labels], rows)
+
+
+def _iterations(t: dict) -> str:
+    per_chain = t["iterations_per_chain"]
+    if len(per_chain) < 2:
+        return str(t["iterations"])
+    return f"{t['iterations']} ({len(per_chain)} chains: {', '.join(map(str, per_chain.values()))})"
+
+
+def _lost(t: dict) -> str:
+    return ", ".join(f"{n} {cls}" for cls, n in t["lost"].items()) or "0"
 
 
 SELECTION = {"val": "validation accuracy (test steers nothing)",
@@ -261,7 +273,8 @@ def windows_table(m: dict, label: str, window: int) -> Table:
 
 
 def failure_table(ms: list[dict], labels: list[str]) -> Table:
-    """Counts of each failure class per run (share of the run's iterations)."""
+    """Counts of each failure class per run (share of the run's iterations), then the attempts
+    lost to infrastructure faults, which no statistic counts (tried again)."""
     classes = sorted({c for m in ms for c in m["failures"]},
                      key=lambda c: (-sum(m["failures"].get(c, 0) for m in ms), c))
     rows = []
@@ -273,6 +286,9 @@ def failure_table(ms: list[dict], labels: list[str]) -> Table:
         rows.append([cls, *cells])
     if not rows:
         rows.append(["(no failures)", *["0" for _ in ms]])
+    lost = sorted({c for m in ms for c in m["table2"]["lost"]})
+    rows += [[f"{cls}: lost, tried again (not counted)",
+              *[str(m["table2"]["lost"].get(cls, 0)) for m in ms]] for cls in lost]
     return Table("Failures", ["Class", *labels], rows)
 
 

@@ -6,6 +6,9 @@ The run summary (the paper's Table 2) and the best record are defined once, in
 - `windows`: NNGPT-style per-window summaries (valid rate with a Wilson 95% interval, mean/std
   accuracy with a t-based 95% interval, fraction above a quality threshold, novel count).
 - `failure_breakdown`, `time_breakdown`: where iterations failed and where the time went.
+
+Windows and failure counts are over designs: attempts lost to an infrastructure fault (see
+`orchestrator.store.records.lost`) are not the method's, and are counted apart.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from orchestrator.store.records import accuracy_of, iteration_of, ordered
+from orchestrator.store.records import accuracy_of, designs, iteration_of, ordered
 
 # First-epoch accuracy thresholds for "above threshold" (NNGPT uses 40/20/70 % for
 # CIFAR-10/CIFAR-100/SVHN; the others are this project's choices for easier/harder sets).
@@ -83,7 +86,9 @@ def _novel_count(records: Sequence[dict], tau: float) -> int | None:
 def window_summary(
     records: Sequence[dict], threshold: float | None = None, tau: float = 0.90
 ) -> dict:
-    """NNGPT per-cycle statistics over one group of records."""
+    """NNGPT per-cycle statistics over one group of records (its designs: lost attempts left
+    out)."""
+    records = designs(records)
     accs = [a for a in (accuracy_of(r) for r in records) if a is not None]
     n, valid = len(records), len(accs)
     above = sum(a >= threshold for a in accs) if threshold is not None else None
@@ -106,11 +111,12 @@ def window_summary(
 def windows(
     records: Sequence[dict], size: int = 50, threshold: float | None = None, tau: float = 0.90
 ) -> list[dict]:
-    """Summaries of iterations 1..size, size+1..2*size, ... (windows without records skipped)."""
+    """Summaries of iterations 1..size, size+1..2*size, ... (windows without records skipped;
+    lost attempts left out)."""
     if size < 1:
         raise ValueError("window size must be >= 1")
     groups: dict[int, list[dict]] = {}
-    for i, rec in enumerate(ordered(records)):
+    for i, rec in enumerate(ordered(designs(records))):
         groups.setdefault((iteration_of(rec, i + 1) - 1) // size, []).append(rec)
     out = []
     for idx in sorted(groups):
@@ -121,8 +127,9 @@ def windows(
 
 
 def failure_breakdown(records: Iterable[dict]) -> dict[str, int]:
-    """Count of each failure class (status other than "ok"), most frequent first."""
-    counts = Counter(str(r.get("status") or "unknown") for r in records)
+    """Count of each failure class of the designs (status other than "ok"), most frequent
+    first; lost attempts are not counted (`records.lost_counts` counts them)."""
+    counts = Counter(str(r.get("status") or "unknown") for r in designs(records))
     counts.pop("ok", None)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from orchestrator.search.progress import Reporter
 from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
 from orchestrator.search.roles import RoleCall, Roles
 from orchestrator.store.journal import Journal
-from orchestrator.store.records import best_record
+from orchestrator.store.records import best_record, lost
 
 OUTCOME_CHARS = 600
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")
@@ -62,6 +63,22 @@ class SearchState:
     @property
     def iteration(self) -> int:
         return self.records[-1]["iteration"] if self.records else 0
+
+    @property
+    def designs(self) -> int:
+        """Iterations done: evaluated designs, the lost attempts not counted."""
+        return sum(not lost(r) for r in self.records)
+
+    @property
+    def next_iteration(self) -> int:
+        """The iteration to run next: the same again after a lost attempt."""
+        last = self.records[-1] if self.records else None
+        return self.iteration if last and lost(last) else self.iteration + 1
+
+    def attempt(self, iteration: int) -> int:
+        """Which attempt at `iteration` the next one is (1 unless attempts were lost)."""
+        tried = itertools.takewhile(lambda r: r["iteration"] == iteration, reversed(self.records))
+        return 1 + sum(1 for _ in tried)
 
     @property
     def llm_calls(self) -> int:
@@ -123,7 +140,9 @@ class NoveltyGate:
 
 
 class Search:
-    """One chain: runs iterations until the configured count, committing each to the journal."""
+    """One chain: runs iterations until it has the configured count of evaluated designs,
+    committing each attempt to the journal. An attempt lost to an infrastructure fault is
+    journaled, and its iteration tried again."""
 
     def __init__(self, config: RunConfig, journal: Journal, roles: Roles, sandbox: Sandbox,
                  dataset: PreparedDataset, prompts: PromptBook, reporter: Reporter,
@@ -140,12 +159,12 @@ class Search:
         roles.calls = self.state.llm_calls
 
     def run(self, stop: threading.Event | None = None) -> None:
-        for i in range(self.state.iteration + 1, self.config.iterations + 1):
+        while self.state.designs < self.config.iterations:
             if stop is not None and stop.is_set():
                 return
             if self.watch is not None:
                 self.watch.check()  # before anything of the iteration is spent
-            self.step(i)
+            self.step(self.state.next_iteration)
             self._check_fault_streak()
 
     def _check_fault_streak(self) -> None:
@@ -157,9 +176,10 @@ class Search:
         if len(last) < FAULT_STREAK or not all(faults):
             return
         chain = f" in chain {self.chain}" if self.config.parallel > 1 else ""
-        raise InfrastructureDown(
-            f"{FAULT_STREAK} infrastructure faults in a row{chain} (iterations "
-            f"{last[0]['iteration']}-{last[-1]['iteration']}), the last: {faults[-1][:300]}")
+        first, final = last[0]["iteration"], last[-1]["iteration"]
+        span = f"iteration {first}" if first == final else f"iterations {first}-{final}"
+        raise InfrastructureDown(f"{FAULT_STREAK} infrastructure faults in a row{chain} "
+                                 f"({span}), the last: {faults[-1][:300]}")
 
     def step(self, i: int) -> dict:
         """One iteration, committed (fsynced) before it returns."""
@@ -334,7 +354,8 @@ class Search:
     def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,
                 diagnosis: Diagnosis | None, code: str | None, outcome: Outcome,
                 triple: Triple, timings: dict, novelty: dict | None) -> dict:
-        name = f"{self.prefix}iter_{i:04d}"
+        attempt = self.state.attempt(i)
+        name = f"{self.prefix}iter_{i:04d}" + (f"_attempt{attempt}" if attempt > 1 else "")
         reply_file = self.journal.write_file(f"{name}.reply.md",
                                              generation.text or generation.error or "")
         code_file = self.journal.write_file(f"{name}.py", code) if code is not None else None
@@ -342,6 +363,7 @@ class Search:
         is_best = outcome.ok and (best is None or outcome.accuracy > best["accuracy"])
         return {
             "iteration": i,
+            "attempt": attempt,
             "chain": self.chain,
             "status": outcome.status,
             "accuracy": outcome.accuracy,

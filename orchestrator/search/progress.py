@@ -11,6 +11,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from orchestrator.llm.text import printable
 from orchestrator.search import failures as fc
+from orchestrator.store.records import lost
 
 
 class Reporter:
@@ -38,16 +39,18 @@ class Reporter:
             self.improver_errors += 1
         improver = (f"  [red]improver errors {self.improver_errors}[/]"
                     if self.improver_errors else "")
-        style = "green" if status == fc.OK else "red"
+        style = "green" if status == fc.OK else "yellow" if lost(record) else "red"
+        again = "  [yellow]lost to a fault: this iteration runs again[/]" if lost(record) else ""
         acc = f"{accuracy:6.2%}" if accuracy is not None else "   -  "
         best = summary["best_accuracy"]
         best_text = f"{best:6.2%} (it {summary['best_iteration']})" if best is not None else "-"
         t = record["timings"]
+        rate = "-" if summary["success_rate"] is None else f"{summary['success_rate']:6.1%}"
         chain = f"c{record.get('chain', 0)} " if self.chains > 1 else ""
         self.console.print(
             f"{chain}[{record['iteration']:>4}/{self.total}] [{style}]{status:<17}[/] acc {acc}  "
-            f"best {best_text}  success {summary['success_rate']:6.1%}  "
-            f"last error {self.last_error or '-'}{improver}  "
+            f"best {best_text}  success {rate}  "
+            f"last error {self.last_error or '-'}{improver}{again}  "
             f"[dim]gen {t['generate']:.1f}s eval {t['evaluate']:.1f}s "
             f"improve {t['improve']:.1f}s[/]",
             highlight=False, soft_wrap=True,

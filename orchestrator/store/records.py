@@ -3,16 +3,22 @@
 The best record, the run summary (`summary.json`, the paper's Table 2) and record order are
 defined here only, so the journal, `report`, `show` and `export` cannot disagree.
 
-A record is a *success* when its status is "ok" and its accuracy is a finite number.
+A record is a *success* when its status is "ok" and its accuracy is a finite number. A record
+is *lost* when an infrastructure fault (the LLM server's or the sandbox's) ended it before a
+design was evaluated: the chain tries that iteration again, so a run of N iterations ends with N
+designs per chain. Lost records stay in the journal as history; the statistics count designs.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 from scipy import stats as sps
+
+from orchestrator.search.failures import INFRASTRUCTURE_CLASSES
 
 
 def record_chain(rec: dict) -> int:
@@ -25,6 +31,22 @@ def iteration_of(rec: dict, default: int = 0) -> int:
     """The iteration number of a record (`default` when the field is missing)."""
     it = rec.get("iteration")
     return it if isinstance(it, int) and not isinstance(it, bool) else default
+
+
+def lost(rec: dict) -> bool:
+    """An attempt lost to an infrastructure fault: history, not a design of the method."""
+    return rec.get("status") in INFRASTRUCTURE_CLASSES
+
+
+def designs(records: Iterable[dict]) -> list[dict]:
+    """The records that are designs: every record but the lost ones."""
+    return [r for r in records if not lost(r)]
+
+
+def lost_counts(records: Iterable[dict]) -> dict[str, int]:
+    """How many attempts each infrastructure fault class lost."""
+    counts = Counter(str(r["status"]) for r in records if lost(r))
+    return dict(sorted(counts.items()))
 
 
 def number(value: object) -> float | None:
@@ -128,21 +150,28 @@ def seed_noise(records: Sequence[dict]) -> dict:
 
 
 def summarize(records: Sequence[dict]) -> dict:
-    """summary.json, the paper's Table 2 for one run: iterations, successes, success rate,
-    first/best accuracy, improvement, and Spearman/Kendall between iteration number and
-    accuracy over the successes (None where undefined). Accuracy is the selection metric
-    (`metric`: val or test); the best's test accuracy and the seed noise come with it."""
+    """summary.json, the paper's Table 2 for one run: iterations (evaluated designs, all chains
+    together; `iterations_per_chain` splits them), successes, success rate, first/best
+    accuracy, improvement, and Spearman/Kendall between iteration number and accuracy over the
+    successes (None where undefined). Lost attempts count only in `lost`, by fault class.
+    Accuracy is the selection metric (`metric`: val or test); the best's test accuracy and the
+    seed noise come with it."""
+    lost_by_class = lost_counts(records)
+    records = designs(records)
     pairs = successes(records)
     total = len(records)
     first = pairs[0][1] if pairs else None
     first_rec = next((r for r in ordered(records) if accuracy_of(r) is not None), None)
     best = best_record(records)
     best_acc = accuracy_of(best) if best else None
+    per_chain = Counter(record_chain(r) for r in records)
     return {
         "metric": str(records[0].get("metric", "test")) if records else None,
         "first_test_accuracy": test_accuracy_of(first_rec) if first_rec else None,
         "best_test_accuracy": test_accuracy_of(best) if best else None,
         "iterations": total,
+        "iterations_per_chain": {str(c): per_chain[c] for c in sorted(per_chain)},
+        "lost": lost_by_class,
         "successful": len(pairs),
         "success_rate": len(pairs) / total if total else None,
         "first_accuracy": first,

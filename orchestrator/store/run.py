@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from orchestrator.store.files import complete_length
-from orchestrator.store.records import record_chain
+from orchestrator.store.records import lost, record_chain
 
 CONFIG_FILE = "config.json"
 ITERATIONS_FILE = "iterations.jsonl"
@@ -42,10 +42,12 @@ class Run:
         return str(self.config.get("dataset") or "unknown")
 
     def record(self, iteration: int, chain: int | None = None) -> dict:
-        """The record of `iteration` (and `chain`, when given); KeyError if absent."""
-        for rec in self.records:
-            if rec.get("iteration") == iteration and (chain is None or record_chain(rec) == chain):
-                return rec
+        """The record of `iteration` (and `chain`, when given): its design, else its last lost
+        attempt; KeyError if absent."""
+        found = [rec for rec in self.records if rec.get("iteration") == iteration
+                 and (chain is None or record_chain(rec) == chain)]
+        if found:
+            return next((rec for rec in found if not lost(rec)), found[-1])
         where = f" in chain {chain}" if chain is not None else ""
         raise KeyError(f"run {self.name!r} has no record for iteration {iteration}{where}")
 

@@ -4,10 +4,11 @@ Everything is read through `orchestrator.store.run` (the one reader of a run's f
 with `orchestrator.store.records` and `orchestrator.analysis.stats`; nothing here writes.
 
 A run's status: *finished* when its journal holds every planned iteration (config `iterations`
-per chain); else *running* when its journal changed within `stale_after` (3 median iteration
-times, at least 5 minutes); else *stopped* (interrupted, killed, or ended by faults: whether a
-process still holds the journal is not knowable from here). summary.json cannot tell: the journal
-rewrites it after every iteration.
+per chain, counted as evaluated designs: attempts lost to faults are tried again); else
+*running* when its journal changed within `stale_after` (3 median iteration times, at least 5
+minutes); else *stopped* (interrupted, killed, or ended by faults: whether a process still
+holds the journal is not knowable from here). summary.json cannot tell: the journal rewrites it
+after every iteration.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from orchestrator.analysis import stats
 from orchestrator.search.failures import OK
 from orchestrator.store.records import (
     accuracy_of,
+    designs,
     iteration_of,
     number,
     ordered,
@@ -103,7 +105,7 @@ def planned(run: Run) -> int | None:
 
 def run_status(run: Run, now: float | None = None) -> str:
     total = planned(run)
-    if total is not None and len(run.records) >= total:
+    if total is not None and len(designs(run.records)) >= total:
         return "finished"
     now = time.time() if now is None else now
     sig = _signature(run.path / ITERATIONS_FILE) or _signature(run.path / CONFIG_FILE)
@@ -134,6 +136,7 @@ def run_row(run: Run, name: str) -> dict:
         "generator_model": run.config.get("generator_model"),
         "improver_model": run.config.get("improver_model"),
         "status": run_status(run), "iterations": table2["iterations"],
+        "lost": sum(table2["lost"].values()),
         "planned": planned(run), "chains": run.config.get("parallel") or 1,
         "success_rate": table2["success_rate"], "best_accuracy": table2["best_accuracy"],
         "best_test_accuracy": table2["best_test_accuracy"],
@@ -164,7 +167,7 @@ def _table_row(name: str, rec: dict) -> dict:
 def trajectory(name: str, records: list[dict]) -> dict:
     """The Figure-2 plot per chain: every success, the best-so-far steps, failures by class."""
     chains: dict[int, dict] = {}
-    for rec in ordered(records):
+    for rec in ordered(designs(records)):
         chain = chains.setdefault(record_chain(rec), {"points": [], "best": [], "failures": {}})
         it, acc, url = iteration_of(rec), accuracy_of(rec), iteration_url(name, rec)
         if acc is not None:
@@ -182,10 +185,10 @@ def trajectory(name: str, records: list[dict]) -> dict:
 
 
 def failures_over_time(records: list[dict], size: int) -> dict:
-    """Counts of each failure class per window of `size` iterations."""
+    """Counts of each failure class of the designs per window of `size` iterations."""
     groups: dict[int, dict[str, int]] = {}
     ends: dict[int, int] = {}
-    for rec in ordered(records):
+    for rec in ordered(designs(records)):
         key = (iteration_of(rec) - 1) // size
         window = groups.setdefault(key, {})
         ends[key] = max(ends.get(key, 0), iteration_of(rec))

@@ -256,6 +256,8 @@ function renderRun(data) {
     el("span", data.status, "status " + data.status),
     document.createTextNode(` · ${data.iterations} iterations` +
       (data.planned ? ` of ${data.planned}` : "") +
+      (data.chains > 1 ? ` (${data.chains} chains)` : "") +
+      (data.lost ? ` · ${data.lost} attempts lost to faults (tried again, not counted)` : "") +
       ` · success rate ${pct(data.success_rate, 0)} · best ${pct(data.best_accuracy)}` +
       (data.best_test_accuracy !== null ? ` (test ${pct(data.best_test_accuracy)})` : "") +
       ` · ${typeof data.iterations_per_hour === "number" ? data.iterations_per_hour.toFixed(1) : "n/a"} iterations/hour` +
