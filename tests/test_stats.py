@@ -176,7 +176,7 @@ def test_ok_without_accuracy_is_not_a_success() -> None:
 
 
 def test_wilson_interval_by_hand() -> None:
-    k, n, z = 7, 10, 1.96
+    k, n, z = 7, 10, sps.norm.ppf(0.975)
     p = k / n
     centre = (k + z**2 / 2) / (n + z**2)
     half = z * math.sqrt(n) / (n + z**2) * math.sqrt(p * (1 - p) + z**2 / (4 * n))
@@ -189,17 +189,28 @@ def test_wilson_interval_by_hand() -> None:
         stats.wilson_interval(11, 10)
 
 
-def test_t_interval_against_scipy() -> None:
+def test_accuracy_interval_is_the_t_interval_inside_0_1() -> None:
     values = [0.31, 0.45, 0.52, 0.38, 0.61, 0.47]
     n = len(values)
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     expected = sps.t.interval(0.95, n - 1, loc=mean, scale=sd / math.sqrt(n))
-    assert stats.t_interval(values) == pytest.approx(expected)
-    assert stats.t_interval(values, 0.9) == pytest.approx(
+    assert stats.accuracy_interval(values) == pytest.approx(expected)
+    assert stats.accuracy_interval(values, 0.9) == pytest.approx(
         sps.t.interval(0.9, n - 1, loc=mean, scale=sd / math.sqrt(n)))
-    assert stats.t_interval([0.5]) is None and stats.t_interval([]) is None
-    assert stats.t_interval([0.5, 0.5]) == (0.5, 0.5)
+    assert stats.accuracy_interval([0.5]) is None and stats.accuracy_interval([]) is None
+    assert stats.accuracy_interval([0.5, 0.5]) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("values", [[0.177, 0.227], [0.0, 0.02, 0.01], [0.98, 1.0, 0.99],
+                                    [0.1, 0.1, 0.1, 0.51], [0.0, 1.0]])
+def test_small_sample_accuracy_intervals_stay_inside_0_1(values) -> None:
+    n, mean = len(values), sum(values) / len(values)
+    t_lo, t_hi = sps.t.interval(0.95, n - 1, loc=mean, scale=sps.sem(values))
+    assert t_lo < 0 or t_hi > 1  # the t interval leaves [0, 1] ...
+    lo, hi = stats.accuracy_interval(values)
+    assert (lo, hi) == pytest.approx((max(0.0, t_lo), min(1.0, t_hi)))  # ... and is cut to it
+    assert 0.0 <= lo <= mean <= hi <= 1.0
 
 
 def test_windows() -> None:
@@ -212,7 +223,7 @@ def test_windows() -> None:
     first = ws[0]
     assert first["valid_rate"] == 0.75 and first["valid_ci"] == stats.wilson_interval(3, 4)
     assert first["mean_acc"] == pytest.approx((0.30 + 0.35 + 0.33) / 3)
-    assert first["acc_ci"] == pytest.approx(stats.t_interval([0.30, 0.35, 0.33]))
+    assert first["acc_ci"] == pytest.approx(stats.accuracy_interval([0.30, 0.35, 0.33]))
     assert first["above_threshold_fraction"] == 0.0 and first["novel"] == 1
     second = ws[1]
     assert second["above_threshold_fraction"] == 1.0 and second["novel"] is None
