@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
 
 import numpy as np
+from scipy import stats as sps
 
 
 def write_tiny_cache(root: Path, train: int = 512, test: int = 256, seed: int = 0) -> Path:
@@ -43,3 +45,15 @@ def tiny_job(**overrides: object) -> dict:
 def flat(text: str) -> str:
     """Output with the console's line wrapping undone (rich wraps at the terminal width)."""
     return re.sub(r"\s+", " ", text)
+
+
+def rank_p_by_enumeration(xs: list[float], ys: list[float]) -> dict[str, float]:
+    """Two-sided exact p-values of Spearman's rho and Kendall's tau, by scoring every order
+    of xs against ys: 2 * min(share >= observed, share <= observed), at most 1."""
+    out = {}
+    for key, corr in (("spearman_p", sps.spearmanr), ("kendall_p", sps.kendalltau)):
+        seen = corr(xs, ys).statistic
+        null = np.array([corr(perm, ys).statistic for perm in itertools.permutations(xs)])
+        tol = 1e-9
+        out[key] = min(1.0, 2 * min(np.mean(null >= seen - tol), np.mean(null <= seen + tol)))
+    return out

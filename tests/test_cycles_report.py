@@ -105,6 +105,16 @@ def test_markdown_has_one_row_per_cycle_with_the_values() -> None:
         assert line.replace("\\|", "").count("|") == len(table[0].split(" | ")) + 1
 
 
+def test_a_small_cycles_mean_interval_stays_inside_0_100() -> None:
+    # Two valid candidates at 17.7% and 22.7%: the t interval was [-11.6%, 52.0%].
+    accs = [0.177, 0.227]
+    cycle = {"cycle": 1, "records": [rec("ok", a) for a in accs] + [rec("timeout")]}
+    row = cycle_metrics([cycle], threshold=None)[0]
+    lo, hi = t_ci(accs)
+    assert lo < 0 and row["acc_ci"] == pytest.approx((0.0, hi))
+    assert f"| 20.2% [0.0%, {pct(hi)}] |" in cycles_markdown([row])
+
+
 def test_plot_is_a_png_of_sane_size() -> None:
     png = cycles_plot(cycle_metrics(CYCLES, threshold=0.40))
     assert png.startswith(b"\x89PNG\r\n\x1a\n")

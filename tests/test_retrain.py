@@ -4,7 +4,6 @@ longer in the local sandbox, resumed after SIGKILL, and its errors."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -19,10 +18,11 @@ import pytest
 from scipy import stats as sps
 
 from orchestrator.search import failures as fc
-from orchestrator.search.retrain import code_key
+from orchestrator.search.retrain import code_key, markdown
 from tests import replies
 from tests.conftest import MODELS
 from tests.fake_ollama import FakeOllama
+from tests.helpers import rank_p_by_enumeration
 from tests.test_search_e2e import DIAGNOSIS, by_role
 
 pytestmark = pytest.mark.slow
@@ -69,13 +69,14 @@ def jsonl(path: Path) -> list[dict]:
 
 
 def expected_correlations(xs: list[float], ys: list[float]) -> dict:
-    """scipy's, with None where undefined (fewer than two points, a constant, a nan)."""
+    """scipy's statistics and, for these few designs, the p-values of every order; None where
+    undefined (fewer than two points, a constant)."""
     keys = ("spearman_rho", "spearman_p", "kendall_tau", "kendall_p")
     if len(xs) < 2 or np.ptp(xs) == 0 or np.ptp(ys) == 0:
         return dict.fromkeys(keys)
     rho, tau = sps.spearmanr(xs, ys), sps.kendalltau(xs, ys)
-    values = (rho.statistic, rho.pvalue, tau.statistic, tau.pvalue)
-    return {k: float(v) if math.isfinite(v) else None for k, v in zip(keys, values, strict=True)}
+    return {"spearman_rho": float(rho.statistic), "kendall_tau": float(tau.statistic),
+            **rank_p_by_enumeration(xs, ys)}
 
 
 def test_retrain_trains_the_top_distinct_designs_and_summarizes(base_run, tmp_path):
@@ -200,3 +201,12 @@ def test_proxy_fidelity_benchmark_runs_the_cli_end_to_end(fashion_data_dir, tmp_
     summary = json.loads((tmp_path / "fidelity.json").read_text())["summary"]
     assert len({d["key"] for d in summary["designs"]}) == 3  # three distinct designs
     assert summary["correlations"]["selection"]["n"] == 3
+
+
+def test_the_markdown_prints_p_values_that_round_to_zero_in_scientific_notation():
+    summary = {"run": "r", "metric": "val", "proxy_epochs": 1, "epochs": 30, "seeds": [42],
+               "designs": [], "correlations": {
+                   name: {"n": 10, "spearman_rho": 0.952, "spearman_p": 2.2e-05,
+                          "kendall_tau": 0.867, "kendall_p": 1.5e-04}
+                   for name in ("selection", "test")}}
+    assert "| test accuracy | 10 | 0.952 | 2.20e-05 | 0.867 | 1.50e-04 |" in markdown(summary)

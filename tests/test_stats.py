@@ -10,8 +10,9 @@ import pytest
 from scipy import stats as sps
 
 from orchestrator.analysis import stats
-from orchestrator.store.records import summarize
+from orchestrator.store.records import EXACT_MAX_N, correlations, summarize
 from orchestrator.store.run import read_run
+from tests.helpers import rank_p_by_enumeration
 
 NET = "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    pass\n"
 
@@ -100,9 +101,43 @@ def test_summary_against_scipy() -> None:
     assert t["best_iteration"] == 8
     assert t["improvement"] == pytest.approx(0.31)
     assert t["spearman_rho"] == pytest.approx(rho.statistic)
-    assert t["spearman_p"] == pytest.approx(rho.pvalue)
     assert t["kendall_tau"] == pytest.approx(tau.statistic)
-    assert t["kendall_p"] == pytest.approx(tau.pvalue)
+    exact = rank_p_by_enumeration(list(xs), list(ys))  # six successes: exact p-values
+    assert t["spearman_p"] == pytest.approx(exact["spearman_p"])
+    assert t["kendall_p"] == pytest.approx(exact["kendall_p"])
+
+
+def test_three_perfectly_ranked_designs_are_not_significant() -> None:
+    # Each side has 3! = 6 orders; one of them ranks perfectly: one-sided p = 1/6, two-sided
+    # 1/3 (the t approximation said 0).
+    for ys in ([0.1, 0.2, 0.3], [0.3, 0.2, 0.1]):
+        c = correlations([1, 2, 3], ys)
+        assert abs(c["spearman_rho"]) == abs(c["kendall_tau"]) == pytest.approx(1.0)
+        assert c["spearman_p"] == pytest.approx(1 / 3)
+        assert c["kendall_p"] == pytest.approx(1 / 3)
+
+
+@pytest.mark.parametrize("xs, ys", [
+    ([1, 2, 3, 4], [0.30, 0.35, 0.52, 0.45]),
+    ([1, 2, 3, 4, 5], [0.4, 0.6, 0.4, 0.6, 0.5]),  # ties
+    ([0.42, 0.42, 0.17, 0.69, 0.34, 0.11], [0.71, 0.67, 0.35, 0.80, 0.61, 0.20]),  # ties
+    ([0.11, 0.12, 0.09, 0.69, 0.34, 0.42, 0.17], [0.64, 0.35, 0.34, 0.80, 0.61, 0.67, 0.20]),
+])
+def test_small_samples_get_exact_permutation_p_values(xs, ys) -> None:
+    c = correlations(xs, ys)
+    exact = rank_p_by_enumeration(xs, ys)
+    assert c["spearman_p"] == pytest.approx(exact["spearman_p"])
+    assert c["kendall_p"] == pytest.approx(exact["kendall_p"])
+
+
+def test_p_values_are_exact_up_to_exact_max_n_and_scipys_above() -> None:
+    # Eight perfectly ranked pairs: 2 of the 8! orders are as extreme (both directions).
+    c = correlations(list(range(8)), [0.1 * i for i in range(8)])
+    assert EXACT_MAX_N == 8 and c["spearman_p"] == c["kendall_p"] == pytest.approx(2 / 40320)
+    xs, ys = list(range(9)), [0.3, 0.1, 0.35, 0.5, 0.45, 0.5, 0.7, 0.62, 0.8]
+    c = correlations(xs, ys)
+    assert c["spearman_p"] == pytest.approx(sps.spearmanr(xs, ys).pvalue)
+    assert c["kendall_p"] == pytest.approx(sps.kendalltau(xs, ys).pvalue)
 
 
 def test_summary_all_failures() -> None:
@@ -141,7 +176,7 @@ def test_ok_without_accuracy_is_not_a_success() -> None:
 
 
 def test_wilson_interval_by_hand() -> None:
-    k, n, z = 7, 10, 1.96
+    k, n, z = 7, 10, sps.norm.ppf(0.975)
     p = k / n
     centre = (k + z**2 / 2) / (n + z**2)
     half = z * math.sqrt(n) / (n + z**2) * math.sqrt(p * (1 - p) + z**2 / (4 * n))
@@ -154,17 +189,28 @@ def test_wilson_interval_by_hand() -> None:
         stats.wilson_interval(11, 10)
 
 
-def test_t_interval_against_scipy() -> None:
+def test_accuracy_interval_is_the_t_interval_inside_0_1() -> None:
     values = [0.31, 0.45, 0.52, 0.38, 0.61, 0.47]
     n = len(values)
     mean = sum(values) / n
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     expected = sps.t.interval(0.95, n - 1, loc=mean, scale=sd / math.sqrt(n))
-    assert stats.t_interval(values) == pytest.approx(expected)
-    assert stats.t_interval(values, 0.9) == pytest.approx(
+    assert stats.accuracy_interval(values) == pytest.approx(expected)
+    assert stats.accuracy_interval(values, 0.9) == pytest.approx(
         sps.t.interval(0.9, n - 1, loc=mean, scale=sd / math.sqrt(n)))
-    assert stats.t_interval([0.5]) is None and stats.t_interval([]) is None
-    assert stats.t_interval([0.5, 0.5]) == (0.5, 0.5)
+    assert stats.accuracy_interval([0.5]) is None and stats.accuracy_interval([]) is None
+    assert stats.accuracy_interval([0.5, 0.5]) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("values", [[0.177, 0.227], [0.0, 0.02, 0.01], [0.98, 1.0, 0.99],
+                                    [0.1, 0.1, 0.1, 0.51], [0.0, 1.0]])
+def test_small_sample_accuracy_intervals_stay_inside_0_1(values) -> None:
+    n, mean = len(values), sum(values) / len(values)
+    t_lo, t_hi = sps.t.interval(0.95, n - 1, loc=mean, scale=sps.sem(values))
+    assert t_lo < 0 or t_hi > 1  # the t interval leaves [0, 1] ...
+    lo, hi = stats.accuracy_interval(values)
+    assert (lo, hi) == pytest.approx((max(0.0, t_lo), min(1.0, t_hi)))  # ... and is cut to it
+    assert 0.0 <= lo <= mean <= hi <= 1.0
 
 
 def test_windows() -> None:
@@ -177,7 +223,7 @@ def test_windows() -> None:
     first = ws[0]
     assert first["valid_rate"] == 0.75 and first["valid_ci"] == stats.wilson_interval(3, 4)
     assert first["mean_acc"] == pytest.approx((0.30 + 0.35 + 0.33) / 3)
-    assert first["acc_ci"] == pytest.approx(stats.t_interval([0.30, 0.35, 0.33]))
+    assert first["acc_ci"] == pytest.approx(stats.accuracy_interval([0.30, 0.35, 0.33]))
     assert first["above_threshold_fraction"] == 0.0 and first["novel"] == 1
     second = ws[1]
     assert second["above_threshold_fraction"] == 1.0 and second["novel"] is None

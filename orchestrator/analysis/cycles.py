@@ -2,7 +2,8 @@
 the next.
 
 Per cycle: candidates generated (n), valid ones (trained: status ok, finite accuracy), the valid
-rate with its Wilson 95% interval, best and mean accuracy (mean with a t-based 95% interval),
+rate with its Wilson 95% interval, best and mean accuracy (mean with a Student-t 95% interval
+cut to [0, 100%]),
 the share of valid candidates at or above the accuracy threshold, the novel candidates admitted
 to the corpus, the corpus size after the cycle, the model the cycle published (tag) and its
 fine-tuning loss. The statistics are `stats.window_summary` over the cycle's records.
@@ -81,8 +82,8 @@ def _nan(value: float | None) -> float:
 
 
 def cycles_plot(rows: list[dict]) -> bytes:
-    """Valid rate (Wilson 95% band), mean accuracy (t 95% band), best accuracy and the share
-    above the threshold against the cycle; PNG bytes."""
+    """Valid rate (Wilson 95% band), mean accuracy (Student-t 95% band cut to [0, 1]), best
+    accuracy and the share above the threshold against the cycle; PNG bytes."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

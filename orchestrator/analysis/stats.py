@@ -4,7 +4,8 @@ The run summary (the paper's Table 2) and the best record are defined once, in
 `orchestrator.store.records`.
 
 - `windows`: NNGPT-style per-window summaries (valid rate with a Wilson 95% interval, mean/std
-  accuracy with a t-based 95% interval, fraction above a quality threshold, novel count).
+  accuracy with a Student-t 95% interval cut to [0, 1], fraction above a quality threshold,
+  novel count).
 - `failure_breakdown`, `time_breakdown`: where iterations failed and where the time went.
 
 Windows and failure counts are over designs: attempts lost to an infrastructure fault (see
@@ -49,28 +50,27 @@ def _num(value: object) -> float:
     return float(value) if math.isfinite(value) else 0.0
 
 
-def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float] | None:
-    """Wilson score interval for k successes out of n (None when n == 0)."""
+def wilson_interval(k: int, n: int, conf: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval for k successes out of n, inside [0, 1] (None when n == 0)."""
     if n <= 0:
         return None
     if not 0 <= k <= n:
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
+    ci = sps.binomtest(k, n).proportion_ci(confidence_level=conf, method="wilson")
+    return float(ci.low), float(ci.high)
 
 
-def t_interval(values: Sequence[float], conf: float = 0.95) -> tuple[float, float] | None:
-    """Student-t confidence interval for the mean (None with fewer than two values)."""
+def accuracy_interval(values: Sequence[float], conf: float = 0.95) -> tuple[float, float] | None:
+    """Confidence interval for the mean of accuracies in [0, 1]: Student's t interval cut to
+    [0, 1] (None with fewer than two values). The mean lies in [0, 1], so the cut interval
+    covers it exactly as often as the t interval does; it only drops impossible values."""
     arr = np.asarray(values, dtype=float)
     if arr.size < 2:
         return None
-    mean = float(arr.mean())
-    sem = float(arr.std(ddof=1)) / math.sqrt(arr.size)
-    half = float(sps.t.ppf((1 + conf) / 2, arr.size - 1)) * sem
-    return mean - half, mean + half
+    if np.ptp(arr) == 0:  # no spread: scipy's interval would be nan
+        return float(arr[0]), float(arr[0])
+    ci = sps.ttest_1samp(arr, 0.0).confidence_interval(confidence_level=conf)
+    return max(0.0, float(ci.low)), min(1.0, float(ci.high))
 
 
 def _novel_count(records: Sequence[dict], tau: float) -> int | None:
@@ -99,7 +99,7 @@ def window_summary(
         "valid_ci": wilson_interval(valid, n),
         "mean_acc": float(np.mean(accs)) if accs else None,
         "std_acc": float(np.std(accs, ddof=1)) if valid > 1 else None,
-        "acc_ci": t_interval(accs),
+        "acc_ci": accuracy_interval(accs),
         "best_acc": max(accs) if accs else None,
         "above_threshold": above,
         "above_threshold_fraction": above / valid if above is not None and valid else None,

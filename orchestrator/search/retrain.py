@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from orchestrator.analysis.report import num, pct
+from orchestrator.analysis.report import num, pct, pval
 from orchestrator.config import RunConfig, for_resume
 from orchestrator.data.datasets import PreparedDataset
 from orchestrator.sandbox.base import Sandbox
@@ -206,7 +206,8 @@ def _progress(plan: Plan, design: Design, seed: int, line: dict) -> str:
 
 def summarize(plan: Plan, lines: Sequence[dict], run_name: str) -> dict:
     """summary.json: per design its converged test accuracy over the seeds, and how the
-    one-epoch proxy correlates with it over the designs that converged."""
+    one-epoch proxy correlates with it over the designs that converged (`correlations`:
+    exact permutation p-values for up to EXACT_MAX_N designs)."""
     latest = {entry_id(ln): ln for ln in lines}
     designs = [_design_summary(d, [latest.get((d.key, plan.epochs, s)) for s in plan.seeds])
                for d in plan.designs]
@@ -273,8 +274,8 @@ def markdown(summary: dict) -> str:
             "| --- | ---: | ---: | ---: | ---: | ---: |"]
     for name, label in (("selection", f"{metric} accuracy"), ("test", "test accuracy")):
         c = summary["correlations"][name]
-        out.append(f"| {label} | {c['n']} | {num(c['spearman_rho'])} | {num(c['spearman_p'])}"
-                   f" | {num(c['kendall_tau'])} | {num(c['kendall_p'])} |")
+        out.append(f"| {label} | {c['n']} | {num(c['spearman_rho'])} | {pval(c['spearman_p'])}"
+                   f" | {num(c['kendall_tau'])} | {pval(c['kendall_p'])} |")
     return "\n".join(out) + "\n"
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -101,8 +101,35 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+EXACT_MAX_N = 8  # up to 8! = 40,320 pairings, rank correlations get exact permutation p-values
+
+
+def _spearman(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Spearman's rho of rank vectors: their Pearson correlation."""
+    return sps.pearsonr(a, b, axis=axis).statistic
+
+
+def _kendall_s(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Concordant minus discordant pairs: the numerator of Kendall's tau-b, whose denominator
+    (the ties of each side) is the same in every pairing, so it orders pairings as tau-b does."""
+    i, j = np.triu_indices(a.shape[axis], 1)
+    a, b = np.moveaxis(a, axis, -1), np.moveaxis(b, axis, -1)
+    return np.sum(np.sign(a[..., i] - a[..., j]) * np.sign(b[..., i] - b[..., j]), axis=-1)
+
+
+def _exact_p(x: np.ndarray, y: np.ndarray, statistic: Callable) -> float:
+    """Two-sided p-value of `statistic(x, y)` over all n! orders of x against y (exact)."""
+    return float(sps.permutation_test(
+        (x,), lambda a, axis=-1: statistic(a, np.broadcast_to(y, a.shape), axis),
+        permutation_type="pairings", vectorized=True,
+        n_resamples=math.factorial(len(x))).pvalue)
+
+
 def correlations(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float | None]:
-    """Spearman rho and Kendall tau with their p-values (None where undefined)."""
+    """Spearman rho and Kendall tau-b with their two-sided p-values (None where undefined).
+    Up to EXACT_MAX_N pairs the p-values are exact permutation tests over every pairing (ties
+    included); above, scipy's: Spearman's t approximation, Kendall's exact null without ties
+    and its normal approximation with them."""
     out: dict[str, float | None] = dict.fromkeys(
         ("spearman_rho", "spearman_p", "kendall_tau", "kendall_p")
     )
@@ -112,6 +139,9 @@ def correlations(xs: Sequence[float], ys: Sequence[float]) -> dict[str, float | 
     rho, tau = sps.spearmanr(x, y), sps.kendalltau(x, y)
     out["spearman_rho"], out["spearman_p"] = _finite(rho.statistic), _finite(rho.pvalue)
     out["kendall_tau"], out["kendall_p"] = _finite(tau.statistic), _finite(tau.pvalue)
+    if len(x) <= EXACT_MAX_N:
+        out["spearman_p"] = _exact_p(sps.rankdata(x), sps.rankdata(y), _spearman)
+        out["kendall_p"] = _exact_p(x, y, _kendall_s)
     return out
 
 
