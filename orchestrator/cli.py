@@ -735,7 +735,9 @@ def cycles(
     config: Annotated[Path | None, Opt(help="TOML search settings of every cycle (as for "
                                              "`run`).")] = None,
     base_model: Annotated[str | None, Opt(help="Hugging Face id or folder of the base model "
-                                               "behind --base-tag.")] = None,
+                                               "behind --base-tag (with --resume: a "
+                                               "correction, until a cycle fine-tunes).")]
+    = None,
     base_tag: Annotated[str | None, Opt(help="Ollama model the first cycle generates with.")]
     = None,
     cycles_: Annotated[int, Opt("--cycles", help="Number of cycles.")] = 3,
@@ -763,6 +765,7 @@ def cycles(
 ) -> None:
     """NNGPT fine-tuning cycles: search, admit good and novel candidates to the corpus, LoRA
     fine-tune, publish to Ollama, and search with the new model in the next cycle."""
+    from orchestrator.finetune.corpus import CorpusError
     from orchestrator.finetune.cycles import Cycles, CyclesError, CycleSettings
     from orchestrator.finetune.train import FinetuneError
     from orchestrator.store.run import read_run
@@ -774,6 +777,8 @@ def cycles(
     try:
         if resume:
             cycles = Cycles.open(root, say)
+            if base_model:
+                cycles.rebase(base_model)
         else:
             if not (config and base_model and base_tag):
                 raise UserError("new cycles need --config, --base-model and --base-tag")
@@ -788,7 +793,7 @@ def cycles(
             cycles = Cycles.create(root, settings, config, seed_corpus, runs, say)
         done = cycles.run()
     except (CyclesError, ConfigError, UserError, LLMError, FileNotFoundError,
-            FinetuneError) as exc:
+            FinetuneError, CorpusError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         console.print(f"\nstopped; continue with: orchestrator cycles --name {name} --resume")

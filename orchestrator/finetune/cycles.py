@@ -34,8 +34,8 @@ from pathlib import Path
 
 import orjson
 
-from orchestrator.finetune.corpus import Corpus
-from orchestrator.finetune.train import LoraSettings
+from orchestrator.finetune.corpus import Corpus, seed_pairs
+from orchestrator.finetune.train import CHECKPOINT_DIR, LoraSettings, check_base, last_checkpoint
 from orchestrator.store.files import append_line, cut_torn_tail, write_atomic
 from orchestrator.store.run import Run, read_records, read_run
 
@@ -149,11 +149,14 @@ class Cycles:
                seeds: list[Path] | None = None, runs: list[Run] | None = None,
                say: Callable[[str], None] = print) -> Cycles:
         """New cycles; the corpus starts from the `seeds` files and the candidates of `runs`
-        (selected as in a cycle)."""
+        (selected as in a cycle). The base model and every seed line are checked first."""
         settings.validate()
         if (root / SETTINGS_FILE).exists():
             raise CyclesError(f"{root} already holds cycles: pass --resume to continue them, "
                               "or choose another --name")
+        check_base(settings.base_model)
+        for seed in seeds or []:
+            seed_pairs(seed)
         root.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(search_toml, root / SEARCH_FILE)
         cycles = cls(root, settings, root / SEARCH_FILE, say)
@@ -164,9 +167,35 @@ class Cycles:
             got = cycles.corpus.select(run, threshold=settings.threshold)
             say(f"corpus: {got.admitted} examples from run {run.name}")
         # Written last: a crash before it leaves nothing that --resume would mistake for cycles.
-        write_atomic(root / SETTINGS_FILE, orjson.dumps(settings.to_dict(),
-                                                        option=orjson.OPT_INDENT_2))
+        cycles.write_settings()
         return cycles
+
+    def write_settings(self) -> None:
+        write_atomic(self.root / SETTINGS_FILE, orjson.dumps(self.settings.to_dict(),
+                                                             option=orjson.OPT_INDENT_2))
+
+    def rebase(self, base_model: str) -> None:
+        """Take a corrected --base-model on --resume, as long as no fine-tuning has used the
+        one stored (CyclesError once one has: its adapter is of that base)."""
+        old = self.settings.base_model
+        if base_model == old:
+            return
+        if used := self.fine_tuned():
+            raise CyclesError(f"--base-model cannot change: {used} was fine-tuned from {old}; "
+                              "resume without --base-model, or start new cycles (another --name)")
+        check_base(base_model)
+        self.settings = dataclasses.replace(self.settings, base_model=base_model)
+        self.write_settings()
+        self.say(f"base model: {base_model} (was {old})")
+
+    def fine_tuned(self) -> str | None:
+        """The first fine-tuning that used the base model (a finished train step or a
+        checkpoint of one cut short), None when none has."""
+        for cycle in range(1, self.settings.cycles + 1):
+            lora = self.root / f"cycle_{cycle:02d}.lora"
+            if self.log.done(cycle, "train") or last_checkpoint(lora / CHECKPOINT_DIR):
+                return lora.name
+        return None
 
     @classmethod
     def open(cls, root: Path, say: Callable[[str], None] = print) -> Cycles:
@@ -176,7 +205,10 @@ class Cycles:
         return cls(root, settings, root / SEARCH_FILE, say)
 
     def run(self) -> list[dict]:
-        """Run every cycle not yet finished; returns the `cycle` records."""
+        """Run every cycle not yet finished; returns the `cycle` records. The base model is
+        checked first while a cycle still needs it (to fine-tune and merge)."""
+        if not all(self.log.done(c, "publish") for c in range(1, self.settings.cycles + 1)):
+            check_base(self.settings.base_model)
         for cycle in range(1, self.settings.cycles + 1):
             if not self.log.done(cycle, "cycle"):
                 self.run_cycle(cycle)
