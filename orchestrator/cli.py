@@ -722,9 +722,9 @@ def finetune(
                       f"{result.tokens_per_second:.0f} tokens/s)", highlight=False)
         if tag:
             merged = merge(base_model, result.adapter_dir, out / "merged")
-            digest = publish(ollama_host, merged, tag, base_tag,
-                             quantize=None if quantize == "none" else quantize)
-            console.print(f"published {tag} ({digest})", highlight=False)
+            done = publish(ollama_host, merged, tag, base_tag,
+                           quantize=None if quantize == "none" else quantize)
+            console.print(f"published {tag} ({done.digest})", highlight=False)
     except (FinetuneError, LLMError, OSError) as exc:
         raise fail(str(exc)) from None
 
@@ -759,6 +759,8 @@ def cycles(
     ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
     = None,
     results_dir: Annotated[Path, Opt(help="Where the cycles directory goes.")] = Path("results"),
+    delete_superseded: Annotated[bool, Opt("--delete-superseded", help="Delete cycle N-1's "
+                                           "Ollama tag once cycle N has published.")] = False,
     rank: RankOpt = 32, alpha: AlphaOpt = 32, epochs: EpochsOpt = 5, lr: LrOpt = 1e-5,
     load_in_4bit: FourBitOpt = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the cycles --name.")] = False,
@@ -787,7 +789,7 @@ def cycles(
                 name=name, base_model=base_model, base_tag=base_tag, cycles=cycles_,
                 candidates=candidates, mode=mode, threshold=threshold, tau=tau,
                 tag_prefix=tag_prefix, quantize=None if quantize == "none" else quantize,
-                ollama_host=ollama_host or cfg.ollama_host,
+                ollama_host=ollama_host or cfg.ollama_host, delete_superseded=delete_superseded,
                 lora=_lora(rank, alpha, epochs, lr, load_in_4bit))
             runs = [read_run(r, results_dir) for r in from_run or []]
             cycles = Cycles.create(root, settings, config, seed_corpus, runs, say)

@@ -35,7 +35,9 @@ from pathlib import Path
 import orjson
 
 from orchestrator.finetune.corpus import Corpus, seed_pairs
+from orchestrator.finetune.publish import Published
 from orchestrator.finetune.train import CHECKPOINT_DIR, LoraSettings, check_base, last_checkpoint
+from orchestrator.llm.client import default_host
 from orchestrator.store.files import append_line, cut_torn_tail, write_atomic
 from orchestrator.store.run import Run, read_records, read_run
 
@@ -66,6 +68,7 @@ class CycleSettings:
     tag_prefix: str | None = None  # default: the base tag's name + "-nas"
     quantize: str | None = "q4_K_M"
     ollama_host: str | None = None
+    delete_superseded: bool = False  # delete cycle N-1's tag once cycle N has published
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def validate(self) -> CycleSettings:
@@ -287,14 +290,48 @@ class Cycles:
                 "adapter": str(result.adapter_dir.relative_to(self.root))}
 
     def publish(self, cycle: int) -> dict:
-        from orchestrator.finetune.publish import merge, publish
+        """Publish the cycle's model: its adapter over the base where Ollama converts it, else
+        the merged weights; then delete the tag it supersedes (--delete-superseded)."""
+        from orchestrator.finetune.publish import adapter_supported, merge, publish, publish_adapter
 
-        train = self.log.done(cycle, "train")
-        merged = self.root / f"cycle_{cycle:02d}.merged"
-        merge(self.settings.base_model, self.root / train["adapter"], merged)
-        tag = self.settings.tag(cycle)
-        digest = publish(self.settings.ollama_host, merged, tag, self.settings.base_tag,
-                         quantize=self.settings.quantize)
-        shutil.rmtree(merged)  # Ollama holds the model now; a 7B merge is 15 GB
-        self.say(f"cycle {cycle}: published {tag} ({digest[:19]})")
-        return {"cycle": cycle, "step": "publish", "tag": tag, "digest": digest}
+        settings, tag = self.settings, self.settings.tag(cycle)
+        adapter = self.root / self.log.done(cycle, "train")["adapter"]
+        if adapter_supported(settings.ollama_host, settings.base_tag):
+            done = publish_adapter(settings.ollama_host, adapter, tag, settings.base_tag)
+        else:
+            merged = merge(settings.base_model, adapter, self.root / f"cycle_{cycle:02d}.merged")
+            done = publish(settings.ollama_host, merged, tag, settings.base_tag,
+                           quantize=settings.quantize)
+            shutil.rmtree(merged)  # Ollama holds the model now; a 7B merge is 15 GB
+        deleted = self.delete_superseded(cycle)
+        self.say(f"cycle {cycle}: published {tag} ({done.digest[:19]}) from its {done.route} "
+                 f"{'adapter' if done.route == 'adapter' else 'weights'}")
+        self.say(self.footprint(done, deleted))
+        return {"cycle": cycle, "step": "publish", "tag": tag, "digest": done.digest,
+                "route": done.route, "left_bytes": done.left, "deleted": deleted}
+
+    def delete_superseded(self, cycle: int) -> str | None:
+        """With --delete-superseded, delete the previous cycle's tag (the next search uses
+        this cycle's); the tag deleted, None when none was."""
+        from orchestrator.finetune.publish import delete_model
+
+        if not self.settings.delete_superseded or cycle == 1:
+            return None
+        old = self.settings.tag(cycle - 1)
+        return old if delete_model(self.settings.ollama_host, old) else None
+
+    def footprint(self, done: Published, deleted: str | None) -> str:
+        """One line: what the publish left on the Ollama server, and how to reclaim it."""
+        host = self.settings.ollama_host or default_host()
+        freed = f"deleted {deleted}; " if deleted else ""
+        older = "" if self.settings.delete_superseded else \
+            "`ollama rm` older cycle tags (or --delete-superseded) frees their layers; "
+        f16 = " and F16 intermediate" if done.route == "merged" else ""
+        return (f"left on {host}: {_mb(done.left)} in blobs ({_mb(done.uploaded)} uploaded "
+                f"and {_mb(done.layers)} of layers{f16}); "
+                f"reclaim: {freed}{older}uploads and intermediates go when the Ollama server "
+                "restarts (it prunes unused blobs over an hour old)")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
