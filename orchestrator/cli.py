@@ -739,9 +739,9 @@ def finetune(
                       f"{result.tokens_per_second:.0f} tokens/s)", highlight=False)
         if tag:
             merged = merge(base_model, result.adapter_dir, out / "merged")
-            digest = publish(ollama_host, merged, tag, base_tag,
-                             quantize=None if quantize == "none" else quantize)
-            console.print(f"published {tag} ({digest})", highlight=False)
+            done = publish(ollama_host, merged, tag, base_tag,
+                           quantize=None if quantize == "none" else quantize)
+            console.print(f"published {tag} ({done.digest})", highlight=False)
     except (FinetuneError, LLMError, OSError) as exc:
         raise fail(str(exc)) from None
 
@@ -752,7 +752,9 @@ def cycles(
     config: Annotated[Path | None, Opt(help="TOML search settings of every cycle (as for "
                                              "`run`).")] = None,
     base_model: Annotated[str | None, Opt(help="Hugging Face id or folder of the base model "
-                                               "behind --base-tag.")] = None,
+                                               "behind --base-tag (with --resume: a "
+                                               "correction, until a cycle fine-tunes).")]
+    = None,
     base_tag: Annotated[str | None, Opt(help="Ollama model the first cycle generates with.")]
     = None,
     cycles_: Annotated[int, Opt("--cycles", help="Number of cycles.")] = 3,
@@ -774,12 +776,15 @@ def cycles(
     ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
     = None,
     results_dir: Annotated[Path, Opt(help="Where the cycles directory goes.")] = Path("results"),
+    delete_superseded: Annotated[bool, Opt("--delete-superseded", help="Delete cycle N-1's "
+                                           "Ollama tag once cycle N has published.")] = False,
     rank: RankOpt = 32, alpha: AlphaOpt = 32, epochs: EpochsOpt = 5, lr: LrOpt = 1e-5,
     load_in_4bit: FourBitOpt = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the cycles --name.")] = False,
 ) -> None:
     """NNGPT fine-tuning cycles: search, admit good and novel candidates to the corpus, LoRA
     fine-tune, publish to Ollama, and search with the new model in the next cycle."""
+    from orchestrator.finetune.corpus import CorpusError
     from orchestrator.finetune.cycles import Cycles, CyclesError, CycleSettings
     from orchestrator.finetune.train import FinetuneError
     from orchestrator.store.run import read_run
@@ -791,6 +796,8 @@ def cycles(
         root = results_dir / plain_name(name)
         if resume:
             cycles = Cycles.open(root, say)
+            if base_model:
+                cycles.rebase(base_model)
         else:
             if not (config and base_model and base_tag):
                 raise UserError("new cycles need --config, --base-model and --base-tag")
@@ -799,13 +806,13 @@ def cycles(
                 name=name, base_model=base_model, base_tag=base_tag, cycles=cycles_,
                 candidates=candidates, mode=mode, threshold=threshold, tau=tau,
                 tag_prefix=tag_prefix, quantize=None if quantize == "none" else quantize,
-                ollama_host=ollama_host or cfg.ollama_host,
+                ollama_host=ollama_host or cfg.ollama_host, delete_superseded=delete_superseded,
                 lora=_lora(rank, alpha, epochs, lr, load_in_4bit))
             runs = [read_run(r, results_dir) for r in from_run or []]
             cycles = Cycles.create(root, settings, config, seed_corpus, runs, say)
         done = cycles.run()
     except (CyclesError, ConfigError, UserError, LLMError, FileNotFoundError,
-            FinetuneError) as exc:
+            FinetuneError, CorpusError) as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         console.print(f"\nstopped; continue with: orchestrator cycles --name {name} --resume")

@@ -28,12 +28,14 @@ import hashlib
 import json
 import re
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Protocol
 
 FAKE_VERSION = "0.6.5"
@@ -56,6 +58,10 @@ SHOW_PARAMETERS = (
 )
 BLOB_PATH = re.compile(r"^/api/blobs/(sha256:[0-9a-f]{64})$")
 MIB = 1 << 20
+# convert/convert.go, ConvertAdapter: the base architectures a safetensors adapter converts for
+ADAPTER_ARCHITECTURES = ("llama", "gemma2")
+# Bits per weight of a quantised layer (llama.cpp's figures for these types, about)
+QUANT_BITS = {"Q4_K_M": 5, "Q8_0": 9}
 DEFAULT_NUM_CTX = 4096  # what Ollama's runner gets when a request sends no num_ctx
 CHARS_PER_TOKEN = 4  # for the pace of a reply under `throughput`
 
@@ -211,6 +217,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.server.fake._dispatch(self, "HEAD", None)
 
+    def do_DELETE(self) -> None:
+        raw = self._read_body()
+        self.server.fake._dispatch(self, "DELETE", json.loads(raw) if raw else {})
+
     def do_POST(self) -> None:
         raw = self._read_body()
         if BLOB_PATH.match(self.path):  # a blob upload: the raw bytes
@@ -299,7 +309,10 @@ class FakeOllama:
         self._runners: dict[str, _Runner] = {}  # loaded models
         self._loads: dict[str, int] = {}
         self._connections: set[socket.socket] = set()
-        self._blobs: dict[str, int] = {}  # digest -> size of the uploaded blobs
+        self._tmp = tempfile.TemporaryDirectory(prefix="fake-ollama-")
+        self.blobs_dir = Path(self._tmp.name) / "blobs"  # OLLAMA_MODELS/blobs
+        self.blobs_dir.mkdir()
+        self._manifests: dict[str, list[str]] = {}  # created model -> its layers' digests
         self._uploads: list[str] = []  # digests of the accepted uploads, in order
         self._creates: list[dict[str, Any]] = []  # /api/create bodies, in order
         self._created: dict[str, dict[str, Any]] = {}  # created model -> its create body
@@ -341,6 +354,7 @@ class FakeOllama:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
         self._thread.join()
+        self._tmp.cleanup()
 
     def _track(self, conn: socket.socket, add: bool) -> None:
         with self._lock:
@@ -397,9 +411,18 @@ class FakeOllama:
             self._unload(full_name(model))
 
     def blobs(self) -> dict[str, int]:
-        """The blobs uploaded so far: 'sha256:<hex>' -> size in bytes."""
+        """The blobs on the server's disk: 'sha256:<hex>' -> size in bytes."""
+        return {p.name.replace("-", ":", 1): p.stat().st_size
+                for p in self.blobs_dir.iterdir()}
+
+    def disk_bytes(self) -> int:
+        """What the blobs take on the server's disk."""
+        return sum(self.blobs().values())
+
+    def layers(self, model: str) -> list[str]:
+        """The layer digests of a model the server created."""
         with self._lock:
-            return dict(self._blobs)
+            return list(self._manifests.get(full_name(model), []))
 
     def uploads(self) -> list[str]:
         """The digests of the accepted blob uploads in arrival order (a repeat shows twice)."""
@@ -435,6 +458,7 @@ class FakeOllama:
             ("POST", "/api/pull"): self._pull,
             ("POST", "/api/chat"): self._chat,
             ("POST", "/api/create"): self._create,
+            ("DELETE", "/api/delete"): self._delete,
         }
         route = routes.get((method, h.path))
         if route is None:
@@ -491,8 +515,13 @@ class FakeOllama:
             return self._models.get(full_name(name or ""))
 
     def _tags(self, h: _Handler, body: Any) -> None:
-        h.send_json(200, {"models": [_tag_entry(n, d, self.spec(n))
-                                     for n, d in self.models.items()]})
+        """`ListHandler`: a created model's size is its layers' (`Manifest.Size`)."""
+        blobs = self.blobs()
+        entries = [_tag_entry(n, d, self.spec(n)) for n, d in self.models.items()]
+        for entry in entries:
+            if layers := self.layers(entry["name"]):
+                entry["size"] = sum(blobs.get(d, 0) for d in layers)
+        h.send_json(200, {"models": entries})
 
     def _show(self, h: _Handler, body: dict[str, Any]) -> None:
         name = body.get("model") or body.get("name") or ""
@@ -508,60 +537,130 @@ class FakeOllama:
         h.send_json(200, shown)
 
     # -- blobs and create ------------------------------------------------------------------
+    # Blobs are files `blobs/sha256-<hex>` of a real folder, as in Ollama's models directory
+    # (`manifest/paths.go`, `BlobsPath`); a created model's manifest lists the digests of its
+    # layers. What a create writes and what a delete frees follow `server/create.go` and
+    # `server/routes.go`, cited at each step.
+    def _blob_path(self, digest: str) -> Path:
+        return self.blobs_dir / digest.replace(":", "-")
+
     def _has_blob(self, h: _Handler, digest: str, body: Any) -> None:
-        with self._lock:
-            stored = digest in self._blobs
-        h.send_empty(200 if stored else 404)
+        h.send_empty(200 if self._blob_path(digest).is_file() else 404)
 
     def _put_blob(self, h: _Handler, digest: str, data: bytes) -> None:
+        """`CreateBlobHandler`: a blob stored under its digest, checked against the bytes."""
         actual = "sha256:" + hashlib.sha256(data).hexdigest()
         if actual != digest:
             h.send_json(400, {"error": "digest mismatch, expected "
                                        f"\"{digest}\", got \"{actual}\""})
             return
+        self._write_blob(data)
         with self._lock:
-            self._blobs[digest] = len(data)
             self._uploads.append(digest)
         h.send_empty(201)
+
+    def _write_blob(self, data: bytes) -> str:
+        """Store bytes as a blob (`manifest.NewLayer`); returns its digest."""
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        self._blob_path(digest).write_bytes(data)
+        return digest
+
+    def _layer(self, kind: str, size: int, name: str) -> str:
+        """A layer the server derives (a converted or quantised GGUF): `size` bytes, new for
+        each create, as a real conversion of other weights is."""
+        with self._lock:
+            seed = f"{kind}#{name}#{len(self._creates)}".encode()
+        return self._write_blob(seed + bytes(max(0, size - len(seed))))
 
     def _create(self, h: _Handler, body: dict[str, Any]) -> None:
         with self._lock:
             self._creates.append(dict(body))
         name = full_name(body.get("model") or "")
-        files = body.get("files") or {}
+        files, adapters = body.get("files") or {}, body.get("adapters") or {}
         if not body.get("model") or not (files or body.get("from")):
             h.send_json(400, {"error": "neither 'from' or 'files' was specified"})
             return
-        with self._lock:
-            missing = [d for d in files.values() if d not in self._blobs]
+        missing = [d for d in (*files.values(), *adapters.values())
+                   if not self._blob_path(d).is_file()]
         if missing:
             h.send_json(400, {"error": f"blob {missing[0]} not found"})
             return
-        with self._lock:
-            digest = hashlib.sha256(f"{name}#{len(self._creates)}#{sorted(files.items())}"
-                                    .encode()).hexdigest()  # fresh for every create
-        lines = list(self._create_progress(name, digest, body))
+        base = full_name(body.get("from") or "")
+        if adapters and self.spec(base).architecture not in ADAPTER_ARCHITECTURES:
+            # convert/convert.go, ConvertAdapter: the base's architecture picks the converter
+            h.send_json(400, {"error": "unsupported architecture"})
+            return
+        lines = list(self._create_progress(name, body))
         if body.get("stream", True):
             h.send_ndjson(lines)
         else:
             h.send_json(200, lines[-1])
 
-    def _create_progress(self, name: str, digest: str,
-                         body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        yield {"status": "converting model"}
-        quantize = body.get("quantize")
-        if quantize:
-            total = 12_000_000
-            for completed in (0, total // 2, total):
-                yield {"status": f"quantizing F16 model to {quantize.upper()}",
-                       "digest": "0", "total": total, "completed": completed}
-        yield {"status": "using existing layer sha256:" + fake_digest(name)}
+    def _safetensors_bytes(self, files: dict[str, str]) -> int:
+        return sum(self._blob_path(d).stat().st_size for f, d in files.items()
+                   if f.endswith(".safetensors"))
+
+    def _create_progress(self, name: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """`CreateHandler`: the layers of `from` (shared, nothing written) or a conversion of
+        `files` (`convertFromSafetensors`: an F16 GGUF layer, as big as the bf16 weights), a
+        quantisation of it into a new layer (`createModel`, `quantizeLayer`; the F16 one stays
+        on disk, referenced by no manifest), an adapter converted into a layer of its own, and
+        the template, parameters and config layers; then the manifest, and the layers of the
+        manifest it replaces removed unless another uses them (`oldManifest.RemoveLayers`)."""
+        files, adapters = body.get("files") or {}, body.get("adapters") or {}
+        layers = list(self._manifests.get(full_name(body.get("from") or ""), []))
+        if files:
+            yield {"status": "converting model"}
+            model = self._layer("F16", self._safetensors_bytes(files), name)
+            if quantize := (body.get("quantize") or "").upper():
+                total = self._blob_path(model).stat().st_size
+                for completed in (0, total // 2, total):
+                    yield {"status": f"quantizing F16 model to {quantize}",
+                           "digest": "0", "total": total, "completed": completed}
+                model = self._layer(quantize, total * QUANT_BITS[quantize] // 16, name)
+            layers.append(model)
+        if adapters:
+            yield {"status": "converting adapter"}
+            layers.append(self._layer("adapter", self._safetensors_bytes(adapters), name))
+        for key in ("template", "parameters"):
+            if body.get(key):
+                layers.append(self._write_blob(json.dumps(body[key]).encode()))
+        layers.append(self._write_blob(json.dumps({"model": name, "layers": layers}).encode()))
         yield {"status": "writing manifest"}
+        digest = hashlib.sha256(json.dumps(layers).encode()).hexdigest()
         with self._lock:
+            old = self._manifests.get(name, [])
+            self._manifests[name] = layers
             self._models[name] = digest
             self._created[name] = dict(body)
             self._unload(name)  # a new model: the next chat loads it
+        self._remove_layers(old)
         yield {"status": "success"}
+
+    def _remove_layers(self, layers: list[str]) -> None:
+        """`Manifest.RemoveLayers`: delete the blobs of `layers` that no manifest uses."""
+        with self._lock:
+            in_use = {d for kept in self._manifests.values() for d in kept}
+        for digest in set(layers) - in_use:
+            self._blob_path(digest).unlink(missing_ok=True)
+
+    def _delete(self, h: _Handler, body: dict[str, Any]) -> None:
+        """`DeleteHandler`: the manifest goes (`Manifest.Remove`), then its layers that no
+        other manifest uses (`RemoveLayers`). Blobs that were never layers (uploads, an F16
+        intermediate) stay until the server restarts (`PruneLayers`, blobs unused for an
+        hour; `server/images.go`)."""
+        name = full_name(body.get("model") or body.get("name") or "")
+        with self._lock:
+            known = self._models.pop(name, None)
+            layers = self._manifests.pop(name, [])
+            self._created.pop(name, None)
+            self._unload(name)
+        if known is None:
+            h.send_json(404, {"error": f"model '{body.get('model') or body.get('name')}' "
+                                       "not found"})
+            return
+        self._remove_layers(layers)
+        h.send_empty(200)
 
     # -- pull ------------------------------------------------------------------------------
     def _pull(self, h: _Handler, body: dict[str, Any]) -> None:

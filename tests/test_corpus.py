@@ -5,11 +5,18 @@ resumable selection, user seeds, and `orchestrator export --corpus`."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from orchestrator.finetune.corpus import DEFAULT_TAU, Corpus, Selection, default_system
+from orchestrator.finetune.corpus import (
+    DEFAULT_TAU,
+    Corpus,
+    CorpusError,
+    Selection,
+    default_system,
+)
 from orchestrator.search.novelty import jaccard
 from orchestrator.store.journal import Journal
 from orchestrator.store.run import read_run
@@ -207,8 +214,6 @@ def test_seed_from_user_pairs_in_both_formats(tmp_path: Path) -> None:
         json.dumps({"prompt": "A wider net.", "code": OTHER}),
         "",
         json.dumps({"prompt": "The same net again.", "code": COPY}),  # near-copy of line 1
-        "{not json",
-        json.dumps({"messages": [{"role": "user", "content": "no answer"}]}),
         json.dumps({"messages": [{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": "Another."},
                                  {"role": "assistant", "content": THIRD}], "accuracy": 0.5}),
@@ -216,10 +221,10 @@ def test_seed_from_user_pairs_in_both_formats(tmp_path: Path) -> None:
     seeds.write_text("\n".join(rows) + "\n")
     path = tmp_path / "corpus.jsonl"
     corpus = Corpus(path)
-    assert corpus.seed(seeds) == Selection(admitted=3, duplicates=1, failed=2)
+    assert corpus.seed(seeds) == Selection(admitted=3, duplicates=1)
     entries = lines(path)
     assert [e["source"] for e in entries] == [{"file": str(seeds.resolve()), "line": n}
-                                             for n in (1, 2, 7)]
+                                             for n in (1, 2, 5)]
     assert entries[0]["messages"] == [
         {"role": "system", "content": default_system()},
         {"role": "user", "content": "A CIFAR-10 net, please."},
@@ -229,12 +234,27 @@ def test_seed_from_user_pairs_in_both_formats(tmp_path: Path) -> None:
     assert entries[2]["messages"][0] == {"role": "system", "content": "Be brief."}
 
     again = Corpus(path)
-    assert again.seed(seeds) == Selection(already=3, duplicates=1, failed=2)
+    assert again.seed(seeds) == Selection(already=3, duplicates=1)
     # Candidates are novelty-filtered against the seeds.
     run = read_run(make_run(tmp_path, "r", [("ok", 0.6, COPY), ("ok", 0.6, NEAR)]))
     assert again.select(run) == Selection(admitted=1, duplicates=1)
     with pytest.raises(FileNotFoundError):
         again.seed(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize(("line", "why"), [
+    ("{not json", "not JSON"),
+    ('["a list"]', "not a prompt-code pair"),
+    (json.dumps({"messages": [{"role": "user", "content": "no answer"}]}), "needs a user prompt"),
+    (json.dumps({"prompt": "", "code": NET}), "needs a user prompt"),
+])
+def test_a_seed_line_without_a_pair_is_refused_before_any_is_added(tmp_path: Path, line: str,
+                                                                    why: str) -> None:
+    seeds = tmp_path / "seeds.jsonl"
+    seeds.write_text(json.dumps({"prompt": "A net.", "code": NET}) + "\n\n" + line + "\n")
+    with pytest.raises(CorpusError, match=f"^seed corpus {re.escape(str(seeds))}:3: {why}"):
+        Corpus(tmp_path / "corpus.jsonl").seed(seeds)
+    assert not (tmp_path / "corpus.jsonl").exists()
 
 
 def test_export_corpus_command_writes_examples_with_provenance(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -174,3 +175,161 @@ def test_a_torn_last_step_record_is_cut_before_the_next_append(tmp_path):
     assert [r["step"] for r in log.records] == ["search"]
     log.add({"cycle": 1, "step": "select"})
     assert [r["step"] for r in CycleLog(path).records] == ["search", "select"]
+
+
+# -- inputs checked before the first search --------------------------------------------------
+def invoke(*args: str):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    result = CliRunner().invoke(app, ["cycles", *args])
+    result.flat = " ".join(result.output.split())  # the console wraps long paths
+    return result
+
+
+def seed_file(path: Path, *lines: str) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+GOOD_SEED = json.dumps({"prompt": "A CIFAR-10 net, please.", "code": replies.VALID_NET})
+
+
+def new_cycles(server, data_dir: Path, tmp_path: Path, base: Path | str, *more: str):
+    config = search_toml(tmp_path / "search.toml", server, data_dir)
+    return invoke("--name", "nas", "--results-dir", str(tmp_path / "results"), "--config",
+                  str(config), "--base-model", str(base), "--base-tag", "coder:test",
+                  "--cycles", "1", "--candidates", "1", "--epochs", "1", "--rank", "4",
+                  "--alpha", "8", *more)
+
+
+def test_a_bad_base_model_is_refused_before_the_first_search(fake_ollama, fashion_data_dir,
+                                                              tiny_lm, tmp_path):
+    server = fake_ollama(default=Reply(content=replies.NO_CODE_REPLY))
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    shutil.copy(tiny_lm / "config.json", no_tokenizer)
+    seeds = seed_file(tmp_path / "seeds.jsonl", GOOD_SEED)
+    for base, message in [("/no/such/folder", "base model /no/such/folder not found"),
+                          (no_tokenizer, f"base model folder {no_tokenizer} has no tokenizer")]:
+        result = new_cycles(server, fashion_data_dir, tmp_path, base, "--seed-corpus", str(seeds))
+        assert result.exit_code == 2 and message in result.flat, result.output
+        assert "Traceback" not in result.flat
+    assert server.chat_requests() == []  # no search began
+    assert not (tmp_path / "results" / "nas").exists()
+
+
+def test_a_seed_corpus_line_that_is_no_pair_is_refused_naming_file_and_line(
+        fake_ollama, fashion_data_dir, tiny_lm, tmp_path):
+    server = fake_ollama(default=Reply(content=replies.NO_CODE_REPLY))
+    for bad, why in [("{not json", "not JSON"),
+                     (json.dumps({"question": "q", "answer": "a"}), "not a prompt-code pair")]:
+        seeds = seed_file(tmp_path / "seeds.jsonl", GOOD_SEED, "", bad)
+        result = new_cycles(server, fashion_data_dir, tmp_path, tiny_lm, "--seed-corpus",
+                            str(seeds))
+        assert result.exit_code == 2, result.output
+        assert f"seed corpus {seeds}:3: {why}" in result.flat, result.output
+    assert server.chat_requests() == []
+    assert not (tmp_path / "results" / "nas").exists()
+
+
+def test_resume_takes_a_corrected_base_model_until_a_cycle_fine_tunes(
+        fake_ollama, fashion_data_dir, tiny_lm, tmp_path):
+    """The base folder goes away during the first search (moved); the train step refuses it,
+    --resume alone does too, --resume --base-model <its new place> goes on and finishes; once
+    a cycle has fine-tuned, another base is refused."""
+    base, moved = tmp_path / "base", tmp_path / "moved"
+    shutil.copytree(tiny_lm, base)
+
+    def generate(body: dict) -> Reply:
+        if base.exists():
+            base.rename(moved)
+        return Reply(content=replies.NO_CODE_REPLY)
+
+    server = fake_ollama(default=generate)
+    seeds = seed_file(tmp_path / "seeds.jsonl", GOOD_SEED)
+    result = new_cycles(server, fashion_data_dir, tmp_path, base, "--seed-corpus", str(seeds))
+    assert result.exit_code == 2 and f"base model {base} not found" in result.flat, \
+        result.output
+    root = tmp_path / "results" / "nas"
+    assert [r["step"] for r in log(root)] == ["search", "select"]
+
+    resume = ("--name", "nas", "--resume", "--results-dir", str(tmp_path / "results"))
+    result = invoke(*resume)
+    assert result.exit_code == 2 and f"base model {base} not found" in result.flat
+
+    result = invoke(*resume, "--base-model", str(moved))
+    assert result.exit_code == 0, result.output
+    assert f"base model: {moved} (was {base})" in result.flat
+    assert json.loads((root / "cycles.json").read_text())["base_model"] == str(moved)
+    assert [r["step"] for r in log(root)][-3:] == ["train", "publish", "cycle"]
+
+    result = invoke(*resume, "--base-model", str(tiny_lm))
+    assert result.exit_code == 2, result.output
+    assert "--base-model cannot change: cycle_01.lora was fine-tuned from" in result.flat
+    assert json.loads((root / "cycles.json").read_text())["base_model"] == str(moved)
+
+
+# -- what each cycle leaves on the Ollama server ---------------------------------------------
+def publish_two_cycles(tmp_path: Path, server, base: Path, delete: bool):
+    """Two cycles' train and publish steps (real LoRA, real uploads; no search: the corpus is
+    a seed), and the bytes the server's blob folder grew by in each."""
+    from orchestrator.finetune.cycles import Cycles, CycleSettings
+    from orchestrator.finetune.train import LoraSettings
+
+    settings = CycleSettings(name="nas", base_model=str(base), base_tag="coder:test", cycles=2,
+                             ollama_host=server.url, delete_superseded=delete,
+                             lora=LoraSettings(rank=4, alpha=8, epochs=1, lr=5e-3))
+    toml = tmp_path / "search.toml"
+    toml.write_text('dataset = "fashionmnist"\n')
+    said: list[str] = []
+    cycles = Cycles.create(tmp_path / "nas", settings, toml, say=said.append,
+                           seeds=[seed_file(tmp_path / "seeds.jsonl", GOOD_SEED)])
+    grown, records = [], []
+    for cycle in (1, 2):
+        if cycle == 2:  # the corpus grows, as a search would grow it
+            more = json.dumps({"prompt": "A wider net.", "code": replies.VALID_NET_WIDER})
+            cycles.corpus.seed(seed_file(tmp_path / "more.jsonl", more))
+        before = server.disk_bytes()
+        cycles.log.add(cycles.train(cycle))
+        records.append(cycles.log.add(cycles.publish(cycle)))
+        grown.append(server.disk_bytes() - before)
+    print(f"{base.name}: bytes left on the server per cycle: {grown}")
+    return grown, records, said
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_each_cycle_reports_what_it_left_on_the_server_and_a_llama_base_takes_the_adapter(
+        fake_ollama, tiny_lm, tmp_path, arch):
+    from tests.fake_ollama import DEEPSEEK_CODER_67B
+    from tests.tiny_lm import build_tiny_llama
+
+    llama = arch == "llama"
+    base = build_tiny_llama(tmp_path / "tiny-llama") if llama else tiny_lm
+    server = fake_ollama(specs={"coder:test": DEEPSEEK_CODER_67B} if llama else {})
+    grown, records, said = publish_two_cycles(tmp_path, server, base, delete=llama)
+
+    weights = sum(p.stat().st_size for p in base.glob("*.safetensors"))
+    adapter = (tmp_path / "nas" / "cycle_01.lora" / "adapter" / "adapter_model.safetensors")
+    for left, record in zip(grown, records, strict=True):
+        # the journaled estimate is the blobs' growth, up to the small template/config layers
+        # (less what deleting the superseded tag freed)
+        if not record["deleted"]:
+            assert abs(record["left_bytes"] - left) <= 2_000, (record, left)
+        assert record["route"] == ("adapter" if llama else "merged")
+    lines = [line for line in said if line.startswith(f"left on {server.url}: ")]
+    assert len(lines) == 2 and all("reclaim: " in line for line in lines), said
+    creates = server.creates()
+    if llama:
+        # the adapter over the base: no weights uploaded, a few times the adapter left
+        assert all(c["from"] == "coder:test" and "files" not in c for c in creates)
+        assert all(left < 2 * adapter.stat().st_size + 2_000 for left in grown)
+        assert grown[1] < records[1]["left_bytes"]  # c1's adapter layer freed
+        assert records[1]["deleted"] == "coder-nas:c1" and "coder-nas:c1" not in server.models
+        assert "deleted coder-nas:c1" in lines[1]
+    else:
+        # merged bf16 weights uploaded, their F16 conversion and its quantisation kept
+        assert all("files" in c and "adapters" not in c for c in creates)
+        assert all(left > weights for left in grown)  # fp32 base: bf16 copies are half of it
+        assert {"coder-nas:c1", "coder-nas:c2"} <= set(server.models)

@@ -335,11 +335,13 @@ def test_publish_uploads_every_file_once_and_creates_the_model(merged: Path, fak
     assert pub.MERGED_MARKER not in names
     expected = {p.name: pub.file_digest(p) for p in files}
 
-    digest = pub.publish(fake.url, merged, TAG, base_tag=BASE_TAG, progress=False)
+    digest = pub.publish(fake.url, merged, TAG, base_tag=BASE_TAG, progress=False).digest
 
     for path in files:
         assert expected[path.name] == "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-    assert fake.blobs() == {expected[p.name]: p.stat().st_size for p in files}
+    blobs = fake.blobs()
+    assert {d: blobs[d] for d in expected.values()} == \
+        {expected[p.name]: p.stat().st_size for p in files}
     assert sorted(fake.uploads()) == sorted(expected.values())  # each once
     (create,) = fake.creates()
     assert create["model"] == TAG
@@ -356,7 +358,7 @@ def test_publish_uploads_every_file_once_and_creates_the_model(merged: Path, fak
     # Again (a resumed export): the blobs are on the server already, nothing is re-uploaded;
     # the model is created anew, here with progress shown
     capsys.readouterr()
-    again = pub.publish(fake.url, merged, TAG, base_tag=BASE_TAG, quantize=None)
+    again = pub.publish(fake.url, merged, TAG, base_tag=BASE_TAG, quantize=None).digest
     assert sorted(fake.uploads()) == sorted(expected.values())
     assert len(fake.creates()) == 2 and "quantize" not in fake.creates()[1]
     assert again != digest and fake.models[TAG] == again
@@ -414,7 +416,7 @@ def test_the_fake_server_checks_blobs_and_creates(fake_ollama):
         reply = http.post("/api/create", json={"model": "m:1", "files": {"a": digest},
                                                "stream": False})
         assert reply.json() == {"status": "success"}
-    assert fake.blobs() == {digest: len(data)} and "m:1" in fake.models
+    assert fake.blobs()[digest] == len(data) and "m:1" in fake.models
     assert [c["model"] for c in fake.creates()] == ["m:1", "m:1"]
 
 

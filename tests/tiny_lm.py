@@ -121,3 +121,24 @@ def build_tiny_qwen2(path: Path, hidden: int = 64, layers: int = 2) -> Path:
     )
     model.save_pretrained(path)
     return path
+
+
+def build_tiny_llama(path: Path, hidden: int = 64, layers: int = 2) -> Path:
+    """A LlamaForCausalLM of the same shape and tokenizer as `build_tiny_qwen2`: an
+    architecture Ollama converts a LoRA adapter for."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=4096, tie_word_embeddings=False,
+        bos_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(SEED)
+    LlamaForCausalLM(config).to(torch.float32).save_pretrained(path)
+    return path

@@ -48,7 +48,7 @@ class Selection:
     admitted: int = 0
     duplicates: int = 0  # trained and good enough, but a near-copy (similarity >= tau)
     below_threshold: int = 0
-    failed: int = 0  # did not train (or no code); for `seed`: a line without a prompt-code pair
+    failed: int = 0  # did not train (or no code)
     already: int = 0  # in the corpus from an earlier call (a resumed selection)
 
 
@@ -123,30 +123,50 @@ def _source_key(source: object) -> tuple | None:
     return None
 
 
-def _pair(line: bytes) -> tuple[list[dict], str] | None:
+PAIR_FORMS = ('{"messages": [...]} ending in the assistant\'s code, or '
+              '{"prompt": ..., "code": ...}')
+
+
+class CorpusError(ValueError):
+    """A user-given corpus file cannot be used; the message names the file and line."""
+
+
+def _pair(line: bytes) -> tuple[list[dict], str]:
     """(prompt messages, code) of a user-given line: `{"messages": [...]}` (the code is the
-    last assistant message) or `{"prompt": ..., "code": ...}`; None when it holds no pair."""
+    last assistant message) or `{"prompt": ..., "code": ...}`; ValueError saying what is
+    wrong when it holds no such pair."""
     try:
         item = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(item, dict):
-        return None
-    if isinstance(item.get("messages"), list):
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc})") from None
+    if isinstance(item, dict) and isinstance(item.get("messages"), list):
         msgs = [{"role": m["role"], "content": m["content"]} for m in item["messages"]
                 if isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
                 and isinstance(m.get("content"), str)]
-        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=None)
-        if last is None:
-            return None
-        prompt, code = msgs[:last], msgs[last]["content"]
-    elif isinstance(item.get("prompt"), str) and isinstance(item.get("code"), str):
+        last = max((i for i, m in enumerate(msgs) if m["role"] == "assistant"), default=0)
+        prompt, code = msgs[:last], msgs[last]["content"] if last else ""
+    elif isinstance(item, dict) and isinstance(item.get("prompt"), str) \
+            and isinstance(item.get("code"), str):
         prompt, code = [{"role": "user", "content": item["prompt"]}], item["code"]
     else:
-        return None
+        raise ValueError(f"not a prompt-code pair: write {PAIR_FORMS}")
     if not code.strip() or not any(m["role"] == "user" and m["content"].strip() for m in prompt):
-        return None
+        raise ValueError("needs a user prompt and, after it, non-empty code")
     return with_system(prompt), code
+
+
+def seed_pairs(jsonl: Path) -> list[tuple[int, list[dict], str]]:
+    """(line number, prompt, code) of every non-blank line of a seed file; CorpusError naming
+    `file:line` at the first line that holds no pair."""
+    path = Path(jsonl)
+    pairs = []
+    for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if line.strip():
+            try:
+                pairs.append((n, *_pair(line)))
+            except ValueError as exc:
+                raise CorpusError(f"seed corpus {path}:{n}: {exc}") from None
+    return pairs
 
 
 class Corpus:
@@ -187,22 +207,15 @@ class Corpus:
 
     def seed(self, jsonl: Path) -> Selection:
         """Add user-given prompt-code pairs (one JSON object a line), novelty-filtered like
-        candidates; no accuracy threshold."""
-        path = Path(jsonl)
-        file = str(path.resolve())
+        candidates; no accuracy threshold. CorpusError, before adding any, for a line that
+        holds no pair."""
+        file = str(Path(jsonl).resolve())
         got, seen = Selection(), NoveltyIndex(tau=self.tau)
-        for n, line in enumerate(path.read_bytes().split(b"\n"), start=1):
-            if not line.strip():
-                continue
+        for n, prompt, code in seed_pairs(jsonl):
             key = ("file", file, n)
             if key in self._sources:
                 got.already += 1
                 continue
-            pair = _pair(line)
-            if pair is None:
-                got.failed += 1
-                continue
-            prompt, code = pair
             entry = {"messages": [*prompt, {"role": "assistant", "content": code}],
                      "source": {"file": file, "line": n}}
             self._consider(got, seen, key, entry, code, below=False)

@@ -34,8 +34,10 @@ from pathlib import Path
 
 import orjson
 
-from orchestrator.finetune.corpus import Corpus
-from orchestrator.finetune.train import LoraSettings
+from orchestrator.finetune.corpus import Corpus, seed_pairs
+from orchestrator.finetune.publish import Published
+from orchestrator.finetune.train import CHECKPOINT_DIR, LoraSettings, check_base, last_checkpoint
+from orchestrator.llm.client import default_host
 from orchestrator.store.files import append_line, cut_torn_tail, write_atomic
 from orchestrator.store.run import Run, read_records, read_run
 
@@ -66,6 +68,7 @@ class CycleSettings:
     tag_prefix: str | None = None  # default: the base tag's name + "-nas"
     quantize: str | None = "q4_K_M"
     ollama_host: str | None = None
+    delete_superseded: bool = False  # delete cycle N-1's tag once cycle N has published
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def validate(self) -> CycleSettings:
@@ -149,11 +152,14 @@ class Cycles:
                seeds: list[Path] | None = None, runs: list[Run] | None = None,
                say: Callable[[str], None] = print) -> Cycles:
         """New cycles; the corpus starts from the `seeds` files and the candidates of `runs`
-        (selected as in a cycle)."""
+        (selected as in a cycle). The base model and every seed line are checked first."""
         settings.validate()
         if (root / SETTINGS_FILE).exists():
             raise CyclesError(f"{root} already holds cycles: pass --resume to continue them, "
                               "or choose another --name")
+        check_base(settings.base_model)
+        for seed in seeds or []:
+            seed_pairs(seed)
         root.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(search_toml, root / SEARCH_FILE)
         cycles = cls(root, settings, root / SEARCH_FILE, say)
@@ -164,9 +170,35 @@ class Cycles:
             got = cycles.corpus.select(run, threshold=settings.threshold)
             say(f"corpus: {got.admitted} examples from run {run.name}")
         # Written last: a crash before it leaves nothing that --resume would mistake for cycles.
-        write_atomic(root / SETTINGS_FILE, orjson.dumps(settings.to_dict(),
-                                                        option=orjson.OPT_INDENT_2))
+        cycles.write_settings()
         return cycles
+
+    def write_settings(self) -> None:
+        write_atomic(self.root / SETTINGS_FILE, orjson.dumps(self.settings.to_dict(),
+                                                             option=orjson.OPT_INDENT_2))
+
+    def rebase(self, base_model: str) -> None:
+        """Take a corrected --base-model on --resume, as long as no fine-tuning has used the
+        one stored (CyclesError once one has: its adapter is of that base)."""
+        old = self.settings.base_model
+        if base_model == old:
+            return
+        if used := self.fine_tuned():
+            raise CyclesError(f"--base-model cannot change: {used} was fine-tuned from {old}; "
+                              "resume without --base-model, or start new cycles (another --name)")
+        check_base(base_model)
+        self.settings = dataclasses.replace(self.settings, base_model=base_model)
+        self.write_settings()
+        self.say(f"base model: {base_model} (was {old})")
+
+    def fine_tuned(self) -> str | None:
+        """The first fine-tuning that used the base model (a finished train step or a
+        checkpoint of one cut short), None when none has."""
+        for cycle in range(1, self.settings.cycles + 1):
+            lora = self.root / f"cycle_{cycle:02d}.lora"
+            if self.log.done(cycle, "train") or last_checkpoint(lora / CHECKPOINT_DIR):
+                return lora.name
+        return None
 
     @classmethod
     def open(cls, root: Path, say: Callable[[str], None] = print) -> Cycles:
@@ -176,7 +208,10 @@ class Cycles:
         return cls(root, settings, root / SEARCH_FILE, say)
 
     def run(self) -> list[dict]:
-        """Run every cycle not yet finished; returns the `cycle` records."""
+        """Run every cycle not yet finished; returns the `cycle` records. The base model is
+        checked first while a cycle still needs it (to fine-tune and merge)."""
+        if not all(self.log.done(c, "publish") for c in range(1, self.settings.cycles + 1)):
+            check_base(self.settings.base_model)
         for cycle in range(1, self.settings.cycles + 1):
             if not self.log.done(cycle, "cycle"):
                 self.run_cycle(cycle)
@@ -255,14 +290,48 @@ class Cycles:
                 "adapter": str(result.adapter_dir.relative_to(self.root))}
 
     def publish(self, cycle: int) -> dict:
-        from orchestrator.finetune.publish import merge, publish
+        """Publish the cycle's model: its adapter over the base where Ollama converts it, else
+        the merged weights; then delete the tag it supersedes (--delete-superseded)."""
+        from orchestrator.finetune.publish import adapter_supported, merge, publish, publish_adapter
 
-        train = self.log.done(cycle, "train")
-        merged = self.root / f"cycle_{cycle:02d}.merged"
-        merge(self.settings.base_model, self.root / train["adapter"], merged)
-        tag = self.settings.tag(cycle)
-        digest = publish(self.settings.ollama_host, merged, tag, self.settings.base_tag,
-                         quantize=self.settings.quantize)
-        shutil.rmtree(merged)  # Ollama holds the model now; a 7B merge is 15 GB
-        self.say(f"cycle {cycle}: published {tag} ({digest[:19]})")
-        return {"cycle": cycle, "step": "publish", "tag": tag, "digest": digest}
+        settings, tag = self.settings, self.settings.tag(cycle)
+        adapter = self.root / self.log.done(cycle, "train")["adapter"]
+        if adapter_supported(settings.ollama_host, settings.base_tag):
+            done = publish_adapter(settings.ollama_host, adapter, tag, settings.base_tag)
+        else:
+            merged = merge(settings.base_model, adapter, self.root / f"cycle_{cycle:02d}.merged")
+            done = publish(settings.ollama_host, merged, tag, settings.base_tag,
+                           quantize=settings.quantize)
+            shutil.rmtree(merged)  # Ollama holds the model now; a 7B merge is 15 GB
+        deleted = self.delete_superseded(cycle)
+        self.say(f"cycle {cycle}: published {tag} ({done.digest[:19]}) from its {done.route} "
+                 f"{'adapter' if done.route == 'adapter' else 'weights'}")
+        self.say(self.footprint(done, deleted))
+        return {"cycle": cycle, "step": "publish", "tag": tag, "digest": done.digest,
+                "route": done.route, "left_bytes": done.left, "deleted": deleted}
+
+    def delete_superseded(self, cycle: int) -> str | None:
+        """With --delete-superseded, delete the previous cycle's tag (the next search uses
+        this cycle's); the tag deleted, None when none was."""
+        from orchestrator.finetune.publish import delete_model
+
+        if not self.settings.delete_superseded or cycle == 1:
+            return None
+        old = self.settings.tag(cycle - 1)
+        return old if delete_model(self.settings.ollama_host, old) else None
+
+    def footprint(self, done: Published, deleted: str | None) -> str:
+        """One line: what the publish left on the Ollama server, and how to reclaim it."""
+        host = self.settings.ollama_host or default_host()
+        freed = f"deleted {deleted}; " if deleted else ""
+        older = "" if self.settings.delete_superseded else \
+            "`ollama rm` older cycle tags (or --delete-superseded) frees their layers; "
+        f16 = " and F16 intermediate" if done.route == "merged" else ""
+        return (f"left on {host}: {_mb(done.left)} in blobs ({_mb(done.uploaded)} uploaded "
+                f"and {_mb(done.layers)} of layers{f16}); "
+                f"reclaim: {freed}{older}uploads and intermediates go when the Ollama server "
+                "restarts (it prunes unused blobs over an hour old)")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"

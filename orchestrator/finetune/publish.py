@@ -1,17 +1,23 @@
-"""A fine-tuned model into Ollama: merge the LoRA adapter into the base, then import it.
+"""A fine-tuned model into Ollama: as its LoRA adapter over the base model on the server, or as
+merged weights.
 
-Why merge first: Ollama imports a safetensors *adapter* (`ADAPTER` in a Modelfile, `adapters` in
-/api/create) only for some architectures (Llama, Mistral, Gemma), and not for Qwen2, the
-architecture of the Qwen2.5-Coder generators. A merged model is a plain safetensors model, which
-Ollama converts (and quantises) for Qwen2 as well.
-
+The adapter route (`publish_adapter`: `adapters` and `from` in /api/create) uploads only the
+adapter (MBs) and shares the base's layers; Ollama converts a safetensors adapter only when the
+base's architecture is llama or gemma2 (`convert.ConvertAdapter`), not qwen2, the architecture
+of the Qwen2.5-Coder generators. The merged route works for every architecture Ollama converts:
 `merge` writes the merged weights as bf16 safetensors, the config, and the tokenizer with its
 chat template (in tokenizer_config.json, where Ollama's converter reads it); `publish` uploads
-each file of that folder as a blob (`/api/blobs/sha256:<hex>`, skipped when the server has it),
-then creates the model from the blobs with /api/create, carrying the base model's prompt
-template and parameters (from /api/show of `base_tag`), and returns its digest.
-"""
+each file as a blob (`/api/blobs/sha256:<hex>`, skipped when the server has it) and creates the
+model from them, converted to F16 and quantised. Both carry the base model's prompt template
+and parameters (from /api/show of `base_tag`).
 
+What a publish leaves on the server (`Published`): the uploaded files, which Ollama keeps until
+it restarts (it then prunes blobs no model uses that are over an hour old); for the merged
+route also the F16 intermediate of the quantisation, kept likewise, about as big as the bf16
+weights; and the model's own layers, which deleting the model frees (`delete_model`). For a 7B
+model that is about 30 GB a publish on the merged route until the server restarts, and the
+adapter's size (tens to hundreds of MB) on the adapter route.
+"""
 from __future__ import annotations
 
 import json
@@ -19,6 +25,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +47,9 @@ from orchestrator.store.files import sha256_file
 
 MERGED_MARKER = ".merged.json"  # written last into a finished merge; never uploaded
 UPLOAD_CHUNK = 1 << 20
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # peft's, as Ollama reads
+# convert/convert.go, ConvertAdapter: the base architectures Ollama converts an adapter for
+ADAPTER_ARCHITECTURES = ("llama", "gemma2")
 TRANSFER_TIMEOUT = 3600.0  # one read or write: converting and quantising a 7B model is slow
 
 
@@ -132,6 +142,20 @@ def _parameter_value(raw: str) -> Any:
 
 
 # -- publish ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Published:
+    """A model created on the server, and what creating it left on the server's disk."""
+
+    digest: str
+    route: str  # "adapter" (the LoRA over the base on the server) or "merged" (the weights)
+    uploaded: int  # bytes of the files uploaded; Ollama keeps them until it restarts
+    layers: int  # bytes of the layers it wrote: the model's own (and an F16 intermediate)
+
+    @property
+    def left(self) -> int:
+        return self.uploaded + self.layers
+
+
 def publish(
     host: str | None,
     merged_dir: Path,
@@ -139,56 +163,118 @@ def publish(
     base_tag: str | None = None,
     quantize: str | None = "q4_K_M",
     progress: bool = True,
-) -> str:
+) -> Published:
     """Create Ollama model `tag` from the merged folder on the server at `host` (None: the
-    default, $OLLAMA_HOST) and return its digest. PublishError when the server cannot be
-    reached, does not know `base_tag`, or fails to take a blob or to create the model."""
-    host = normalize_host(host) if host else default_host()
+    default, $OLLAMA_HOST). PublishError when the server cannot be reached, does not know
+    `base_tag`, or fails to take a blob or to create the model.
+
+    Left on the server: the uploads, the F16 GGUF it converts them into (kept, like the
+    uploads, when it quantises that into the model's layer: `server/create.go`) and the
+    model's layers (its /api/tags size)."""
     files = model_files(merged_dir)
-    timeout = httpx.Timeout(TRANSFER_TIMEOUT, connect=CONNECT_TIMEOUT)
-    client = ollama.Client(host=host, timeout=timeout)
-    try:
-        with httpx.Client(base_url=host, timeout=timeout) as http:
-            template, parameters = _base_settings(client, host, base_tag)
-            digests = {path.name: _upload(http, host, path, progress) for path in files}
-            request: dict[str, Any] = {"model": tag, "files": digests, "quantize": quantize}
-            if template:
-                request["template"] = template
-            if parameters:
-                request["parameters"] = parameters
-            _create(client, host, request, progress)
-            return _digest_of(client, host, tag)
-    finally:
-        client.close()
+    with _Session(host) as session:
+        uploaded, digests = session.upload(files, progress)
+        request: dict[str, Any] = {"model": tag, "files": digests, "quantize": quantize,
+                                   **session.base_settings(base_tag)}
+        digest, size = session.create(request, progress)
+    f16 = sum(p.stat().st_size for p in files if p.suffix == ".safetensors") if quantize else 0
+    return Published(digest, "merged", uploaded, size + f16)
+
+
+def publish_adapter(host: str | None, adapter_dir: Path, tag: str, base_tag: str,
+                    progress: bool = True) -> Published:
+    """Create Ollama model `tag` as the LoRA adapter in `adapter_dir` over `base_tag` (shared
+    with it, not copied); `adapter_supported` says whether the server converts it."""
+    files = [Path(adapter_dir) / name for name in ADAPTER_FILES]
+    with _Session(host) as session:
+        uploaded, digests = session.upload(files, progress)
+        request = {"model": tag, "from_": base_tag, "adapters": digests,
+                   **session.base_settings(base_tag)}
+        digest, _ = session.create(request, progress)
+    return Published(digest, "adapter", uploaded, files[0].stat().st_size)
+
+
+def adapter_supported(host: str | None, base_tag: str) -> bool:
+    """Whether Ollama converts a safetensors LoRA adapter for `base_tag`'s architecture
+    (`convert.ConvertAdapter`: llama and gemma2 only; not qwen2)."""
+    with _Session(host) as session:
+        shown = session.show(base_tag)
+    return (shown.modelinfo or {}).get("general.architecture") in ADAPTER_ARCHITECTURES
+
+
+def delete_model(host: str | None, tag: str) -> bool:
+    """Delete model `tag` from the server (its layers no other model uses go with it); False
+    when the server has no such model."""
+    with _Session(host) as session:
+        try:
+            session.client.delete(tag)
+        except ollama.ResponseError as exc:
+            if exc.status_code == 404:
+                return False
+            raise PublishError(f"deleting {tag} on {session.host}: {exc.error}") from exc
+        except (ConnectionError, httpx.HTTPError) as exc:
+            raise _unreachable(session.host, f"deleting {tag}", exc) from exc
+    return True
+
+
+class _Session:
+    """The Ollama client and a raw HTTP client (for blob uploads) of one host."""
+
+    def __init__(self, host: str | None) -> None:
+        self.host = normalize_host(host) if host else default_host()
+        timeout = httpx.Timeout(TRANSFER_TIMEOUT, connect=CONNECT_TIMEOUT)
+        self.client = ollama.Client(host=self.host, timeout=timeout)
+        self.http = httpx.Client(base_url=self.host, timeout=timeout)
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+        self.client.close()
+
+    def show(self, model: str) -> ollama.ShowResponse:
+        try:
+            return self.client.show(model)
+        except ollama.ResponseError as exc:
+            raise PublishError(f"the base model {model} is not usable on {self.host} "
+                               f"(HTTP {exc.status_code}: {exc.error}); its template and "
+                               "parameters are needed") from exc
+        except (ConnectionError, httpx.HTTPError) as exc:
+            raise _unreachable(self.host, f"showing {model}", exc) from exc
+
+    def base_settings(self, base_tag: str | None) -> dict[str, Any]:
+        """The base model's template and parameters, as /api/create takes them."""
+        if not base_tag:
+            return {}
+        shown = self.show(base_tag)
+        settings = {"template": shown.template,
+                    "parameters": parse_parameters(shown.parameters)}
+        return {k: v for k, v in settings.items() if v}
+
+    def upload(self, files: list[Path], progress: bool) -> tuple[int, dict[str, str]]:
+        """Upload each file the server lacks; (bytes uploaded, file name -> digest)."""
+        sent = {path.name: _upload(self.http, self.host, path, progress) for path in files}
+        return sum(n for _, n in sent.values()), {k: d for k, (d, _) in sent.items()}
+
+    def create(self, request: dict[str, Any], progress: bool) -> tuple[str, int]:
+        """Create the model; (its digest, its size as /api/tags lists it)."""
+        _create(self.client, self.host, request, progress)
+        return _listed(self.client, self.host, request["model"])
 
 
 def _unreachable(host: str, what: str, exc: BaseException) -> PublishError:
     return PublishError(str(ServerUnreachable(host, f"{what}: {type(exc).__name__}")))
 
 
-def _base_settings(client: ollama.Client, host: str,
-                   base_tag: str | None) -> tuple[str | None, dict[str, Any]]:
-    if not base_tag:
-        return None, {}
-    try:
-        shown = client.show(base_tag)
-    except ollama.ResponseError as exc:
-        raise PublishError(f"the base model {base_tag} is not usable on {host} "
-                           f"(HTTP {exc.status_code}: {exc.error}); its template and parameters "
-                           "are needed") from exc
-    except (ConnectionError, httpx.HTTPError) as exc:
-        raise _unreachable(host, f"showing {base_tag}", exc) from exc
-    return shown.template, parse_parameters(shown.parameters)
-
-
-def _upload(http: httpx.Client, host: str, path: Path, progress: bool) -> str:
-    """Upload one file as a blob unless the server has it; returns its digest."""
+def _upload(http: httpx.Client, host: str, path: Path, progress: bool) -> tuple[str, int]:
+    """Upload one file as a blob unless the server has it; (its digest, bytes sent)."""
     digest = file_digest(path)
     url = f"/api/blobs/{digest}"
     size = path.stat().st_size
     try:
         if http.head(url).status_code == 200:
-            return digest
+            return digest, 0
         with _Bar(progress, path.name, size) as bar:
             response = http.post(url, content=bar.read(path),
                                  headers={"Content-Length": str(size)})
@@ -197,7 +283,7 @@ def _upload(http: httpx.Client, host: str, path: Path, progress: bool) -> str:
     if response.status_code not in (200, 201):
         raise PublishError(f"{host} did not take {path.name} as blob {digest}: "
                            f"HTTP {response.status_code}: {_error_text(response)}")
-    return digest
+    return digest, size
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -226,14 +312,14 @@ def _create(client: ollama.Client, host: str, request: dict[str, Any], progress:
         raise _unreachable(host, f"creating {tag}", exc) from exc
 
 
-def _digest_of(client: ollama.Client, host: str, tag: str) -> str:
+def _listed(client: ollama.Client, host: str, tag: str) -> tuple[str, int]:
     try:
         listing = client.list()
     except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
         raise PublishError(f"listing the models on {host} after creating {tag}: {exc}") from exc
     for model in listing.models:
         if model.model and full_model_name(model.model) == full_model_name(tag) and model.digest:
-            return model.digest
+            return model.digest, model.size or 0
     raise PublishError(f"{host} reported creating {tag}, but does not list it")
 
 

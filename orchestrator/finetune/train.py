@@ -178,6 +178,33 @@ def base_reference(base: str | Path) -> str:
     return text
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_base(base: str | Path) -> str:
+    """`base_reference`, checked as loading will need it, without loading the weights: a
+    folder needs a tokenizer besides its config.json; a hub id must resolve its config.json
+    (from the local cache, else the hub). FinetuneError says what is missing."""
+    ref = base_reference(base)
+    path = Path(ref)
+    if path.is_dir():
+        if not any((path / name).is_file() for name in TOKENIZER_FILES):
+            raise FinetuneError(f"base model folder {path} has no tokenizer (none of "
+                                f"{', '.join(TOKENIZER_FILES)})")
+        return ref
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:
+        raise FinetuneError(f"fine-tuning needs huggingface_hub: {EXTRA_HINT}") from exc
+    try:
+        hf_hub_download(ref, "config.json")
+    except Exception as exc:  # offline, unknown id, malformed id: each its own hub error
+        raise FinetuneError(f"base model {ref} is neither a model folder nor a Hugging Face "
+                            f"model this machine can fetch ({type(exc).__name__}); pass "
+                            "--base-model a folder with config.json and the tokenizer") from exc
+    return ref
+
+
 def _load_base(base: str, settings: LoraSettings, dtype: Any, cuda: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
