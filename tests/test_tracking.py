@@ -242,6 +242,20 @@ def test_commits_from_several_chains_are_mirrored_once_each_across_reopens(tmp_p
         assert history(client, run_id, f"chain{chain}/params")[0] == (1, 1234.0)
 
 
+def test_an_iteration_tried_again_after_a_lost_attempt_is_mirrored_as_its_design(tmp_path):
+    """Iteration 2's first attempt was lost to a dead server: MLflow's step 2 is the design
+    that the second attempt evaluated, not the lost attempt."""
+    journal = Journal(tmp_path / "run")
+    journal.create({})
+    journal.load()
+    with Tracker(journal, {}, str(tmp_path / "mlruns"), "run", 1, print):
+        journal.commit(fake_record(0, 1), "code")
+        journal.commit(fake_record(0, 2, fc.LLM_ERROR), None)
+        journal.commit(fake_record(0, 2), "code")
+    client, run_id = mirror(journal.root)
+    assert history(client, run_id, "ok") == [(1, 1.0), (2, 1.0)]
+
+
 def test_a_stopped_search_ends_its_mlflow_run_killed_with_best_py_logged(tmp_path):
     journal = Journal(tmp_path / "run")
     journal.create({})

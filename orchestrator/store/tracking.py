@@ -30,6 +30,7 @@ import orjson
 
 from orchestrator.store.files import write_atomic
 from orchestrator.store.journal import Journal
+from orchestrator.store.records import designs
 
 TRACKING_FILE = "mlflow.json"  # {tracking_uri, experiment_id, run_id} of the mirror
 DEFAULT_EXPERIMENT = "orchestrator"
@@ -262,7 +263,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         batch: list[Metric] = []
-        for record in records:
+        for record in designs(records):  # a lost attempt's iteration is tried again
             step = int(record["iteration"])
             stamp = int(float(record.get("time") or time.time()) * 1000)
             for key, value in record_metrics(record).items():
