@@ -458,6 +458,23 @@ def test_think_is_sent_only_when_set(server: FakeOllama) -> None:
     assert [b["options"]["num_predict"] for b in (plain, off)] == [512, 512]
 
 
+def test_a_model_that_can_think_gets_the_trace_allowance_unless_told_not_to() -> None:
+    """A reasoning model's trace counts toward num_predict on the server, and with `think`
+    unset Ollama lets a model that can think think: unless `think` is false, the request gets
+    think_tokens more, so the trace cannot eat the answer's budget, in one num_ctx that holds
+    them (no reload between calls)."""
+    prompt = [{"role": "user", "content": "x" * 9000}]  # 3000 tokens: fits 4096 with 512 only
+    with FakeOllama(models=[CODER], thinking=True, default=Reply(content="a")) as server:
+        client = make_client(server, num_predict=512, think_tokens=1000)
+        for think in (None, False, True):
+            client.chat(CODER, "x", think=think)
+        unset, off, on = server.chat_requests()
+        assert (client.fits(CODER, prompt), client.fits(CODER, prompt, False)) == (False, True)
+    assert "think" not in unset and off["think"] is False and on["think"] is True
+    assert [b["options"]["num_predict"] for b in (unset, off, on)] == [1512, 512, 1512]
+    assert {b["options"]["num_ctx"] for b in (unset, off, on)} == {auto_num_ctx(1, 1512)}
+
+
 def test_thinks_reads_the_capabilities(server: FakeOllama) -> None:
     assert make_client(server).thinks(CODER) is False
     with FakeOllama(models=[CODER], thinking=True) as reasoning:
