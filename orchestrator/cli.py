@@ -190,7 +190,8 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     prompts = PromptBook(cfg.prompts_dir)
     tenancy = _tenancy(cfg, dataset, servers)
     num_ctx = _num_ctx_start(cfg, dataset, prompts, journal, resume, tenancy,
-                             bounded=diagnosis_format != "json")
+                             bounded=diagnosis_format != "json",
+                             thinking=_thinking_per_role(cfg, servers.clients, think))
     with contextlib.ExitStack() as stack:
         stack.callback(tenancy.release, num_ctx, cfg.keep_alive)  # after the run: as asked
         plan = _settle(tenancy, num_ctx, reporter)
@@ -327,14 +328,14 @@ def _tracker(cfg: RunConfig, journal: Journal, settings: dict,
 
 
 def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: PromptBook,
-                   journal: Journal, resume: bool, tenancy: Tenancy, bounded: bool
-                   ) -> dict[str, int]:
+                   journal: Journal, resume: bool, tenancy: Tenancy, bounded: bool,
+                   thinking: dict[str, bool]) -> dict[str, int]:
     """Each model's num_ctx for the run, fixed on every server: the value a resumed run stored,
-    else as much as the prompts can need and the GPU plan affords (`Tenancy.fitted_num_ctx`);
-    a configured num_ctx wins (set_num_ctx)."""
+    else as much as the prompts can need (a thinking role's trace too) and the GPU plan
+    affords (`Tenancy.fitted_num_ctx`); a configured num_ctx wins (set_num_ctx)."""
     stored = (journal.config().get("num_ctx_per_model") or {}) if resume else {}
     needs = context_needs(prompts, task_for(cfg, dataset), cfg, OUTCOME_CHARS,
-                          diagnosis_chars(cfg.num_predict, bounded))
+                          diagnosis_chars(cfg.num_predict, bounded), thinking)
     fitted = {} if set(needs) <= set(stored) else tenancy.fitted_num_ctx(needs)
     sizes = {model: stored.get(model) or fitted[model] for model in needs}
     return [client.set_num_ctx(sizes) for client in tenancy.clients][0]
@@ -370,6 +371,15 @@ def _think_per_role(cfg: RunConfig, clients: list[OllamaClient]) -> dict[str, bo
                             f"reasoning model); drop the setting or choose one that is")
         think[role] = wanted if thinks else None
     return think
+
+
+def _thinking_per_role(cfg: RunConfig, clients: list[OllamaClient],
+                       think: dict[str, bool | None]) -> dict[str, bool]:
+    """Whether each role's model thinks with the think option sent (on any server: the num_ctx
+    fixed for all of them must hold its trace)."""
+    models = {"generator": cfg.generator_model, "improver": cfg.improver_model}
+    return {role: any(client.will_think(model, think[role]) for client in clients)
+            for role, model in models.items()}
 
 
 def _diagnosis_format(version: str, num_predict: int, reporter: Reporter) -> dict | str:

@@ -38,7 +38,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
-FAKE_VERSION = "0.6.5"
+FAKE_VERSION = "0.12.6"
+# Thinking (server/routes.go, ChatHandler): the request's `think` and the "thinking" capability
+# came in 0.9.0 (api/types.go ChatRequest.Think; older servers' JSON decoding drops the field);
+# since 0.12.4 a model that can think thinks when `think` is absent.
+THINK_SINCE = (0, 9)
+THINK_BY_DEFAULT_SINCE = (0, 12, 4)
 MODIFIED_AT = "2025-01-15T10:20:30.123456789Z"
 POLL_SECONDS = 0.02  # how often serve_forever checks for shutdown: keeps close() quick
 UNPULLABLE_ERROR = "pull model manifest: file does not exist"
@@ -154,7 +159,7 @@ class Reply:
     delay: float = 0.0
     prompt_eval_count: int | None = None
     error: str | None = None
-    thinking: str = ""  # a reasoning model's trace, sent apart from content (Ollama >= 0.9)
+    thinking: str = ""  # a reasoning model's trace, sent as the server would (_as_thought)
 
 
 ScriptItem = Reply | Callable[[dict[str, Any]], Reply]
@@ -395,6 +400,10 @@ class FakeOllama:
     def spec(self, model: str) -> ModelSpec:
         return self.specs.get(full_name(model), self.default_spec)
 
+    def can_think(self, model: str) -> bool:
+        """Whether the model can think on this server ("thinking" among its capabilities)."""
+        return self.spec(model).thinking and not _older_than(self.version, THINK_SINCE)
+
     def running(self) -> dict[str, dict[str, int]]:
         """The loaded models: full name -> {num_ctx, size, size_vram}."""
         with self._lock:
@@ -528,7 +537,7 @@ class FakeOllama:
         if self._lookup(name) is None:
             h.send_json(404, {"error": f"model '{name}' not found"})
             return
-        shown = _show_body(full_name(name), self.spec(name))
+        shown = _show_body(full_name(name), self.spec(name), self.can_think(name))
         with self._lock:
             created = self._created.get(full_name(name))
         if created is not None:
@@ -719,11 +728,15 @@ class FakeOllama:
                 self._unload(name)
             h.send_json(200, _chat_done(model, "unload"))
             return
+        if body.get("think") is True and not self.can_think(model) \
+                and not _older_than(self.version, THINK_SINCE):  # ChatHandler, before loading
+            h.send_json(400, {"error": f"{json.dumps(model)} does not support thinking"})
+            return
         runner = self._load(name, body.get("options") or {}, keep_alive)
         if not body.get("messages"):  # ChatHandler: load the model, generate nothing
             h.send_json(200, _chat_done(model, "load"))
             return
-        reply = self._next_reply(body)
+        reply = self._as_thought(self._next_reply(body), model, body.get("think"))
         if reply.delay > 0 and self._closing.wait(reply.delay):
             h.close_connection = True
             return
@@ -740,6 +753,24 @@ class FakeOllama:
             *_, final = chunks
             final["message"] = _chat_chunk(model, reply.content, True, reply.thinking)["message"]
             h.send_json(200, final)
+
+    def _as_thought(self, reply: Reply, model: str, think: Any) -> Reply:
+        """The scripted reply as the server sends it (server/routes.go, ChatHandler): its trace
+        apart in `thinking` when the model thinks (`think` true, or absent since 0.12.4); in
+        the content between <think> tags when `think` is absent before 0.12.4 (the template
+        lets the model think, the server does not parse it), and so before 0.9.0 whatever
+        `think` says; none when the model cannot think or `think` is false."""
+        if not reply.thinking or not self.spec(model).thinking:
+            return replace(reply, thinking="")
+        inline = replace(reply, thinking="",
+                         content=f"<think>{reply.thinking}</think>\n{reply.content}")
+        if _older_than(self.version, THINK_SINCE):  # `think` unknown: the template decides
+            return inline
+        if think is False:
+            return replace(reply, thinking="")
+        if think is None and _older_than(self.version, THINK_BY_DEFAULT_SINCE):
+            return inline
+        return reply
 
     def _paced(self, chunks: Iterator[dict[str, Any]], body: dict[str, Any]
                ) -> Iterator[dict[str, Any]]:
@@ -767,9 +798,8 @@ class FakeOllama:
                 self._decoding -= 1
 
 
-def _older_than(version: str, than: tuple[int, int]) -> bool:
-    major, minor = (int(x) for x in version.split(".")[:2])
-    return (major, minor) < than
+def _older_than(version: str, than: tuple[int, ...]) -> bool:
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:len(than)]) < than
 
 
 def _estimate_prompt_tokens(body: dict[str, Any]) -> int:
@@ -878,7 +908,7 @@ def _modelfile_parameters(params: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _show_body(name: str, spec: ModelSpec) -> dict[str, Any]:
+def _show_body(name: str, spec: ModelSpec, thinks: bool) -> dict[str, Any]:
     arch = spec.architecture
     return {
         "license": "Apache License 2.0",
@@ -895,6 +925,6 @@ def _show_body(name: str, spec: ModelSpec) -> dict[str, Any]:
             f"{arch}.attention.head_count": spec.head_count,
             f"{arch}.attention.head_count_kv": spec.head_count_kv,
         },
-        "capabilities": ["completion", "tools", *(["thinking"] if spec.thinking else [])],
+        "capabilities": ["completion", "tools", *(["thinking"] if thinks else [])],
         "modified_at": MODIFIED_AT,
     }

@@ -241,16 +241,48 @@ def test_a_server_before_0_5_rejects_a_schema_but_takes_json() -> None:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_thinking_sent_apart_is_left_out_and_thinking_only_warns(server: FakeOllama,
-                                                                 stream: bool) -> None:
-    server.add_script(Reply(thinking="Let me weigh the widths. " * 20, content="x = 1"),
-                      Reply(thinking="Hmm. " * 500, content=""))
-    warnings: list[str] = []
-    client = make_client(server, warnings)
-    assert client.chat(CODER, "go", stream=stream).text == "x = 1"
-    assert warnings == []
-    assert client.chat(CODER, "go", stream=stream).text == ""
+def test_thinking_sent_apart_is_left_out_and_thinking_only_warns(stream: bool) -> None:
+    with FakeOllama(models=[CODER], thinking=True) as server:
+        server.add_script(Reply(thinking="Let me weigh the widths. " * 20, content="x = 1"),
+                          Reply(thinking="Hmm. " * 500, content=""))
+        warnings: list[str] = []
+        client = make_client(server, warnings)
+        assert client.chat(CODER, "go", stream=stream).text == "x = 1"
+        assert warnings == []
+        assert client.chat(CODER, "go", stream=stream).text == ""
     assert len(warnings) == 1 and "2500 characters of thinking and no answer" in warnings[0]
+
+
+@pytest.mark.parametrize(("version", "thinking", "content"), [
+    ("0.12.6", "Hmm.", "x = 1"), ("0.12.3", "", "<think>Hmm.</think>\nx = 1"),
+    ("0.6.5", "", "<think>Hmm.</think>\nx = 1")])
+def test_the_scripted_server_lets_a_model_that_can_think_think_unless_told_not_to(
+        version: str, thinking: str, content: str) -> None:
+    """server/routes.go, ChatHandler: with `think` absent, a model that can think thinks (on
+    since 0.12.4; before, its template thinks in the text); `think: false` stops it, except
+    before 0.9.0, which knows no `think`."""
+    with FakeOllama(models=[CODER], thinking=True, version=version,
+                    default=Reply(thinking="Hmm.", content="x = 1")) as server:
+        raw = ollama.Client(server.url)
+        absent = raw.chat(CODER, [{"role": "user", "content": "go"}], stream=False)
+        off = raw.chat(CODER, [{"role": "user", "content": "go"}], think=False, stream=False)
+    assert (absent.message.thinking or "", absent.message.content) == (thinking, content)
+    assert off.message.content == ("x = 1" if version != "0.6.5" else content)
+    assert not off.message.thinking
+
+
+def test_the_scripted_server_refuses_think_to_a_model_that_cannot(server: FakeOllama) -> None:
+    """server/routes.go, ChatHandler: `think: true` to a model without the "thinking"
+    capability is a 400, before the model is loaded; `think: false` is accepted."""
+    server.add_script(Reply(thinking="Hmm.", content="x = 1"))
+    raw = ollama.Client(server.url)
+    with pytest.raises(ollama.ResponseError) as refused:
+        raw.chat(CODER, [{"role": "user", "content": "go"}], think=True, stream=False)
+    assert refused.value.status_code == 400
+    assert refused.value.error == f'"{CODER}" does not support thinking'
+    assert server.running() == {}
+    reply = raw.chat(CODER, [{"role": "user", "content": "go"}], think=False, stream=False)
+    assert (reply.message.content, reply.message.thinking) == ("x = 1", None)
 
 
 # -- retries ---------------------------------------------------------------------------------
@@ -299,7 +331,7 @@ def test_unknown_model_fails_at_once(server: FakeOllama) -> None:
     with pytest.raises(LLMError, match="ollama pull nope") as info:
         make_client(server).chat("nope", "go")
     assert isinstance(info.value, ModelMissing)
-    assert len(server.chat_requests()) == 1
+    assert len(server.requests) == 1  # a 404 (here to /api/show) is not retried
 
 
 def test_4xx_is_not_retried(server: FakeOllama) -> None:
@@ -415,18 +447,32 @@ def test_default_host_reads_ollama_host(monkeypatch: pytest.MonkeyPatch) -> None
     assert default_host() == "http://0.0.0.0:11434"
 
 
-def test_think_is_sent_only_when_set_and_leaves_the_answer_its_tokens(server: FakeOllama) -> None:
-    """A reasoning model's trace counts toward num_predict on the server: with think on, the
-    request gets think_tokens more, so the trace cannot eat the answer's budget."""
+def test_think_is_sent_only_when_set(server: FakeOllama) -> None:
+    """A model that cannot think gets no trace allowance, with `think` unset or false."""
     client = make_client(server, num_predict=512, think_tokens=1000)
-    server.add_script(Reply(content="a"), Reply(content="b"), Reply(content="c"))
+    server.add_script(Reply(content="a"), Reply(content="b"))
     client.chat(CODER, "x")
     client.chat(CODER, "x", think=False)
-    client.chat(CODER, "x", think=True)
-    plain, off, on = server.chat_requests()
-    assert "think" not in plain and off["think"] is False and on["think"] is True
-    assert [b["options"]["num_predict"] for b in (plain, off, on)] == [512, 512, 1512]
-    assert on["options"]["num_ctx"] == off["options"]["num_ctx"]  # one num_ctx: no reload
+    plain, off = server.chat_requests()
+    assert "think" not in plain and off["think"] is False
+    assert [b["options"]["num_predict"] for b in (plain, off)] == [512, 512]
+
+
+def test_a_model_that_can_think_gets_the_trace_allowance_unless_told_not_to() -> None:
+    """A reasoning model's trace counts toward num_predict on the server, and with `think`
+    unset Ollama lets a model that can think think: unless `think` is false, the request gets
+    think_tokens more, so the trace cannot eat the answer's budget, in one num_ctx that holds
+    them (no reload between calls)."""
+    prompt = [{"role": "user", "content": "x" * 9000}]  # 3000 tokens: fits 4096 with 512 only
+    with FakeOllama(models=[CODER], thinking=True, default=Reply(content="a")) as server:
+        client = make_client(server, num_predict=512, think_tokens=1000)
+        for think in (None, False, True):
+            client.chat(CODER, "x", think=think)
+        unset, off, on = server.chat_requests()
+        assert (client.fits(CODER, prompt), client.fits(CODER, prompt, False)) == (False, True)
+    assert "think" not in unset and off["think"] is False and on["think"] is True
+    assert [b["options"]["num_predict"] for b in (unset, off, on)] == [1512, 512, 1512]
+    assert {b["options"]["num_ctx"] for b in (unset, off, on)} == {auto_num_ctx(1, 1512)}
 
 
 def test_thinks_reads_the_capabilities(server: FakeOllama) -> None:

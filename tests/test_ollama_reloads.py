@@ -22,6 +22,7 @@ from orchestrator.search.prompts import (
     diagnosis_chars,
 )
 from tests import replies
+from tests.fake_ollama import Reply
 from tests.test_search_e2e import by_role, orchestrator, read_records, run_args
 
 TASK = Task("fashionmnist", (1, 28, 28), 10, {"epochs": 1, "lr": 0.01, "momentum": 0.9,
@@ -135,6 +136,30 @@ def test_both_roles_on_one_model_load_it_once(fake_ollama, fashion_data_dir, tmp
     assert config["keep_alive"] == "30m" and config["keep_alive_sent"] == "2400s"
     assert set(sent_num_ctx(server)) == {num_ctx}
     assert journaled_num_ctx(tmp_path / "once") == {num_ctx}
+
+
+@pytest.mark.slow
+def test_a_model_that_can_think_gets_room_for_its_trace_unless_told_not_to(
+        fake_ollama, fashion_data_dir, tmp_path, book):
+    """improver_think unset (the default): Ollama lets a model that can think think
+    (server/routes.go, ChatHandler), so the Improver's num_predict and its model's num_ctx hold
+    think_tokens for the trace; the Generator's think = false (the default) leaves it none."""
+    diagnosis = Reply(content=DIAGNOSES[0], thinking="Let me weigh the options. " * 50)
+    server = fake_ollama(thinking=True, default=by_role([replies.VALID_NET], [diagnosis]))
+    proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "thinks", 1))
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+
+    generator, improver = server.chat_requests()
+    assert generator["think"] is False and "think" not in improver
+    assert [b["options"]["num_predict"] for b in (generator, improver)] == [2048, 2048 + 4096]
+    plain = sizes(book, generator_model="coder:test", improver_model="improver:test")
+    config = json.loads((tmp_path / "thinks" / "config.json").read_text())
+    assert config["num_ctx_per_model"] == {"coder:test": plain["coder:test"],
+                                           "improver:test": plain["improver:test"] + 4096}
+    assert improver["options"]["num_ctx"] == plain["improver:test"] + 4096
+    (record,) = read_records(tmp_path / "thinks")
+    assert record["suggestions"]["suggestions"].startswith("suggestion 0: widen")
 
 
 @pytest.mark.slow

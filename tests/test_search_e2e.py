@@ -17,7 +17,7 @@ import pytest
 from orchestrator.search import failures as fc
 from orchestrator.store.records import summarize
 from tests import replies
-from tests.fake_ollama import Reply
+from tests.fake_ollama import FAKE_VERSION, Reply
 from tests.helpers import flat
 
 pytestmark = pytest.mark.slow
@@ -539,7 +539,7 @@ def test_chains_are_spread_over_the_servers_of_a_toml_list_and_resume_on_others(
     assert {body["options"]["seed"] for body in b.chat_requests()} == {1_000_042, 1_000_043}
     stored = json.loads((tmp_path / "spread" / "config.json").read_text())
     assert stored["ollama_host"] == [a.url, b.url]
-    assert stored["ollama_servers"] == {a.url: "0.6.5", b.url: "0.6.5"}
+    assert stored["ollama_servers"] == {a.url: FAKE_VERSION, b.url: FAKE_VERSION}
 
     # Resumed with another list of servers: B alone takes both chains.
     again = orchestrator(*args, "--parallel", "2", "--iterations", "2", "--ollama-host", b.url,

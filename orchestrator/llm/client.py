@@ -425,6 +425,12 @@ class OllamaClient:
         """Whether the model can think (a reasoning model: "thinking" among its capabilities)."""
         return "thinking" in (self._show(model).capabilities or [])
 
+    def will_think(self, model: str, think: bool | None) -> bool:
+        """Whether a chat with this `think` option makes the model think: asked to, or not told
+        not to and able. Ollama (server/routes.go, ChatHandler) turns thinking on for a model
+        that can when `think` is absent (0.12.4 on; before, its template thinks in the text)."""
+        return think is True or (think is None and self.thinks(model))
+
     def context_length(self, model: str) -> int | None:
         """The model's context length from /api/show; None when the server does not say."""
         info = self._show(model).modelinfo or {}
@@ -456,8 +462,13 @@ class OllamaClient:
             limit = self._num_ctx.get(full_model_name(model))
         if limit is None:
             return True
-        reply = self.options.num_predict + (self.options.think_tokens if think else 0)
+        reply = self._reply_tokens(model, think)
         return math.ceil(prompt_chars(messages) / CHARS_PER_TOKEN_GENEROUS) + reply <= limit
+
+    def _reply_tokens(self, model: str, think: bool | None) -> int:
+        """num_predict for a chat: the configured one, and think_tokens for a trace."""
+        thinking = self.options.think_tokens if self.will_think(model, think) else 0
+        return self.options.num_predict + thinking
 
     def num_ctx_for(self, model: str, chars: int, reply_tokens: int | None = None) -> int:
         """The model's num_ctx: the one set_num_ctx fixed; for a model it did not (a client used
@@ -487,14 +498,12 @@ class OllamaClient:
         `messages` may be a prompt string (one user message). `format` is "json" or a JSON
         schema. When streaming, `on_progress(chunks_so_far)` runs per chunk (it restarts
         from 1 on a retry). `temperature` overrides the configured one for this call. `think`
-        is Ollama's option for reasoning models (None: not sent, the server decides); with
-        True, num_predict grows by `think_tokens` for the trace.
+        is Ollama's option for reasoning models (None: not sent, the server decides); when
+        the model will think (`will_think`), num_predict grows by `think_tokens` for the trace.
         """
         msgs = as_messages(messages)
         chars = prompt_chars(msgs)
-        options = self._request_options(seed, temperature)
-        if think:
-            options["num_predict"] += self.options.think_tokens
+        options = self._request_options(seed, temperature, self._reply_tokens(model, think))
         request = {
             "model": model,
             "messages": msgs,
@@ -524,11 +533,12 @@ class OllamaClient:
         self._check_limits(result, chars)
         return result
 
-    def _request_options(self, seed: int | None, temperature: float | None) -> dict[str, Any]:
+    def _request_options(self, seed: int | None, temperature: float | None,
+                         num_predict: int) -> dict[str, Any]:
         opts: dict[str, Any] = {
             "temperature": self.options.temperature if temperature is None else temperature,
             "top_p": self.options.top_p,
-            "num_predict": self.options.num_predict,
+            "num_predict": num_predict,
         }
         if seed is not None:
             opts["seed"] = seed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
@@ -149,12 +150,14 @@ def _history(triples: list[Triple]) -> str:
 
 
 def context_needs(book: PromptBook, task: Task, config: RunConfig, outcome_chars: int,
-                  diagnosis_chars: int) -> dict[str, tuple[int, int]]:
+                  diagnosis_chars: int, thinking: Mapping[str, bool] | None = None
+                  ) -> dict[str, tuple[int, int]]:
     """What each model's num_ctx must hold, as (least, most) tokens by `auto_num_ctx`: most,
     the longest prompt its roles can get (every code slot at num_predict tokens, every
-    diagnosis at `diagnosis_chars`, K triples, the extended prompt's attempts) plus the reply;
-    least, the prompt the drop rules cut down to. Roles on one model share the larger values;
-    models are keyed by their full names."""
+    diagnosis at `diagnosis_chars`, K triples, the extended prompt's attempts) plus the reply
+    (and think_tokens for a role whose model thinks: `thinking`, role -> bool; by default
+    where the config turns thinking on); least, the prompt the drop rules cut down to. Roles
+    on one model share the larger values; models are keyed by their full names."""
     chars = reply_tokens(config.num_predict) * CHARS_PER_TOKEN_GENEROUS  # = num_predict tokens
     extended = config.extended_prompt
     bounds = PromptBounds(chars, diagnosis_chars, outcome_chars, config.history_size,
@@ -163,8 +166,8 @@ def context_needs(book: PromptBook, task: Task, config: RunConfig, outcome_chars
     needs: dict[str, tuple[int, int]] = {}
     for role, model in (("generator", config.generator_model),
                         ("improver", config.improver_model)):
-        thinking = config.think_tokens if getattr(config, f"{role}_think") else 0
-        reply = config.num_predict + thinking
+        thinks = (thinking or {}).get(role, getattr(config, f"{role}_think") is True)
+        reply = config.num_predict + (config.think_tokens if thinks else 0)
         need = (auto_num_ctx(prompt_chars(least[role]), reply),
                 auto_num_ctx(prompt_chars(longest[role]), reply))
         model = full_model_name(model)
