@@ -360,16 +360,17 @@ def _ensure_models(cfg: RunConfig, servers: Servers, reporter: Reporter) -> dict
 
 
 def _think_per_role(cfg: RunConfig, clients: list[OllamaClient]) -> dict[str, bool | None]:
-    """Each role's think option as sent: only to a model that can think (on every server);
-    asking a model that cannot is a setting error."""
+    """Each role's think option as sent, as set: true only where the model can think on every
+    server (asking one that cannot is a setting error); false to any model, which every
+    server accepts (server/routes.go, ChatHandler, refuses only true), so that no server's
+    thinking model thinks by default."""
     think: dict[str, bool | None] = {}
     for role, model, wanted in (("generator", cfg.generator_model, cfg.generator_think),
                                 ("improver", cfg.improver_model, cfg.improver_think)):
-        thinks = wanted is not None and all(client.thinks(model) for client in clients)
-        if wanted and not thinks:
+        if wanted and not all(client.thinks(model) for client in clients):
             raise UserError(f"{role}-think = true, but {model} cannot think (it is not a "
                             f"reasoning model); drop the setting or choose one that is")
-        think[role] = wanted if thinks else None
+        think[role] = wanted
     return think
 
 

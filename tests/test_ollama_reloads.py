@@ -163,6 +163,23 @@ def test_a_model_that_can_think_gets_room_for_its_trace_unless_told_not_to(
 
 
 @pytest.mark.slow
+def test_think_false_reaches_every_server_even_where_the_model_cannot_think(
+        fake_ollama, fashion_data_dir, tmp_path):
+    """Two servers disagree whether the Generator's model can think. Its think = false (the
+    default) is sent to both: the real server accepts false from any model and refuses only
+    true (server/routes.go, ChatHandler); left out, the thinking one would think."""
+    plain = fake_ollama(default=by_role([replies.VALID_NET], DIAGNOSES))
+    thinking = fake_ollama(thinking=True, default=by_role([replies.VALID_NET], DIAGNOSES))
+    args = run_args(plain, fashion_data_dir, tmp_path, "mixed", 1)
+    proc = orchestrator(*args, "--ollama-host", thinking.url, "--parallel", "2")
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    generators = [b for server in (plain, thinking) for b in server.chat_requests()
+                  if not b.get("format")]
+    assert len(generators) == 2 and all(b["think"] is False for b in generators)
+
+
+@pytest.mark.slow
 def test_a_resumed_run_starts_from_the_stored_num_ctx(fake_ollama, fashion_data_dir, tmp_path):
     server = fake_ollama(default=by_role(NETS, DIAGNOSES))
     first = orchestrator(*one_model_run(server, fashion_data_dir, tmp_path, "again", 1))
