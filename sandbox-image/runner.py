@@ -28,6 +28,7 @@ import math
 import os
 import random
 import re
+import signal
 import sys
 import threading
 import traceback
@@ -694,6 +695,13 @@ def watch_lifeline() -> None:
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
 
 
+def hear_sigterm() -> None:
+    """Let SIGTERM end the runner, whatever its launcher left: an ignored or blocked signal
+    survives exec, and a warm runner that cannot be stopped holds its memory and GPU."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
 def runner_fault(out_dir: Path, phase: str, exc: BaseException) -> int:
     """Report a fault of the runner itself (not of the candidate) in `phase`: on stderr, and as
     a `sandbox_error` result where it can still be written. Returns the exit code, 2."""
@@ -709,6 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: 0 when result.json holds the candidate's outcome, 2 on the runner's faults."""
     sys.dont_write_bytecode = True
     args = parse_args(argv)
+    hear_sigterm()
     if args.lifeline:
         watch_lifeline()
     out_dir = args.out.resolve()

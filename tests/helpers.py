@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +60,49 @@ def rank_p_by_enumeration(xs: list[float], ys: list[float]) -> dict[str, float]:
         tol = 1e-9
         out[key] = min(1.0, 2 * min(np.mean(null >= seen - tol), np.mean(null <= seen + tol)))
     return out
+
+
+def alive(pid: int) -> bool:
+    """True when pid runs (a zombie awaiting its parent does not count)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def parent(pid: int) -> int:
+    """The parent of `pid`, from /proc."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def runners(mentioning: Path) -> list[int]:
+    """Live `runner.py` processes whose command line mentions `mentioning` (a run's folder)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        script = next((a for a in argv if a.endswith(b".py")), b"")  # not a reaper's runner
+        line = b" ".join(argv).decode(errors="replace")
+        if entry.isdigit() and script.endswith(b"runner.py") and str(mentioning) in line \
+                and alive(int(entry)):
+            found.append(int(entry))
+    return found
+
+
+def waiting_for_its_job(pid: int) -> bool:
+    """A `runner.py --wait` past READY: its main thread sleeps between looks for job.json."""
+    try:
+        return "nanosleep" in Path(f"/proc/{pid}/wchan").read_text()
+    except OSError:
+        return False
+
+
+def eventually(condition: Callable[[], object], seconds: float, what: str) -> None:
+    """Poll `condition` until it holds; fail saying `what` was awaited past the deadline."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {seconds:.0f} s: {what}"
+        time.sleep(0.05)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +18,11 @@ from orchestrator.sandbox.pool import PoolSize
 from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import score
 from tests import replies
-from tests.helpers import tiny_job
+from tests.fake_ollama import Reply
+from tests.helpers import alive, eventually, parent, runners, tiny_job, waiting_for_its_job
+from tests.test_search_e2e import by_role, orchestrator, run_args
 
 CANARY = "orchestrator-canary-7f3a9c"
-
-
-def alive(pid: int) -> bool:
-    """True when pid runs (a zombie awaiting its parent does not count)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -187,3 +183,29 @@ def test_corrupted_data_is_a_sandbox_error_in_phase_data(tiny_cache, tmp_path, d
         outcome = score(box.run(replies.VALID_NET, tiny_job()), labels, 10)
     assert (outcome.status, outcome.phase) == (fc.SANDBOX_ERROR, "data"), outcome.error
     assert "cannot load data" in outcome.error["message"]
+
+
+@pytest.mark.slow
+def test_a_warm_runner_goes_when_its_run_and_supervisor_are_killed_together(
+        fake_ollama, fashion_data_dir, tmp_path):
+    """A node dies: the run and its warm sandbox's supervisor (the reaper) are SIGKILLed. The
+    runner waiting for its job goes with them, rather than poll for ever with parent 1."""
+    told = threading.Event()  # the LLM answers only when the story is over
+
+    def hold(body: dict) -> Reply:
+        told.wait(600)
+        return Reply(content=replies.VALID_NET)
+
+    server = fake_ollama(default=by_role([hold], []))
+    run = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "node", 1), scratch=tmp_path)
+    try:
+        eventually(lambda: any(map(waiting_for_its_job, runners(tmp_path))), 300,
+                   "the run's warm runner waits for its job")
+        (runner,) = runners(tmp_path)
+        os.kill(parent(runner), signal.SIGKILL)  # the reaper first: it cannot clean up
+        run.kill()
+        eventually(lambda: not alive(runner), 30, "the runner ends with its supervisor")
+    finally:
+        told.set()
+        run.kill()
+        run.communicate()

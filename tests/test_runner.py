@@ -6,6 +6,7 @@ import functools
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -391,6 +392,30 @@ def test_lifeline_exits_when_stdin_closes(tmp_path: Path, dataset: tuple[Path, n
             proc.stdin.close()
             assert proc.wait(timeout=60) == load_runner().LIFELINE_EXIT
             assert "the host is gone" in proc.stderr.read()
+        finally:
+            proc.kill()
+    assert not any(out_dir.iterdir())
+
+
+def test_a_waiting_runner_ends_on_sigterm_that_its_launcher_ignored_and_blocked(
+        tmp_path: Path, dataset: tuple[Path, np.ndarray]) -> None:
+    """A warm runner left behind can be stopped with a plain `kill`, even when the process that
+    started it ignored and blocked SIGTERM (both survive exec)."""
+    job_dir, out_dir = tmp_path / "job", tmp_path / "out"
+    job_dir.mkdir()
+    out_dir.mkdir()
+
+    def deaf() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    cmd = command(job_dir, dataset[0], out_dir, "--wait", "--device", "cpu")
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          preexec_fn=deaf) as proc:
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().startswith("READY ")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == -signal.SIGTERM
         finally:
             proc.kill()
     assert not any(out_dir.iterdir())

@@ -5,6 +5,8 @@ even one that detached into its own session, stays its descendant; it watches th
 resident memory, and when the runner ends or SIGTERM arrives it kills and reaps them all.
 It writes {"exit_code", "oom"} to STATUS_FILE and exits with the runner's code. If the host
 dies (even by SIGKILL), the kernel sends it SIGTERM and it also removes the sandbox's folder.
+If the reaper itself dies, even by SIGKILL (with its host, as when a node goes), the kernel
+kills the runner: a warm runner never outlives its supervisor, holding memory and GPU for nobody.
 """
 
 import contextlib
@@ -16,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -90,6 +93,20 @@ def orphaned(status_file: str) -> int:
     return 1
 
 
+def die_with_me(libc: ctypes.CDLL) -> Callable[[], None]:
+    """Popen's preexec_fn: the child is SIGKILLed when this process dies. Armed between fork and
+    exec, so the runner is covered from its first instruction to its last; the death signal
+    follows the thread that forked it, this process's only one."""
+    supervisor = os.getpid()
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != supervisor:  # it died before the signal was armed
+            os._exit(1)
+
+    return arm
+
+
 def main() -> int:
     status_file, memory, host = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     command = sys.argv[sys.argv.index("--") + 1 :]
@@ -100,7 +117,7 @@ def main() -> int:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != host:  # the host died before the death signal was armed
         return orphaned(status_file)
-    runner = subprocess.Popen(command)
+    runner = subprocess.Popen(command, preexec_fn=die_with_me(libc))
     exited = os.pidfd_open(runner.pid)  # readable as soon as the runner exits
     oom = False
     while runner.poll() is None and not stop:
