@@ -426,9 +426,11 @@ def test_a_candidate_crowded_out_of_its_budget_is_evaluated_again_once(
             replies.prose_wrapped(CROWDABLE.format(tries=str(tries["greedy"]), crowded=9,
                                                    wanted="30.00 GiB"))]
     server = fake_ollama(gpu=gpu, default=by_role(nets, DIAGNOSES))
-    code, output = cli_run(server, gpu, fashion_data_dir, tmp_path, "crowded", 3)
+    # Two iterations: the second's first attempt, crowded out twice, is lost and tried again.
+    code, output = cli_run(server, gpu, fashion_data_dir, tmp_path, "crowded", 2)
     assert code == 0, output
     once, always, greedy = read_records(tmp_path / "crowded")
+    assert [r["iteration"] for r in (once, always, greedy)] == [1, 2, 2]
     assert once["status"] == "ok" and tries["once"].read_text() == "xx"
     assert once["metrics"]["crowded_retries"] == 1
     assert always["status"] == "sandbox_error" and tries["always"].read_text() == "xx"
