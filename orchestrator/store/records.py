@@ -105,8 +105,11 @@ EXACT_MAX_N = 8  # up to 8! = 40,320 pairings, rank correlations get exact permu
 
 
 def _spearman(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
-    """Spearman's rho of rank vectors: their Pearson correlation."""
-    return sps.pearsonr(a, b, axis=axis).statistic
+    """Spearman's rho of rank vectors: their Pearson correlation, along `axis` (pearsonr takes
+    no axis in scipy 1.10, the floor)."""
+    a = a - a.mean(axis=axis, keepdims=True)
+    b = b - b.mean(axis=axis, keepdims=True)
+    return (a * b).sum(axis=axis) / np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
 
 
 def _kendall_s(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
