@@ -209,3 +209,14 @@ def test_a_warm_runner_goes_when_its_run_and_supervisor_are_killed_together(
         told.set()
         run.kill()
         run.communicate()
+    # Its folder stayed: the reaper that would have removed it was killed first. The next
+    # local sandbox started here finds its host gone and removes it; a live one's stays.
+    (left,) = tmp_path.glob("orchestrator-local-*")
+    with LocalSandbox(fashion_data_dir, Limits(timeout=60), device="cpu",
+                      pool=PoolSize(depth=0), scratch=tmp_path) as box:
+        assert not left.exists()
+        mine = box._slot()
+        LocalSandbox(fashion_data_dir, Limits(timeout=60), device="cpu",
+                     pool=PoolSize(depth=0), scratch=tmp_path).close()
+        assert mine.root.exists()
+        mine.destroy()

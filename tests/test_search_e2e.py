@@ -366,7 +366,8 @@ def test_an_ollama_before_0_5_gets_json_mode_for_the_diagnosis(fake_ollama, fash
 
 def test_a_full_disk_stops_the_run_cleanly_and_resume_completes(fake_ollama, fashion_data_dir,
                                                                 tmp_path):
-    server = fake_ollama(default=by_role([replies.VALID_NET] * 4, DIAGNOSIS))
+    # Replies to spare: the refused commit spent one, how many depends on the records' sizes.
+    server = fake_ollama(default=by_role([replies.VALID_NET] * 8, DIAGNOSIS))
     first = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "full", 1))
     assert first.communicate(timeout=900)[0] and first.returncode == 0  # caches the subset
     args = run_args(server, fashion_data_dir, tmp_path, "full", 4)

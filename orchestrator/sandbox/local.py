@@ -39,6 +39,9 @@ from orchestrator.sandbox.pool import Footprint, PoolSize, Sizer, WarmPool
 from orchestrator.store.files import read_capped
 
 REAPER_PATH = Path(__file__).with_name("reaper.py")
+FOLDER_PREFIX = "orchestrator-local-"
+OWNER_FILE = "host"  # the host process that made the folder: "pid starttime"
+OWNERLESS_SECONDS = 60.0  # a folder without OWNER_FILE this old lost its host at its birth
 KILL_GRACE_SECONDS = 10.0
 
 
@@ -47,7 +50,8 @@ class _Slot:
 
     def __init__(self, data_dir: Path, limits: Limits, device: str, gpus: str = "auto",
                  scratch: Path | None = None) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="orchestrator-local-", dir=scratch))
+        self.root = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX, dir=scratch))
+        (self.root / OWNER_FILE).write_text(process_id(os.getpid()) or "")
         self.job_dir, self.out_dir, home = (self.root / n for n in ("job", "out", "home"))
         for d in (self.job_dir, self.out_dir, home):
             d.mkdir()
@@ -166,6 +170,7 @@ class LocalSandbox(Sandbox):
                  gpus: str = "auto") -> None:
         super().__init__(data_dir, limits, "cpu" if gpus == "none" else device)
         self.scratch = scratch  # where the per-candidate folders go (default: the temp dir)
+        sweep_abandoned(scratch)
         self.gpus = gpus  # "auto" (the environment's CUDA_VISIBLE_DEVICES), "all", ids
         pool = pool or PoolSize()
         self._pool = None if pool.depth == 0 else WarmPool(
@@ -247,6 +252,30 @@ def _rlimits(limits: Limits, device: str):
             resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
 
     return apply
+
+
+def process_id(pid: int) -> str | None:
+    """A live process's pid with its start time (a pid can be reused), else None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"  # field 22: starttime
+
+
+def sweep_abandoned(scratch: Path | None) -> None:
+    """Remove the sandbox folders whose host process is gone. Their reaper removes them when
+    the host dies, but not when it dies with it (SIGKILLed together, as when a node goes), nor
+    when the host died between making a folder and starting its reaper."""
+    for root in Path(scratch or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
+        try:
+            owner = (root / OWNER_FILE).read_text()
+        except FileNotFoundError:  # the host died before it wrote the file, or is writing it
+            owner = "" if time.time() - root.stat().st_mtime > OWNERLESS_SECONDS else None
+        except OSError:  # another user's
+            continue
+        if owner is not None and (not owner or process_id(int(owner.split()[0])) != owner):
+            remove_tree(root)
 
 
 def remove_tree(root: Path) -> None:

@@ -87,8 +87,8 @@ def reap() -> None:
 def orphaned(status_file: str) -> int:
     """The host is gone and nobody will collect the result: remove the sandbox's folder.
 
-    (The death signal follows the host thread that started us; the loop starts sandboxes
-    from the thread that runs the search.)"""
+    (The death signal follows the host thread that started us: the warm pool's thread, or the
+    chain's without a pool; each outlives the sandboxes it starts.)"""
     shutil.rmtree(os.path.dirname(os.path.abspath(status_file)), ignore_errors=True)
     return 1
 
