@@ -220,3 +220,14 @@ def test_a_warm_runner_goes_when_its_run_and_supervisor_are_killed_together(
                      pool=PoolSize(depth=0), scratch=tmp_path).close()
         assert mine.root.exists()
         mine.destroy()
+
+
+def test_a_folder_whose_host_is_being_written_is_kept(fashion_data_dir, tmp_path):
+    """Two chains start sandboxes at once: one's folder, its host file not yet written, is not
+    taken for a dead host's by the other's sweep."""
+    being_made = tmp_path / "orchestrator-local-new"
+    being_made.mkdir()
+    (being_made / "host").write_text("")  # opened, not yet written
+    LocalSandbox(fashion_data_dir, Limits(timeout=60), device="cpu", pool=PoolSize(depth=0),
+                 scratch=tmp_path).close()
+    assert being_made.exists()

@@ -41,7 +41,7 @@ from orchestrator.store.files import read_capped
 REAPER_PATH = Path(__file__).with_name("reaper.py")
 FOLDER_PREFIX = "orchestrator-local-"
 OWNER_FILE = "host"  # the host process that made the folder: "pid starttime"
-OWNERLESS_SECONDS = 60.0  # a folder without OWNER_FILE this old lost its host at its birth
+OWNERLESS_SECONDS = 60.0  # a folder whose OWNER_FILE is missing or unreadable this long is lost
 KILL_GRACE_SECONDS = 10.0
 
 
@@ -268,14 +268,18 @@ def sweep_abandoned(scratch: Path | None) -> None:
     the host dies, but not when it dies with it (SIGKILLed together, as when a node goes), nor
     when the host died between making a folder and starting its reaper."""
     for root in Path(scratch or tempfile.gettempdir()).glob(f"{FOLDER_PREFIX}*"):
-        try:
-            owner = (root / OWNER_FILE).read_text()
-        except FileNotFoundError:  # the host died before it wrote the file, or is writing it
-            owner = "" if time.time() - root.stat().st_mtime > OWNERLESS_SECONDS else None
-        except OSError:  # another user's
-            continue
-        if owner is not None and (not owner or process_id(int(owner.split()[0])) != owner):
-            remove_tree(root)
+        with contextlib.suppress(OSError):  # another user's, or removed meanwhile
+            if _abandoned(root):
+                remove_tree(root)
+
+
+def _abandoned(root: Path) -> bool:
+    try:
+        owner = (root / OWNER_FILE).read_text()
+        pid = int(owner.split()[0])
+    except (FileNotFoundError, ValueError, IndexError):  # being written, or its host died first
+        return time.time() - root.stat().st_mtime > OWNERLESS_SECONDS
+    return process_id(pid) != owner
 
 
 def remove_tree(root: Path) -> None:
