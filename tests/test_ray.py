@@ -4,9 +4,17 @@ scripted Ollama server and real training on small data."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +25,7 @@ from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import score
 from tests import replies
 from tests.fake_ollama import Reply
-from tests.helpers import tiny_job
+from tests.helpers import eventually, parent, runners, tiny_job, waiting_for_its_job
 from tests.test_search_e2e import DIAGNOSIS, by_role, orchestrator, read_records, run_args
 
 ray = pytest.importorskip("ray", reason="NOT TESTED: the [ray] extra is not installed")
@@ -98,10 +106,13 @@ def cluster():
 
 
 def ancestors(pid: int) -> list[int]:
-    """`pid` and its parents, from /proc."""
+    """`pid` and its parents, from /proc (up to the first that is gone)."""
     chain = [pid]
     while pid > 1:
-        pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        try:
+            pid = parent(pid)
+        except (OSError, IndexError):
+            break
         chain.append(pid)
     return chain
 
@@ -240,3 +251,94 @@ def test_nodes_without_a_server_of_the_run_keep_their_share(local_ray, fake_olla
     assert plan_ray_nodes([elsewhere], ["coder:test"], demand, 1.0, {}, None) == {}
     here = OllamaClient(fake_ollama().url)  # loopback: the driver's node, which has the GPUs
     assert plan_ray_nodes([here], ["coder:test"], demand, 0.0, {}, None) == {}  # no GPU asked
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+@pytest.fixture
+def own_pids():
+    """A command runner into a PID namespace of this test's own, where `ray stop --force` stops
+    this test's Ray and nothing else on the machine; every process in it is killed afterwards."""
+    if not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.skip("NOT TESTED: needs unshare and nsenter (util-linux)")
+    holder = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--kill-child",
+                               "sleep", "infinity"])
+    try:
+        eventually(lambda: children(holder.pid) or holder.poll() is not None, 30,
+                   "the namespace's first process starts")
+        if holder.poll() is not None:
+            pytest.skip("NOT TESTED: this host does not let the tests make a PID namespace")
+        (init,) = children(holder.pid)
+
+        def inside(*command: str, **popen: object) -> subprocess.Popen:
+            return subprocess.Popen(["nsenter", "--target", str(init), "--pid", "--mount",
+                                     *command], **popen)
+
+        yield inside
+    finally:
+        holder.kill()  # its child, the namespace's init, takes every process in it along
+        holder.wait()
+
+
+def raylets() -> set[int]:
+    """The raylet processes on this machine."""
+    found = set()
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{entry}/comm").read_text().strip() == "raylet":
+                found.add(int(entry))
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_lost_node_then_ray_stop_force_leave_no_warm_runner(own_pids, fake_ollama,
+                                                              fashion_data_dir):
+    """Two nodes started with `ray start` run a search. The second node's raylet is killed, then
+    `ray stop --force` runs: no runner of the run is left polling for a job that never comes."""
+    inside: Callable[..., subprocess.Popen] = own_pids
+    scratch = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths
+    env = {**os.environ, "TMPDIR": str(scratch), "RAY_USAGE_STATS_ENABLED": "0",
+           "RAY_AUTH_MODE": "disabled"}
+    ray_cli, port = str(Path(sys.executable).with_name("ray")), free_port()
+
+    def ray_start(*args: str) -> set[int]:
+        """Start a node; its raylet."""
+        before = raylets()
+        assert inside(ray_cli, "start", "--num-cpus", "1", *args, env=env).wait() == 0
+        return raylets() - before
+
+    told = threading.Event()  # the LLM answers the chains' second requests only when done
+
+    def hold(body: dict) -> Reply:
+        told.wait(900)
+        return Reply(content=replies.VALID_NET)
+
+    server = fake_ollama(default=by_role([replies.VALID_NET] * 2 + [hold] * 2, DIAGNOSIS * 2))
+    driver = None
+    try:
+        ray_start("--head", "--port", str(port), "--include-dashboard", "false")
+        (second,) = ray_start("--address", f"127.0.0.1:{port}")
+        driver = inside(sys.executable, "-m", "orchestrator", "run",
+                        *run_args(server, fashion_data_dir, scratch, "lost", 2),
+                        "--parallel", "2", "--executor", "ray", "--ray-address",
+                        f"127.0.0.1:{port}", "--train-samples", "1000", env=env,
+                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        eventually(lambda: any(waiting_for_its_job(p) and second in ancestors(p)
+                               for p in runners(scratch)), 600,
+                   "a warm runner on the second node waits for its next job")
+        os.kill(second, signal.SIGKILL)
+        assert inside(ray_cli, "stop", "--force", env=env, stdout=subprocess.DEVNULL).wait() == 0
+        eventually(lambda: not runners(scratch), 60, "every runner of the run is gone")
+    finally:
+        told.set()
+        if driver is not None:
+            driver.kill()
+            driver.communicate()
+        shutil.rmtree(scratch, ignore_errors=True)
