@@ -29,6 +29,7 @@ import tempfile
 import textwrap
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -481,6 +482,60 @@ def test_memory_bomb_is_killed_oom(run):
     ex, status = run(code)
     assert ex.killed == "oom" and ex.exit_code == 137, (ex.killed, ex.exit_code, ex.log_tail)
     assert status == fc.OOM
+
+
+
+def test_a_candidate_that_sigkills_itself_is_a_runtime_error_not_oom(run):
+    """Exit 137 alone is no OOM: without the engine's OOM event it stays a crash."""
+    ex, status = run(candidate(forward="""
+        import os, signal
+        os.kill(os.getpid(), signal.SIGKILL)
+    """))
+    assert ex.exit_code == 137 and ex.killed is None, (ex.exit_code, ex.killed, ex.log_tail)
+    assert status == fc.RUNTIME_ERROR
+
+BOMB = candidate(forward="""
+    blocks = []
+    while True:
+        blocks.append(b"x" * (64 << 20))
+""")
+BOMBS_UNDER_LOAD = 20
+
+
+@contextlib.contextmanager
+def cpu_burners(n: int):
+    """`n` host processes spinning at full speed, ended when the block ends."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        yield
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_memory_bombs_on_a_busy_machine_are_all_killed_oom(runtime, image, data, labels):
+    """20 memory bombs, four sandboxes at a time (as four chains would), while CPU burners keep
+    every core busy: each one is classified oom. The engine may record a container's OOM after
+    its exit under load; one read of State.OOMKilled right after the exit called some of them
+    runtime errors."""
+    limits = Limits(**{**LIMITS, "timeout": 180.0})  # cold starts on a busy machine are slow
+    sandboxes = [DockerSandbox(data, limits, device="cpu", gpus="none",
+                               runtime=runtime, image=IMAGE, pool=PoolSize(depth=0))
+                 for _ in range(4)]
+
+    def bombs(sb: DockerSandbox) -> list[tuple]:
+        return [(ex.killed, ex.exit_code, score(ex, labels, 10).status)
+                for ex in (sb.run(BOMB, JOB) for _ in range(BOMBS_UNDER_LOAD // 4))]
+
+    try:
+        with cpu_burners(os.cpu_count() or 1), ThreadPoolExecutor(4) as pool:
+            outcomes = [o for got in pool.map(bombs, sandboxes) for o in got]
+    finally:
+        for sb in sandboxes:
+            sb.close()
+    assert len(outcomes) == BOMBS_UNDER_LOAD
+    assert [o for o in outcomes if o != ("oom", 137, fc.OOM)] == []
 
 
 def test_cpu_spin_is_killed_at_the_timeout(run, sandbox):

@@ -74,6 +74,7 @@ from orchestrator.store.files import read_capped
 SANDBOX_USER = "10001:10001"
 KILL_WAIT = 30.0  # seconds to wait for a killed container to stop
 LOG_DRAIN = 10.0  # seconds to wait for the log reader after the container stopped
+OOM_EVENT_WAIT = 5.0  # seconds a SIGKILLed container's late "oom" event is waited for
 FSIZE_LIMIT = 256 << 20  # largest file the candidate may write: bounds its disk use
 SHM_MAX = 1 << 30
 TAIL_BYTES = 4 * LOG_TAIL_CHARS
@@ -156,6 +157,7 @@ class _Slot:
     container: object | None = None
     pump: _LogPump | None = None
     started_at: float = 0.0
+    started_wall: float = 0.0  # time.time() at start, for the engine's event log
     error: str | None = None
     timings: dict = field(default_factory=dict)
     lifeline: socket.SocketIO | None = None  # the container's stdin, open while we live
@@ -424,7 +426,7 @@ class DockerSandbox(Sandbox):
                 raise _Fault("the sandbox is closed")
             t = time.perf_counter()
             slot.container.start()
-            slot.started_at = time.perf_counter()
+            slot.started_at, slot.started_wall = time.perf_counter(), time.time()
             slot.timings["start_s"] = round(slot.started_at - t, 3)
             slot.pump = _LogPump(slot.container, self.limits.output_bytes)
             slot.pump.start()
@@ -500,7 +502,7 @@ class DockerSandbox(Sandbox):
             killed = "output_limit"
         elif timed_out:
             killed = "timeout"
-        elif state.get("OOMKilled"):
+        elif state.get("OOMKilled") or (exit_code == 137 and self._late_oom(container, slot)):
             killed = "oom"
         return Execution(
             exit_code=exit_code,
@@ -513,6 +515,21 @@ class DockerSandbox(Sandbox):
             killed=killed,
             info={"output_bytes": pump.total, "oom_killed": bool(state.get("OOMKilled"))},
         )
+
+    def _late_oom(self, container, slot: _Slot) -> bool:
+        """Whether the engine logs an "oom" event for this SIGKILLed container within
+        OOM_EVENT_WAIT. Docker sets State.OOMKilled when containerd's OOM event reaches it
+        (moby daemon/monitor.go, ProcessEvent: EventOOM), and that event can come after the
+        exit (EventExit) under load: seen 40 ms late under gVisor, so one inspect right after
+        `wait()` called such a candidate a runtime error. The event log replays from `since`, so
+        an event that came already is found at once; only a kill that was no OOM waits."""
+        stream = self.client.events(
+            since=int(slot.started_wall) - 1, until=int(time.time() + OOM_EVENT_WAIT) + 1,
+            filters={"container": container.id, "event": "oom"}, decode=True)
+        try:
+            return next(iter(stream), None) is not None
+        finally:
+            stream.close()
 
 
 def _output_file(path: Path) -> Path:
