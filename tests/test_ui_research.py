@@ -233,6 +233,7 @@ def test_the_iteration_page_reads_as_a_researcher_wants(ablations, browser, serv
     assert facts["sandbox warm-up (s)"] == "2.5 from start to ready, 1.25 of it the runner's set-up"
     assert facts["final training loss"] == "0.4321" and facts["parameters"] == "121,000"
     assert not {"warmup_s", "warmup_seconds", "final_loss", "params"} & set(facts)
+    assert [k for k in facts if "warm" in k or "set-up" in k] == ["sandbox warm-up (s)"]  # once
 
     page.goto(base + "/runs/no-memory/iterations/2?chain=0")  # extract_error: the reply matters
     assert "see the reply below" in page.inner_text("#code")
