@@ -5,6 +5,7 @@ diagnosis, diffs and metrics. Pages are driven in headless Chromium as in tests/
 from __future__ import annotations
 
 import json
+import random
 import re
 import time
 from pathlib import Path
@@ -128,15 +129,58 @@ def test_two_runs_picked_from_the_list_are_compared_line_table_and_settings(
     assert not {"dataset", "seed", "epochs", "select_on", "name"} & set(keys)
     assert page.locator("#settings-diff tr[data-key='history_size'] td").all_inner_texts() \
         == ["history_size", "5", "0"]
-    page.locator("section").first.screenshot(path=str(watched_shot_path("compare")))
+    page.goto(f"{base}/compare?run={quote(HOSTILE_NAME, safe='')}&run=parallel")
+    page.wait_for_selector("body[data-ready='1']", state="attached")
+    assert page.evaluate(VISIBLE_LINES) == [[HOSTILE_NAME, 0], ["parallel", 0]]
+    assert HOSTILE_NAME in page.inner_text("h1")  # as text
+    assert page.locator("img, svg, iframe, object, embed").count() == 0
     assert watched.dialogs == [] and watched.elsewhere() == []
 
 
-def watched_shot_path(name: str) -> Path:
-    from tests.test_ui import ARTIFACTS
+def search_run(root: Path, name: str, chains: int, iterations: int, memory: bool) -> Path:
+    """A plausible search: accuracy rising with the iterations (faster with feedback memory),
+    one design in five failing."""
+    rng = random.Random(name)
+    t0 = time.time() - 3600 * 3
+    recs = []
+    for chain in range(chains):
+        best: tuple[float | None, int | None] = (None, None)
+        for i in range(1, iterations + 1):
+            fails = rng.random() < 0.2
+            acc = None if fails else min(0.93, 0.55 + (0.35 if memory else 0.22) * (
+                1 - 0.97 ** i) + rng.gauss(0, 0.04))
+            if acc is not None and (best[0] is None or acc > best[0]):
+                best = (acc, i)
+            status = rng.choice(["shape_error", "runtime_error", "timeout"]) if fails else "ok"
+            recs.append(record(i, status, acc, best, chain=chain, prefix=f"c{chain}_", t0=t0))
+    run = write_run(root, name, recs, {r["code_file"]: replies.VALID_NET for r in recs},
+                    parallel=chains)
+    configure(run, **{**PROTOCOL, "history_size": 5 if memory else 0, "no_history": not memory})
+    return run
 
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS / f"{name}.png"
+
+def test_each_runs_line_ends_at_the_best_its_table_2_names(tmp_path, browser, serve):  # noqa: F811
+    """The full method (feedback memory, K = 5, two chains) against its ablation (K = 0), 60
+    iterations each: the page of the README's screenshot."""
+    search_run(tmp_path, "memory-k5", chains=2, iterations=60, memory=True)
+    search_run(tmp_path, "ablation-k0", chains=1, iterations=60, memory=False)
+    base = serve(tmp_path)
+    watched = Watched(browser, base)
+    page = watched.page
+    page.goto(base + "/compare?run=memory-k5&run=ablation-k0")
+    page.wait_for_selector("body[data-ready='1']", state="attached")
+    for chain in (0, 1):  # one of them is the run's line, shown already
+        page.check(f"#compare-chains input[value='0:{chain}']")
+    ends = page.evaluate("""() => { const chart = Chart.getChart("compare-chart");
+        return chart.data.datasets.filter((d, i) => chart.isDatasetVisible(i))
+            .map((d) => [d.label, d.data.at(-1).x, d.data.at(-1).y]); }""")
+    best = page.locator("#table2 tr:has(td:text-is('Best accuracy')) td").all_inner_texts()[1:]
+    tops = {label: y for label, _, y in ends}
+    memory = max(tops["memory-k5 · chain 0"], tops["memory-k5 · chain 1"])
+    assert [f"{100 * memory:.1f}%", f"{100 * tops['ablation-k0']:.1f}%"] \
+        == [cell.split()[0] for cell in best]
+    assert {x for _, x, _ in ends} == {60}  # every line runs to the last iteration
+    watched.shot("compare")  # the README's screenshot (docs/ui.png)
 
 
 # ---------------------------------------------------------------- the runs list and a run

@@ -28,6 +28,7 @@ from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.analysis.stats import default_threshold
+from orchestrator.store.run import Run
 from orchestrator.ui.compare import MAX_RUNS, TooMany, compare_lines, compare_view, pick
 from orchestrator.ui.data import Runs, best_file, run_detail, run_row, run_url
 from orchestrator.ui.iteration import highlight_css, iteration_view
@@ -104,7 +105,7 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
         return FileResponse(path, media_type="text/x-python",
                             filename=f"{request.path_params['name']}-best.py")
 
-    def picked(request: Request):
+    def picked(request: Request) -> list[tuple[str, Run]]:
         try:
             return pick(runs, request.query_params.getlist("run"))
         except TooMany as exc:

@@ -37,7 +37,8 @@ function compareChart(canvas, onLegend) {
           ticks: {callback: (v) => pct(v, 0)}},
       },
       plugins: {
-        legend: {position: "bottom", onClick: (event, item) => onLegend(item.datasetIndex)},
+        legend: {position: "bottom", onClick: (event, item) => onLegend(item.datasetIndex),
+          labels: {usePointStyle: true, pointStyle: "line"}},
         tooltip: {callbacks: {label: (ctx) =>
           `${ctx.dataset.run}, chain ${ctx.dataset.chain}, iteration ${ctx.raw.x}: ${pct(ctx.raw.y)}`}},
       },
