@@ -7,16 +7,20 @@ from __future__ import annotations
 import json
 import random
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 
 from orchestrator.analysis import report
 from orchestrator.store.run import read_run
 from tests import replies
-from tests.test_ui import Watched, browser, client, serve  # noqa: F401 (fixtures)
+from tests.test_ui import Watched, browser, client, free_port, serve  # noqa: F401 (fixtures)
 from tests.ui_runs import HOSTILE_NAME, hostile_run, parallel_run, record, write_run
 
 starlette = pytest.importorskip(
@@ -51,19 +55,67 @@ PROTOCOL = {"seed": 42, "epochs": 1, "history_size": 5, "select_on": "test",
             "train_samples": 1000, "test_samples": 200}
 
 
-@pytest.fixture
-def ablations(tmp_path) -> Path:
-    """The paper's setting with two chains (started 2 hours ago), the same without feedback
-    memory (K = 0, 1.5 hours ago), and a run with a hostile name (1 hour ago)."""
-    results = tmp_path / "results"
+def make_ablations(results: Path) -> Path:
+    """The paper's setting with two chains (started 2 hours ago, its best.py written), the
+    same without feedback memory (K = 0, 1.5 hours ago), and a run with a hostile name (1 hour
+    ago). The ablation's first iteration has its suggestions numbered in one text and both
+    warm-up times; its second got a reply without code."""
     full = parallel_run(results)
     configure(full, **PROTOCOL)
     (full / "best.py").write_text(BEST_CODE)
-    configure(ablation_run(results, "no-memory", [0.30, None, 0.52, 0.58, 0.57, 0.60], 1.5),
-              **{**PROTOCOL, "history_size": 0, "no_history": True})
+    ablation = ablation_run(results, "no-memory", [0.30, None, 0.52, 0.58, 0.57, 0.60], 1.5)
+    configure(ablation, **{**PROTOCOL, "history_size": 0, "no_history": True})
+
+    def change(records: list[dict]) -> None:
+        records[0]["suggestions"]["suggestions"] = [
+            "1. Widen the first conv to 64. 2) Add batch norm. 3. Use 2.5x more dropout"]
+        records[0]["metrics"].update(warmup_seconds=1.25, warmup_s=2.5, final_loss=0.4321)
+        records[1].update(status="extract_error", code_file=None)
+
+    rewrite(ablation, change)
     hostile_run(results)
     configure(results / HOSTILE_NAME, **PROTOCOL)
     return results
+
+
+def rewrite(run: Path, change: Callable[[list[dict]], None]) -> None:
+    """Apply `change(records)` to the run's journal."""
+    records = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+    change(records)
+    (run / "iterations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+@pytest.fixture
+def ablations(tmp_path) -> Path:
+    return make_ablations(tmp_path / "results")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Iterator[tuple[Path, str]]:
+    """The ablations served by `orchestrator ui` (as tests/test_ui.py's `serve` does), once for
+    the browser tests that only read them: (results folder, base URL)."""
+    results = make_ablations(tmp_path_factory.mktemp("site") / "results")
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", str(results),
+                             "--port", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not up(base):
+            assert proc.poll() is None and time.monotonic() < deadline, "ui did not start"
+            time.sleep(0.1)
+        yield results, base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def up(base: str) -> bool:
+    try:
+        return httpx.get(base + "/", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 # ---------------------------------------------------------------- comparing runs
@@ -90,8 +142,8 @@ def test_a_comparison_names_known_runs_two_to_eight_and_runs_no_inline_script(ab
 
 
 def test_two_runs_picked_from_the_list_are_compared_line_table_and_settings(
-        ablations, browser, serve):  # noqa: F811
-    base = serve(ablations)
+        site, browser):  # noqa: F811
+    ablations, base = site
     watched = Watched(browser, base)
     page = watched.page
     page.goto(base + "/")
@@ -187,8 +239,8 @@ def test_each_runs_line_ends_at_the_best_its_table_2_names(tmp_path, browser, se
 
 
 def test_the_runs_list_shows_when_each_run_started_and_sorts_by_a_clicked_column(
-        ablations, browser, serve):  # noqa: F811
-    base = serve(ablations)
+        site, browser):  # noqa: F811
+    _, base = site
     page = Watched(browser, base).page
     page.goto(base + "/")
     page.wait_for_selector("#runs tbody tr:nth-child(3)")
@@ -209,8 +261,8 @@ def test_the_runs_list_shows_when_each_run_started_and_sorts_by_a_clicked_column
     assert names() == ["no-memory", HOSTILE_NAME, "parallel"]  # 60%, 70%, 74%
 
 
-def test_a_run_page_shows_its_settings_its_best_and_the_threshold(ablations, browser, serve):  # noqa: F811
-    base = serve(ablations)
+def test_a_run_page_shows_its_settings_its_best_and_the_threshold(site, browser):  # noqa: F811
+    _, base = site
     page = Watched(browser, base).page
     page.goto(base + "/runs/parallel")
     page.wait_for_selector("body[data-iterations='8']", state="attached")
@@ -250,24 +302,8 @@ def test_best_py_is_served_as_python_and_only_from_inside_the_run(ablations, tmp
 # ---------------------------------------------------------------- the iteration page
 
 
-def rewrite(run: Path, change) -> None:
-    """Apply `change(records)` to the run's journal."""
-    records = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
-    change(records)
-    (run / "iterations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-
-
-def test_the_iteration_page_reads_as_a_researcher_wants(ablations, browser, serve):  # noqa: F811
-    run = ablations / "no-memory"
-
-    def change(records: list[dict]) -> None:
-        records[0]["suggestions"]["suggestions"] = [
-            "1. Widen the first conv to 64. 2) Add batch norm. 3. Use 2.5x more dropout"]
-        records[0]["metrics"].update(warmup_seconds=1.25, warmup_s=2.5, final_loss=0.4321)
-        records[1].update(status="extract_error", code_file=None)  # the reply had no code
-
-    rewrite(run, change)
-    base = serve(ablations)
+def test_the_iteration_page_reads_as_a_researcher_wants(site, browser):  # noqa: F811
+    _, base = site
     page = Watched(browser, base).page
     page.goto(base + "/runs/no-memory/iterations/1?chain=0")
     assert page.locator("#improver li").all_inner_texts() == [

@@ -30,7 +30,10 @@ def pick(runs: Runs, names: list[str]) -> list[tuple[str, Run]]:
 def compare_view(picked: list[tuple[str, Run]]) -> dict:
     """The page: Table 2 with one column per run, and the settings that differ."""
     names = [name for name, _ in picked]
-    table = report.summary_table([report.run_metrics(run) for _, run in picked], names)
+    # Table 2 shows no per-window statistics: one window spares computing them (at 2,000
+    # iterations, 50-iteration windows are half the cost of run_metrics)
+    table = report.summary_table([report.run_metrics(run, window=max(1, len(run.records)))
+                                  for _, run in picked], names)
     return {"runs": [{"name": name, "url": run_url(name)} for name in names],
             "table2": table, "settings": differing([run.config for _, run in picked])}
 

@@ -150,7 +150,7 @@ def best_file(run: Run) -> Path | None:
     """The run's best.py, if it is a file inside the run folder (a link out of it is not)."""
     root = run.path.resolve()
     path = (root / BEST_FILE).resolve()
-    return path if path.parent == root and path.is_file() else None
+    return path if root in path.parents and path.is_file() else None
 
 
 def best_links(run: Run, name: str) -> dict:
