@@ -1,5 +1,6 @@
 """The read-only web app: pages (Jinja2, autoescaped), JSON for the live parts, one
-server-sent-event stream that says which runs changed, and the static files.
+server-sent-event stream that says which runs changed, each run's best.py as a download, and
+the static files.
 
 Only GET routes exist. Every response carries a strict Content-Security-Policy (scripts and
 styles from this origin only, no inline code, no eval, no other origin) and the usual hardening
