@@ -315,10 +315,10 @@ def test_a_running_search_shows_up_live_and_its_points_open_their_iterations(
         spot = point_position(page, 2)
         page.mouse.click(spot["x"], spot["y"])
         page.wait_for_url("**/runs/live/iterations/2?chain=0")
-        added = page.locator("#diff-previous .add").all_inner_texts()
+        added = page.locator("#diff-reference .add").all_inner_texts()
         assert "+class ConvBlock(nn.Module):" in added, added  # what the wider design added
-        assert page.locator("#diff-previous .del").count() > 0
-        assert "iteration 1" in page.inner_text("#diff-reference")
+        assert page.locator("#diff-reference .del").count() > 0
+        assert "iteration 1" in page.inner_text("#diff-reference")  # reference and previous
         assert page.locator("#code .highlight .k").count() >= 10  # highlighted keywords
         assert page.locator("#live").count() == 0  # an iteration never changes: no live claim
         watched.shot("iteration")

@@ -1,5 +1,6 @@
 """The read-only web app: pages (Jinja2, autoescaped), JSON for the live parts, one
-server-sent-event stream that says which runs changed, and the static files.
+server-sent-event stream that says which runs changed, each run's best.py as a download, and
+the static files.
 
 Only GET routes exist. Every response carries a strict Content-Security-Policy (scripts and
 styles from this origin only, no inline code, no eval, no other origin) and the usual hardening
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import orjson
 from jinja2 import Environment, FileSystemLoader
@@ -20,14 +22,18 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.ui.data import Runs, run_detail, run_row, run_url
+from orchestrator.analysis.stats import default_threshold
+from orchestrator.store.run import Run
+from orchestrator.ui.compare import MAX_RUNS, TooMany, compare_lines, compare_view, pick
+from orchestrator.ui.data import Runs, best_file, run_detail, run_row, run_url
 from orchestrator.ui.iteration import highlight_css, iteration_view
+from orchestrator.ui.settings import key_settings
 
 HERE = Path(__file__).parent
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -81,15 +87,41 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
             raise HTTPException(404, "no such run") from None
 
     async def runs_page(request: Request) -> Response:
-        return templates.TemplateResponse(request, "runs.html", {"root": str(runs.root)})
+        return templates.TemplateResponse(request, "runs.html", {"root": str(runs.root),
+                                                                   "max_compare": MAX_RUNS})
 
     async def run_page(request: Request) -> Response:
         run = get_run(request)
         name = request.path_params["name"]
         return templates.TemplateResponse(request, "run.html", {
             "name": name, "api": f"/api{run_url(name)}", "dataset": run.dataset,
-            "config": run.config,
+            "config": run.config, "settings": key_settings(run.config),
+            "threshold": default_threshold(run.dataset),
             "parallel": run.config.get("parallel") or 1})
+
+    async def best_code(request: Request) -> Response:
+        path = best_file(get_run(request))
+        if path is None:
+            raise HTTPException(404, "no best.py in this run")
+        return FileResponse(path, media_type="text/x-python",
+                            filename=f"{request.path_params['name']}-best.py")
+
+    def picked(request: Request) -> list[tuple[str, Run]]:
+        try:
+            return pick(runs, request.query_params.getlist("run"))
+        except TooMany as exc:
+            raise HTTPException(400, str(exc)) from None
+        except KeyError:
+            raise HTTPException(404, "no such run") from None
+
+    async def compare_page(request: Request) -> Response:
+        chosen = picked(request)
+        return templates.TemplateResponse(request, "compare.html", {
+            **compare_view(chosen),
+            "api": "/api/compare?" + urlencode([("run", name) for name, _ in chosen])})
+
+    async def api_compare(request: Request) -> Response:
+        return _json(compare_lines(picked(request)))
 
     async def iteration_page(request: Request) -> Response:
         run = get_run(request)
@@ -133,6 +165,9 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
         Route("/", runs_page),
         Route("/runs/{name}", run_page),
         Route("/runs/{name}/iterations/{iteration:int}", iteration_page),
+        Route("/runs/{name}/best.py", best_code),
+        Route("/compare", compare_page),
+        Route("/api/compare", api_compare),
         Route("/api/runs", api_runs),
         Route("/api/runs/{name}", api_run),
         Route("/events", events),

@@ -24,6 +24,7 @@ from orchestrator.analysis import stats
 from orchestrator.search.failures import OK
 from orchestrator.store.records import (
     accuracy_of,
+    best_record,
     designs,
     iteration_of,
     number,
@@ -31,7 +32,14 @@ from orchestrator.store.records import (
     record_chain,
     summarize,
 )
-from orchestrator.store.run import CONFIG_FILE, ITERATIONS_FILE, SUMMARY_FILE, Run, read_run
+from orchestrator.store.run import (
+    BEST_FILE,
+    CONFIG_FILE,
+    ITERATIONS_FILE,
+    SUMMARY_FILE,
+    Run,
+    read_run,
+)
 
 MIN_STALE_SECONDS = 300.0
 STALE_ITERATIONS = 3
@@ -128,10 +136,35 @@ def iteration_url(name: str, rec: dict) -> str:
     return f"{run_url(name)}/iterations/{iteration_of(rec)}?chain={record_chain(rec)}"
 
 
+def started(run: Run) -> float | None:
+    """When the run started (epoch seconds): its first record's time, else (no record yet)
+    when its config.json was written."""
+    times = record_times(run)
+    if times:
+        return times[0]
+    sig = _signature(run.path / CONFIG_FILE)
+    return sig[1] / 1e9 if sig else None
+
+
+def best_file(run: Run) -> Path | None:
+    """The run's best.py, if it is a file inside the run folder (a link out of it is not)."""
+    root = run.path.resolve()
+    path = (root / BEST_FILE).resolve()
+    return path if root in path.parents and path.is_file() else None
+
+
+def best_links(run: Run, name: str) -> dict:
+    """Where the run's best is: its iteration's page and the download of best.py."""
+    best = best_record(designs(run.records))
+    return {"best_url": iteration_url(name, best) if best else None,
+            "best_code_url": f"{run_url(name)}/best.py" if best_file(run) else None}
+
+
 def run_row(run: Run, name: str) -> dict:
     """One line of the runs list."""
     table2 = summarize(run.records)
     return {
+        "started": started(run), **best_links(run, name),
         "name": name, "url": run_url(name), "dataset": run.dataset,
         "generator_model": run.config.get("generator_model"),
         "improver_model": run.config.get("improver_model"),

@@ -7,6 +7,7 @@ text that the template escapes. Candidate code is only ever read as text.
 from __future__ import annotations
 
 import difflib
+import re
 import statistics
 
 from markupsafe import Markup
@@ -26,6 +27,21 @@ from orchestrator.store.run import Run
 from orchestrator.ui.data import iteration_url, run_url
 
 FORMATTER = HtmlFormatter(cssclass="highlight", linenos="table")
+NUMBERED = re.compile(r"(?:^|(?<=\s))(\d{1,2})[.)]\s+")
+# A record's `metrics` (the runner's, the sandbox's and Ray's: docs/contracts.md) by label;
+# a key not listed here is shown as it is.
+METRIC_LABELS = {
+    "params": "parameters", "flops": "FLOPs", "steps": "training steps",
+    "final_loss": "final training loss", "device": "device",
+    "import_seconds": "import of the candidate (s)", "train_seconds": "training (s)",
+    "predict_seconds": "prediction (s)", "sandbox_seconds": "in the sandbox (s)",
+    "ready_wait_s": "wait for a warm sandbox (s)", "pool_depth": "warm sandboxes kept ahead",
+    "gpu_peak_bytes": "GPU memory peak", "gpu_budget_bytes": "GPU memory budget",
+    "crowded_retries": "evaluations again (GPU crowded out)", "node": "Ray node",
+    "host": "node host", "gpu_ids": "node GPUs", "node_seconds": "sandbox on the node (s)",
+    "node_setup_s": "node set-up (s)", "ray_overhead_s": "Ray overhead (s)",
+    "task_started": "Ray task started", "task_ended": "Ray task ended",
+}
 
 
 def highlight_css() -> str:
@@ -81,6 +97,51 @@ def _diff(run: Run, name: str, base: dict | None, rec: dict, code: str | None) -
                                 str(rec.get("code_file")))}
 
 
+def numbered(items: list) -> list[str]:
+    """The Improver's suggestions one per item: a text that numbers its points "1. … 2. …"
+    (1, 2, 3 in order) is split at the numbers."""
+    out: list[str] = []
+    for item in items:
+        text = str(item).strip()
+        marks: list[re.Match] = []
+        for mark in NUMBERED.finditer(text):  # "1." at the start, then "2.", "3.", ...
+            if int(mark.group(1)) == len(marks) + 1 and (marks or mark.start() == 0):
+                marks.append(mark)
+        if len(marks) < 2:
+            out.append(text)
+            continue
+        ends = [m.start() for m in marks[1:]] + [len(text)]
+        out += [text[m.end():end].strip() for m, end in zip(marks, ends, strict=True)]
+    return [s for s in out if s]
+
+
+def _metric_text(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 10000:
+        return f"{value:,}"
+    return str(value)
+
+
+def metric_rows(metrics: dict) -> list[tuple[str, str]]:
+    """A record's metrics as (label, text), each measurement once: the sandbox's warm-up
+    (`warmup_s`, start to ready) and the runner's part of it (`warmup_seconds`) share a row."""
+    rows = []
+    for key, value in metrics.items():
+        if key == "warmup_seconds" and "warmup_s" in metrics:
+            continue
+        if key == "warmup_s":
+            text = f"{_metric_text(value)} from start to ready"
+            if "warmup_seconds" in metrics:
+                text += f", {_metric_text(metrics['warmup_seconds'])} of it the runner's set-up"
+            rows.append(("sandbox warm-up (s)", text))
+        elif key == "warmup_seconds":
+            rows.append(("runner set-up (s)", _metric_text(value)))
+        else:
+            rows.append((METRIC_LABELS.get(key, key), _metric_text(value)))
+    return rows
+
+
 def _messages(prompt: object) -> list[dict]:
     if not isinstance(prompt, list):
         return []
@@ -101,6 +162,7 @@ def _neighbour(name: str, run: Run, rec: dict, step: int) -> str | None:
 def iteration_view(run: Run, name: str, rec: dict) -> dict:
     """Everything the iteration view shows."""
     code = run.code(rec)
+    reference, previous = reference_of(run, rec), previous_of(run, rec)
     suggestions = _dict(rec.get("suggestions"))
     items = suggestions.get("suggestions")
     prompts = _dict(rec.get("prompts"))
@@ -117,14 +179,16 @@ def iteration_view(run: Run, name: str, rec: dict) -> dict:
         "phase": rec.get("phase"), "error": _dict(rec.get("error")) or None,
         "improver_error": rec.get("improver_error"),
         "code_file": rec.get("code_file"), "code": highlighted(code) if code else None,
-        "reference": _diff(run, name, reference_of(run, rec), rec, code),
-        "previous": _diff(run, name, previous_of(run, rec), rec, code),
+        "reference": _diff(run, name, reference, rec, code),
+        # the reference is often the previous iteration: then its diff is shown once
+        "previous": None if previous is reference else _diff(run, name, previous, rec, code),
+        "previous_is_reference": previous is not None and previous is reference,
         "triple": _dict(rec.get("triple")),
         "reason": suggestions.get("reason"), "inspiration": suggestions.get("inspiration"),
-        "suggestions": items if isinstance(items, list) else [items] if items else [],
+        "suggestions": numbered(items if isinstance(items, list) else [items] if items else []),
         "prompts": {role: _messages(prompts.get(role)) for role in ROLES},
         "reply": run.reply(rec),
-        "metrics": _dict(rec.get("metrics")), "timings": _dict(rec.get("timings")),
+        "metrics": metric_rows(_dict(rec.get("metrics"))), "timings": _dict(rec.get("timings")),
         "llm": {role: _dict(llm.get(role)) for role in ROLES if llm.get(role)},
         "novelty": _dict(rec.get("novelty")) or None,
         "prev_url": _neighbour(name, run, rec, -1), "next_url": _neighbour(name, run, rec, 1),

@@ -82,18 +82,90 @@ function loader(url, render) {
 
 function runsPage() {
   const tbody = document.querySelector("#runs tbody");
-  const load = loader("/api/runs", (runs) => {
+  let last = [];
+  const render = (runs) => {
+    last = runs;
     document.getElementById("empty").hidden = runs.length > 0;
-    fill(tbody, runs.map((r) => row([
-      link(r.name, r.url), r.dataset, `${r.generator_model ?? "?"} / ${r.improver_model ?? "?"}`,
+    fill(tbody, sortedRuns(runs).map((r) => row([
+      compareBox(r.name), link(r.name, r.url), when(r.started), r.dataset,
+      `${r.generator_model ?? "?"} / ${r.improver_model ?? "?"}`,
       el("span", r.status, "status " + r.status),
       r.planned ? `${r.iterations} / ${r.planned}` : r.iterations,
-      pct(r.success_rate, 0), pct(r.best_accuracy), pct(r.best_test_accuracy),
+      pct(r.success_rate, 0), r.best_url ? link(pct(r.best_accuracy), r.best_url) : pct(r.best_accuracy),
+      pct(r.best_test_accuracy),
       typeof r.iterations_per_hour === "number" ? r.iterations_per_hour.toFixed(1) : "n/a",
     ])));
-  });
+  };
+  const load = loader("/api/runs", render);
+  sortableHeaders(() => render(last));
   load();
   follow(() => load());
+}
+
+// ---------------------------------------------------------------- runs list: sort and pick
+
+const runSort = {key: null, descending: false};
+const SORT_KEYS = {models: (r) => `${r.generator_model ?? ""} / ${r.improver_model ?? ""}`};
+
+function when(epoch) {
+  if (typeof epoch !== "number") return "n/a";
+  const d = new Date(epoch * 1000), two = (n) => String(n).padStart(2, "0");
+  return `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ` +
+    `${two(d.getHours())}:${two(d.getMinutes())}`;
+}
+
+// The runs in the order the clicked header asks for; runs without a value go last either way.
+function sortedRuns(runs) {
+  if (!runSort.key) return runs;
+  const value = SORT_KEYS[runSort.key] ?? ((r) => r[runSort.key]);
+  const sign = runSort.descending ? -1 : 1;
+  return [...runs].sort((a, b) => {
+    const x = value(a), y = value(b);
+    if (x === null || x === undefined) return y === null || y === undefined ? 0 : 1;
+    if (y === null || y === undefined) return -1;
+    return sign * (typeof x === "number" && typeof y === "number" ? x - y
+      : String(x).localeCompare(String(y)));
+  });
+}
+
+// A click on a header sorts by it; a second click reverses the order.
+function sortableHeaders(rerender) {
+  const headers = document.querySelectorAll("#runs th[data-sort]");
+  for (const th of headers) {
+    th.classList.add("sortable");
+    th.addEventListener("click", () => {
+      runSort.descending = runSort.key === th.dataset.sort && !runSort.descending;
+      runSort.key = th.dataset.sort;
+      for (const other of headers) other.removeAttribute("aria-sort");
+      th.setAttribute("aria-sort", runSort.descending ? "descending" : "ascending");
+      rerender();
+    });
+  }
+}
+
+const picked = new Set();
+
+function compareBox(name) {
+  const input = document.createElement("input");
+  input.type = "checkbox"; input.className = "pick"; input.value = name;
+  input.checked = picked.has(name);
+  input.setAttribute("aria-label", `compare ${name}`);
+  input.addEventListener("change", () => {
+    if (input.checked) picked.add(name); else picked.delete(name);
+    compareLink();
+  });
+  return input;
+}
+
+// The compare link names the ticked runs in its URL (/compare?run=a&run=b).
+function compareLink() {
+  const a = document.getElementById("compare");
+  const most = Number(document.body.dataset.maxCompare);
+  const ok = picked.size >= 2 && picked.size <= most;
+  a.hidden = !ok;
+  if (ok) a.href = "/compare?" + new URLSearchParams([...picked].map((n) => ["run", n]));
+  else a.removeAttribute("href");
+  document.getElementById("compare-hint").hidden = ok;
 }
 
 // ---------------------------------------------------------------- run view
@@ -262,6 +334,7 @@ function renderRun(data) {
       (data.best_test_accuracy !== null ? ` (test ${pct(data.best_test_accuracy)})` : "") +
       ` · ${typeof data.iterations_per_hour === "number" ? data.iterations_per_hour.toFixed(1) : "n/a"} iterations/hour` +
       ` · selected on ${data.select_on}`));
+  bestLinks(data);
   chainBoxes(data.trajectory.chains.map((c) => c.chain));
   options(document.getElementById("filter-status"), [...new Set(data.rows.map((r) => r.status))].sort());
   options(document.getElementById("filter-chain"), [...new Set(data.rows.map((r) => r.chain))].sort((a, b) => a - b));
@@ -278,6 +351,15 @@ function renderRun(data) {
     w.novel ?? "n/a"])));
   fill(document.getElementById("warnings"), data.warnings.map((w) => el("li", w)));
   document.body.dataset.iterations = String(data.iterations);
+}
+
+// The best iteration's page and the download of best.py, once the run has them.
+function bestLinks(data) {
+  for (const [id, url] of [["best-link", data.best_url], ["best-code", data.best_code_url]]) {
+    const a = document.getElementById(id);
+    a.hidden = !url;
+    if (url) a.href = url; else a.removeAttribute("href");
+  }
 }
 
 function runPage() {
