@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -104,15 +104,37 @@ def read_records(path: Path, warnings: list[str] | None = None) -> list[dict]:
     """Parse iterations.jsonl; a torn last line and unparsable lines are skipped with a
     warning."""
     warnings = warnings if warnings is not None else []
+    chunk = read_records_from(path, 0, 0, warnings)
+    if chunk.torn:
+        warnings.append(f"{path.name}:{chunk.lines + 1}: torn last line skipped")
+    return chunk.records
+
+
+class Chunk(NamedTuple):
+    """Records read from a journal, the byte offset and whole-line count reached, and whether
+    a torn (unfinished) line follows."""
+
+    records: list[dict]
+    offset: int
+    lines: int
+    torn: bool
+
+
+def read_records_from(path: Path, offset: int, lines_before: int,
+                      warnings: list[str] | None = None) -> Chunk:
+    """The records of the whole lines of iterations.jsonl from byte `offset` on (the end of
+    `lines_before` whole lines read earlier): a growing journal is read once. Unparsable lines
+    are skipped with a warning; a torn last line is left for the next read."""
+    warnings = warnings if warnings is not None else []
     if not path.exists():
-        return []
-    data = path.read_bytes()
+        return Chunk([], offset, lines_before, False)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
     end = complete_length(data)
     lines = data[:end].split(b"\n")[:-1]
-    if data[end:].strip():
-        warnings.append(f"{path.name}:{len(lines) + 1}: torn last line skipped")
     records: list[dict] = []
-    for lineno, line in enumerate(lines, start=1):
+    for lineno, line in enumerate(lines, start=lines_before + 1):
         if not line.strip():
             continue
         try:
@@ -124,16 +146,21 @@ def read_records(path: Path, warnings: list[str] | None = None) -> list[dict]:
             records.append(rec)
         else:
             warnings.append(f"{path.name}:{lineno}: not a JSON object, skipped")
-    return records
+    return Chunk(records, offset + end, lines_before + len(lines), bool(data[end:].strip()))
+
+
+def read_meta(run_dir: Path, warnings: list[str]) -> tuple[dict, dict | None]:
+    """A run directory's config (empty when missing, with a warning) and summary."""
+    config = _read_json(run_dir / CONFIG_FILE, warnings) or {}
+    if not (run_dir / CONFIG_FILE).exists():
+        warnings.append(f"{CONFIG_FILE} missing")
+    return config, _read_json(run_dir / SUMMARY_FILE, warnings)
 
 
 def read_run(path_or_name: str | Path, results_dir: Path = Path("results")) -> Run:
     """Load a run from its directory or from its name under `results_dir`."""
     run_dir = resolve_run_dir(path_or_name, results_dir)
     warnings: list[str] = []
-    config = _read_json(run_dir / CONFIG_FILE, warnings) or {}
-    if not (run_dir / CONFIG_FILE).exists():
-        warnings.append(f"{CONFIG_FILE} missing")
+    config, summary = read_meta(run_dir, warnings)
     records = read_records(run_dir / ITERATIONS_FILE, warnings)
-    summary = _read_json(run_dir / SUMMARY_FILE, warnings)
     return Run(path=run_dir, config=config, records=records, summary=summary, warnings=warnings)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -26,12 +27,20 @@ from orchestrator.store.records import (
     accuracy_of,
     designs,
     iteration_of,
+    lost,
     number,
     ordered,
     record_chain,
     summarize,
 )
-from orchestrator.store.run import CONFIG_FILE, ITERATIONS_FILE, SUMMARY_FILE, Run, read_run
+from orchestrator.store.run import (
+    CONFIG_FILE,
+    ITERATIONS_FILE,
+    SUMMARY_FILE,
+    Run,
+    read_meta,
+    read_records_from,
+)
 
 MIN_STALE_SECONDS = 300.0
 STALE_ITERATIONS = 3
@@ -46,13 +55,26 @@ def _signature(path: Path) -> tuple[int, int] | None:
 
 
 @dataclass
+class _Parsed:
+    """A cached run and how far its journal was read: (inode, bytes, whole lines)."""
+
+    signature: tuple
+    run: Run
+    read: tuple[int, int, int]
+    record_warnings: list[str]
+
+
+@dataclass
 class Runs:
-    """The run directories directly under `root`, each read again only when its files change."""
+    """The run directories directly under `root`. Each is read again only when its files
+    change, and then only its journal's new lines; at most `max_cached` runs are kept parsed
+    (the least recently shown is dropped), so memory does not grow with the runs looked at."""
 
     root: Path
+    max_cached: int = 4
 
     def __post_init__(self) -> None:
-        self._cache: dict[str, tuple[tuple, Run]] = {}
+        self._cache: OrderedDict[str, _Parsed] = OrderedDict()
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -60,6 +82,10 @@ class Runs:
         return sorted(d.name for d in self.root.iterdir() if d.is_dir() and not
                       d.name.startswith(".") and ((d / CONFIG_FILE).exists()
                                                   or (d / ITERATIONS_FILE).exists()))
+
+    def cached(self) -> list[str]:
+        """The runs held parsed, least recently shown first."""
+        return list(self._cache)
 
     def signatures(self) -> dict[str, tuple]:
         """A cheap fingerprint per run (sizes and mtimes of its journal files): what the live
@@ -76,11 +102,35 @@ class Runs:
         if name not in self.names():
             raise KeyError(name)
         sig = self._files_signature(self.root / name)
-        cached = self._cache.get(name)
-        if cached is None or cached[0] != sig:
-            cached = (sig, read_run(self.root / name))
-            self._cache[name] = cached
-        return cached[1]
+        cached = self._cache.pop(name, None)
+        if cached is None or cached.signature != sig:
+            cached = self._read(self.root / name, sig, cached)
+        self._cache[name] = cached
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return cached.run
+
+    @staticmethod
+    def _read(path: Path, sig: tuple, before: _Parsed | None) -> _Parsed:
+        """Read a run, its journal from where `before` stopped when the file only grew."""
+        journal = path / ITERATIONS_FILE
+        try:
+            st = journal.stat()
+            inode, size = st.st_ino, st.st_size
+        except OSError:
+            inode, size = 0, 0
+        grew = before is not None and before.read[0] == inode and size >= before.read[1]
+        records = before.run.records if grew else []
+        record_warnings = before.record_warnings if grew else []
+        offset, lines = before.read[1:] if grew else (0, 0)
+        chunk = read_records_from(journal, offset, lines, record_warnings)
+        warnings: list[str] = []
+        config, summary = read_meta(path, warnings)
+        torn = [f"{ITERATIONS_FILE}:{chunk.lines + 1}: torn last line skipped"
+                ] if chunk.torn else []
+        run = Run(path=path, config=config, records=[*records, *chunk.records], summary=summary,
+                  warnings=[*warnings, *record_warnings, *torn])
+        return _Parsed(sig, run, (inode, chunk.offset, chunk.lines), record_warnings)
 
 
 # ---------------------------------------------------------------- facts about a run
@@ -124,8 +174,12 @@ def run_url(name: str) -> str:
     return f"/runs/{quote(name, safe='')}"
 
 
-def iteration_url(name: str, rec: dict) -> str:
-    return f"{run_url(name)}/iterations/{iteration_of(rec)}?chain={record_chain(rec)}"
+def iteration_url(name: str, rec: dict) -> str | None:
+    """The page of a record; None when its iteration is not a whole number (no page has it)."""
+    it = rec.get("iteration")
+    if not isinstance(it, int) or isinstance(it, bool) or it < 0:
+        return None
+    return f"{run_url(name)}/iterations/{it}?chain={record_chain(rec)}"
 
 
 def run_row(run: Run, name: str) -> dict:
@@ -160,28 +214,8 @@ def _table_row(name: str, rec: dict) -> dict:
         "params": number(metrics.get("params")), "flops": number(metrics.get("flops")),
         "seconds": sum(v for v in map(number, timings.values()) if v is not None),
         "error": f"{error.get('type') or ''}: {error.get('message') or ''}".strip(": ")[:160],
-        "url": iteration_url(name, rec),
+        "url": iteration_url(name, rec), "lost": lost(rec),
     }
-
-
-def trajectory(name: str, records: list[dict]) -> dict:
-    """The Figure-2 plot per chain: every success, the best-so-far steps, failures by class."""
-    chains: dict[int, dict] = {}
-    for rec in ordered(designs(records)):
-        chain = chains.setdefault(record_chain(rec), {"points": [], "best": [], "failures": {}})
-        it, acc, url = iteration_of(rec), accuracy_of(rec), iteration_url(name, rec)
-        if acc is not None:
-            chain["points"].append({"x": it, "y": acc, "url": url})
-            top = max(acc, chain["best"][-1]["y"]) if chain["best"] else acc
-            chain["best"].append({"x": it, "y": top})
-        elif rec.get("status") != OK:
-            cls = str(rec.get("status") or "unknown")
-            chain["failures"].setdefault(cls, []).append({"x": it, "url": url})
-    last = max((iteration_of(r) for r in records), default=0)
-    for chain in chains.values():
-        if chain["best"]:
-            chain["best"].append({"x": last, "y": chain["best"][-1]["y"]})
-    return {"chains": [{"chain": c, **chains[c]} for c in sorted(chains)]}
 
 
 def failures_over_time(records: list[dict], size: int) -> dict:
@@ -201,15 +235,20 @@ def failures_over_time(records: list[dict], size: int) -> dict:
             "classes": {c: [groups[k].get(c, 0) for k in keys] for c in classes}}
 
 
-def run_detail(run: Run, name: str, window: int | None = None) -> dict:
-    """Everything the run view shows, as JSON."""
+def run_detail(run: Run, name: str, window: int | None = None, since: int = 0) -> dict:
+    """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
+    journal's records from the `since`-th on (all of them when the journal holds fewer: it was
+    rewritten)."""
     size = window or default_window(len(run.records))
     threshold = stats.default_threshold(run.dataset)
+    since = since if since <= len(run.records) else 0
     return {
         **run_row(run, name), "window": size, "threshold": threshold,
         "select_on": run.config.get("select_on", "test"),
-        "rows": [_table_row(name, r) for r in ordered(run.records)],
-        "trajectory": trajectory(name, run.records),
+        "per_chain": run.config.get("iterations") if isinstance(
+            run.config.get("iterations"), int) else None,
+        "total": len(run.records), "since": since,
+        "rows": [_table_row(name, r) for r in run.records[since:]],
         "failures": failures_over_time(run.records, size),
         "windows": stats.windows(run.records, size, threshold),
         "warnings": list(run.warnings),
