@@ -267,7 +267,7 @@ function trajectoryChart(canvas) {
           ticks: {autoSkip: false, callback: (v) => v >= 0 ? pct(v, 0) : laneName(v)}},
       },
       plugins: {
-        decimation: {enabled: true, algorithm: "min-max"},
+        decimation: {enabled: true, algorithm: "lttb", threshold: 1000},
         legend: {position: "bottom", onClick: legendClick, labels: {
           filter: (item, data) => {
             const ds = data.datasets[item.datasetIndex];
