@@ -87,8 +87,8 @@ def test_the_run_api_sends_only_the_records_after_those_the_page_has(tmp_path):
 
 
 def test_a_growing_journal_is_read_as_a_whole_reading_would(tmp_path):
-    """The cache reads only what was appended; whatever happened to the file, it holds what
-    reading the whole journal gives."""
+    """The cache reads only what was appended and holds records without their long texts;
+    whatever happened to the file, they are what reading the whole journal gives."""
     from orchestrator.store.run import read_run
     from orchestrator.ui.data import Runs
 
@@ -98,7 +98,8 @@ def test_a_growing_journal_is_read_as_a_whole_reading_would(tmp_path):
 
     def same() -> None:
         got, whole = runs.get("long"), read_run(run)
-        assert got.records == whole.records
+        assert not any("prompts" in r for r in got.records)  # held without the long texts
+        assert [runs.full("long", r) for r in got.records] == whole.records  # read back whole
         assert sorted(got.warnings) == sorted(whole.warnings)
 
     same()

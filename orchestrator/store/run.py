@@ -111,13 +111,14 @@ def read_records(path: Path, warnings: list[str] | None = None) -> list[dict]:
 
 
 class Chunk(NamedTuple):
-    """Records read from a journal, the byte offset and whole-line count reached, and whether
-    a torn (unfinished) line follows."""
+    """Records read from a journal with the byte offset of each one's line, the offset and
+    whole-line count reached, and whether a torn (unfinished) line follows."""
 
     records: list[dict]
     offset: int
     lines: int
     torn: bool
+    starts: list[int]
 
 
 def read_records_from(path: Path, offset: int, lines_before: int,
@@ -127,14 +128,17 @@ def read_records_from(path: Path, offset: int, lines_before: int,
     are skipped with a warning; a torn last line is left for the next read."""
     warnings = warnings if warnings is not None else []
     if not path.exists():
-        return Chunk([], offset, lines_before, False)
+        return Chunk([], offset, lines_before, False, [])
     with open(path, "rb") as f:
         f.seek(offset)
         data = f.read()
     end = complete_length(data)
     lines = data[:end].split(b"\n")[:-1]
     records: list[dict] = []
+    starts: list[int] = []
+    start = offset
     for lineno, line in enumerate(lines, start=lines_before + 1):
+        at, start = start, start + len(line) + 1
         if not line.strip():
             continue
         try:
@@ -144,9 +148,11 @@ def read_records_from(path: Path, offset: int, lines_before: int,
             continue
         if isinstance(rec, dict):
             records.append(rec)
+            starts.append(at)
         else:
             warnings.append(f"{path.name}:{lineno}: not a JSON object, skipped")
-    return Chunk(records, offset + end, lines_before + len(lines), bool(data[end:].strip()))
+    return Chunk(records, offset + end, lines_before + len(lines), bool(data[end:].strip()),
+                 starts)
 
 
 def read_meta(run_dir: Path, warnings: list[str]) -> tuple[dict, dict | None]:

@@ -14,6 +14,7 @@ import asyncio
 import re
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -123,7 +124,9 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
             rec = run.record(int(iteration), whole(request, "chain"))
         except KeyError:
             raise HTTPException(404, "no such iteration") from None
-        view = iteration_view(run, request.path_params["name"], rec)
+        full = runs.full(request.path_params["name"], rec)
+        run = replace(run, records=[full if r is rec else r for r in run.records])
+        view = iteration_view(run, request.path_params["name"], full)
         return templates.TemplateResponse(request, "iteration.html", {"it": view})
 
     async def api_runs(request: Request) -> Response:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import orjson
+
 from orchestrator.analysis import stats
 from orchestrator.search.failures import OK
 from orchestrator.store.records import (
@@ -54,12 +56,26 @@ def _signature(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+HEAVY = ("prompts", "triple", "suggestions")  # the long texts only an iteration's page shows
+
+
+def _slim(rec: dict) -> dict:
+    """A record without its long texts (prompts as sent, the triple, the diagnosis, the
+    traceback): what the run view needs, a fraction of the journal's size."""
+    slim = {k: v for k, v in rec.items() if k not in HEAVY}
+    if isinstance(rec.get("error"), dict):
+        slim["error"] = {k: v for k, v in rec["error"].items() if k != "traceback"}
+    return slim
+
+
 @dataclass
 class _Parsed:
-    """A cached run and how far its journal was read: (inode, bytes, whole lines)."""
+    """A cached run (its records slimmed), where each record's line starts, and how far its
+    journal was read: (inode, bytes, whole lines)."""
 
     signature: tuple
     run: Run
+    starts: list[int]
     read: tuple[int, int, int]
     record_warnings: list[str]
 
@@ -68,7 +84,8 @@ class _Parsed:
 class Runs:
     """The run directories directly under `root`. Each is read again only when its files
     change, and then only its journal's new lines; at most `max_cached` runs are kept parsed
-    (the least recently shown is dropped), so memory does not grow with the runs looked at."""
+    (the least recently shown is dropped), without their records' long texts, which `full`
+    reads back for one record."""
 
     root: Path
     max_cached: int = 4
@@ -110,6 +127,23 @@ class Runs:
             self._cache.popitem(last=False)
         return cached.run
 
+    def full(self, name: str, rec: dict) -> dict:
+        """`rec`, a record of `get(name)`, whole: read back from its line of the journal (as
+        it is when that line changed since)."""
+        parsed = self._cache.get(name)
+        records = parsed.run.records if parsed else []
+        index = next((i for i, r in enumerate(records) if r is rec), None)
+        if parsed is None or index is None:
+            return rec
+        with open(parsed.run.path / ITERATIONS_FILE, "rb") as f:
+            f.seek(parsed.starts[index])
+            line = f.readline()
+        try:
+            whole = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return rec
+        return whole if isinstance(whole, dict) and _slim(whole) == rec else rec
+
     @staticmethod
     def _read(path: Path, sig: tuple, before: _Parsed | None) -> _Parsed:
         """Read a run, its journal from where `before` stopped when the file only grew."""
@@ -121,6 +155,7 @@ class Runs:
             inode, size = 0, 0
         grew = before is not None and before.read[0] == inode and size >= before.read[1]
         records = before.run.records if grew else []
+        starts = before.starts if grew else []
         record_warnings = before.record_warnings if grew else []
         offset, lines = before.read[1:] if grew else (0, 0)
         chunk = read_records_from(journal, offset, lines, record_warnings)
@@ -128,9 +163,11 @@ class Runs:
         config, summary = read_meta(path, warnings)
         torn = [f"{ITERATIONS_FILE}:{chunk.lines + 1}: torn last line skipped"
                 ] if chunk.torn else []
-        run = Run(path=path, config=config, records=[*records, *chunk.records], summary=summary,
+        run = Run(path=path, config=config, summary=summary,
+                  records=[*records, *map(_slim, chunk.records)],
                   warnings=[*warnings, *record_warnings, *torn])
-        return _Parsed(sig, run, (inode, chunk.offset, chunk.lines), record_warnings)
+        return _Parsed(sig, run, [*starts, *chunk.starts], (inode, chunk.offset, chunk.lines),
+                       record_warnings)
 
 
 # ---------------------------------------------------------------- facts about a run
