@@ -1,12 +1,13 @@
 """`orchestrator ui` at scale: the run page over long journals, driven in headless Chromium.
 
     .venv/bin/python benchmarks/ui_scale.py [--sizes 2000,10000] [--updates 3]
-        [--code PATH] [--record-bytes 7000] [--json PATH]
+        [--code PATH ...] [--record-bytes 7000] [--json PATH]
 
 For each size it writes a synthetic run of that many iterations (`tests.ui_runs.synthetic_run`,
 records padded to about --record-bytes each, as real ones with their prompts are: 2,000
-iterations make 14 MB), serves it with `python -m orchestrator ui` from the source tree at
---code (default: this one; point it at an older checkout to compare), opens the run page in
+iterations make 14 MB), serves it with `python -m orchestrator ui` from each source tree given
+by --code in turn (default: this one; give an older checkout too to compare them under the same
+load), opens the run page in
 Chromium (/usr/bin/chromium) and appends --updates records to the journal one at a time.
 
 Reported per size: the JSON the page fetched per update (bytes on the wire and decoded), the
@@ -155,22 +156,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="2000,10000")
     parser.add_argument("--updates", type=int, default=3)
-    parser.add_argument("--code", type=Path, default=REPO, help="source tree to serve from")
+    parser.add_argument("--code", type=Path, action="append",
+                        help="source tree to serve from (repeatable; default: this one)")
     parser.add_argument("--record-bytes", type=int, default=7000)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
 
     pad = pad_for(args.record_bytes)
-    rows = []
+    codes = [c.resolve() for c in args.code or [REPO]]
+    rows: dict[str, list[dict]] = {str(c): [] for c in codes}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True,
                                      args=["--no-sandbox"])
         for size in map(int, args.sizes.split(",")):
-            rows.append(measure(browser, args.code.resolve(), size, args.updates, pad))
-            print(json.dumps(rows[-1]), flush=True)
+            for code in codes:  # one size for each tree in turn: under the same load
+                rows[str(code)].append(measure(browser, code, size, args.updates, pad))
+                print(json.dumps({"code": str(code), **rows[str(code)][-1]}), flush=True)
         browser.close()
-    print(f"\ncode: {args.code.resolve()}\n{table(rows)}")
+    for code, measured in rows.items():
+        print(f"\ncode: {code}\n{table(measured)}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

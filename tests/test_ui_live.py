@@ -130,6 +130,11 @@ def test_the_server_keeps_at_most_a_few_runs_parsed(tmp_path):
         runs.get(f"run{k}")
         assert len(runs.cached()) <= 3
     assert runs.cached() == ["run1", "run4", "run5"]  # the least recently shown went first
+    assert len(runs.rows()) == 6 and len(runs.cached()) <= 3
+    runs.get("run0")
+    before = runs.cached()
+    assert [r["name"] for r in runs.rows()] == [f"run{k}" for k in range(6)]
+    assert runs.cached() == before  # the list, unchanged, read no journal again
 
 
 # ---------------------------------------------------------------- in a browser

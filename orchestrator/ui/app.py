@@ -32,7 +32,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.ui.data import Runs, run_detail, run_row, run_url
+from orchestrator.ui.data import Runs, run_detail, run_url
 from orchestrator.ui.iteration import highlight_css, iteration_view
 
 HERE = Path(__file__).parent
@@ -130,7 +130,7 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
         return templates.TemplateResponse(request, "iteration.html", {"it": view})
 
     async def api_runs(request: Request) -> Response:
-        return _json([run_row(runs.get(n), n) for n in runs.names()])
+        return _json(runs.rows())
 
     async def api_run(request: Request) -> Response:
         size = whole(request, "window") or None

@@ -92,6 +92,7 @@ class Runs:
 
     def __post_init__(self) -> None:
         self._cache: OrderedDict[str, _Parsed] = OrderedDict()
+        self._rows: dict[str, tuple[tuple, dict, tuple]] = {}
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -126,6 +127,22 @@ class Runs:
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
         return cached.run
+
+    def rows(self) -> list[dict]:
+        """The runs list: each run's line is kept while its files do not change, so that the
+        list does not read the journals that dropped out of the cache again; the status is
+        worked out afresh (it turns to stopped with time alone)."""
+        names = self.names()
+        self._rows = {n: kept for n, kept in self._rows.items() if n in names}
+        out = []
+        for name in names:
+            sig = self._files_signature(self.root / name)
+            kept = self._rows.get(name)
+            if kept is None or kept[0] != sig:
+                run = self.get(name)
+                kept = self._rows[name] = (sig, run_row(run, name), status_inputs(run))
+            out.append({**kept[1], "status": status_from(kept[2])})
+        return out
 
     def full(self, name: str, rec: dict) -> dict:
         """`rec`, a record of `get(name)`, whole: read back from its line of the journal (as
@@ -190,14 +207,26 @@ def planned(run: Run) -> int | None:
     return per_chain * chains if ok else None
 
 
-def run_status(run: Run, now: float | None = None) -> str:
+def status_inputs(run: Run) -> tuple[Path, bool, float]:
+    """What a run's status depends on besides the clock: its folder, whether every planned
+    iteration is in, and how long it may go quiet while running."""
     total = planned(run)
-    if total is not None and len(designs(run.records)) >= total:
+    finished = total is not None and len(designs(run.records)) >= total
+    return run.path, finished, stale_after(record_times(run))
+
+
+def status_from(inputs: tuple[Path, bool, float], now: float | None = None) -> str:
+    path, finished, stale = inputs
+    if finished:
         return "finished"
     now = time.time() if now is None else now
-    sig = _signature(run.path / ITERATIONS_FILE) or _signature(run.path / CONFIG_FILE)
+    sig = _signature(path / ITERATIONS_FILE) or _signature(path / CONFIG_FILE)
     changed = sig[1] / 1e9 if sig else 0.0
-    return "running" if now - changed <= stale_after(record_times(run)) else "stopped"
+    return "running" if now - changed <= stale else "stopped"
+
+
+def run_status(run: Run, now: float | None = None) -> str:
+    return status_from(status_inputs(run), now)
 
 
 def iterations_per_hour(run: Run) -> float | None:
