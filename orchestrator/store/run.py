@@ -8,13 +8,13 @@ never fatal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import orjson
 
-from orchestrator.store.files import complete_length
 from orchestrator.store.records import lost, record_chain
 
 CONFIG_FILE = "config.json"
@@ -122,37 +122,38 @@ class Chunk(NamedTuple):
 
 
 def read_records_from(path: Path, offset: int, lines_before: int,
-                      warnings: list[str] | None = None) -> Chunk:
+                      warnings: list[str] | None = None,
+                      keep: Callable[[dict], dict] | None = None) -> Chunk:
     """The records of the whole lines of iterations.jsonl from byte `offset` on (the end of
-    `lines_before` whole lines read earlier): a growing journal is read once. Unparsable lines
-    are skipped with a warning; a torn last line is left for the next read."""
+    `lines_before` whole lines read earlier): a growing journal is read once, a line at a time.
+    `keep` maps each record to what is kept of it. Unparsable lines are skipped with a warning;
+    a torn last line (no newline yet) is left for the next read."""
     warnings = warnings if warnings is not None else []
-    if not path.exists():
-        return Chunk([], offset, lines_before, False, [])
-    with open(path, "rb") as f:
-        f.seek(offset)
-        data = f.read()
-    end = complete_length(data)
-    lines = data[:end].split(b"\n")[:-1]
     records: list[dict] = []
     starts: list[int] = []
-    start = offset
-    for lineno, line in enumerate(lines, start=lines_before + 1):
-        at, start = start, start + len(line) + 1
-        if not line.strip():
-            continue
-        try:
-            rec: Any = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            warnings.append(f"{path.name}:{lineno}: unparsable line skipped")
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-            starts.append(at)
-        else:
-            warnings.append(f"{path.name}:{lineno}: not a JSON object, skipped")
-    return Chunk(records, offset + end, lines_before + len(lines), bool(data[end:].strip()),
-                 starts)
+    lineno, at, torn = lines_before, offset, False
+    if not path.exists():
+        return Chunk(records, offset, lines_before, torn, starts)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            if not line.endswith(b"\n"):
+                torn = bool(line.strip())
+                break
+            lineno, start, at = lineno + 1, at, at + len(line)
+            if not line.strip():
+                continue
+            try:
+                rec: Any = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                warnings.append(f"{path.name}:{lineno}: unparsable line skipped")
+                continue
+            if isinstance(rec, dict):
+                records.append(keep(rec) if keep else rec)
+                starts.append(start)
+            else:
+                warnings.append(f"{path.name}:{lineno}: not a JSON object, skipped")
+    return Chunk(records, at, lineno, torn, starts)
 
 
 def read_meta(run_dir: Path, warnings: list[str]) -> tuple[dict, dict | None]:

@@ -175,13 +175,13 @@ class Runs:
         starts = before.starts if grew else []
         record_warnings = before.record_warnings if grew else []
         offset, lines = before.read[1:] if grew else (0, 0)
-        chunk = read_records_from(journal, offset, lines, record_warnings)
+        chunk = read_records_from(journal, offset, lines, record_warnings, keep=_slim)
         warnings: list[str] = []
         config, summary = read_meta(path, warnings)
         torn = [f"{ITERATIONS_FILE}:{chunk.lines + 1}: torn last line skipped"
                 ] if chunk.torn else []
         run = Run(path=path, config=config, summary=summary,
-                  records=[*records, *map(_slim, chunk.records)],
+                  records=[*records, *chunk.records],
                   warnings=[*warnings, *record_warnings, *torn])
         return _Parsed(sig, run, [*starts, *chunk.starts], (inode, chunk.offset, chunk.lines),
                        record_warnings)
