@@ -161,11 +161,33 @@ function byIteration(a, b) {
 function take(data) {
   const fresh = data.rows.map((r, k) => ({...r, index: data.since + k}));
   run.rows = data.since === 0 ? fresh : run.rows.concat(fresh);
-  run.sorted = run.rows.slice().sort(byIteration);
+  run.sorted = sortedAfter(data.since === 0 ? [] : run.sorted, fresh);
   run.total = data.total;
   run.data = data;
   run.chains = trajectory(run.sorted);
   run.lanes = [...new Set(run.chains.flatMap((c) => Object.keys(c.failures)))].sort();
+}
+
+// `sorted` with `fresh` added: appended when they come after it (a journal grows so), else
+// everything sorted again.
+function sortedAfter(sorted, fresh) {
+  fresh.sort(byIteration);
+  const last = sorted[sorted.length - 1];
+  if (!fresh.length || !last || byIteration(last, fresh[0]) <= 0) return sorted.concat(fresh);
+  return sorted.concat(fresh).sort(byIteration);
+}
+
+// Give `chart` these datasets: in place when they are the same series as before (Chart.js then
+// keeps its elements), else anew.
+function setDatasets(chart, sets) {
+  const key = (d) => `${d.label}|${d.chain}`;
+  const old = chart.data.datasets;
+  if (old.length === sets.length && old.every((d, i) => key(d) === key(sets[i]))) {
+    old.forEach((d, i) => { d.data = sets[i].data; d.hidden = sets[i].hidden; });
+  } else {
+    chart.data.datasets = sets;
+  }
+  chart.update();
 }
 
 // The Figure-2 plot per chain: every evaluation, the best-so-far steps, failures by class;
@@ -344,8 +366,7 @@ function redraw() {
   const end = Math.max(run.data.per_chain ?? 0, last);
   chart.options.scales.x.max = end > 0 ? end : undefined;
   chart.options.scales.y.min = laneY(run.lanes.length) + LANE / 2;
-  chart.data.datasets = trajectoryDatasets();
-  chart.update();
+  setDatasets(chart, trajectoryDatasets());
   renderRows();
 }
 
@@ -399,19 +420,23 @@ function renderFacts(data) {
       ` · selected on ${data.select_on}`));
 }
 
+let shownWindows = "";
+
 function renderWindows(data) {
+  const input = document.getElementById("window");
+  if (document.activeElement !== input) input.value = String(data.window);
+  const now = JSON.stringify([data.windows, data.failures]);
+  if (now === shownWindows) return;  // a new iteration changes the last window only, if any
+  shownWindows = now;
   charts.failures.data.labels = data.failures.labels;
-  charts.failures.data.datasets = Object.entries(data.failures.classes).map(([cls, counts]) => (
-    {label: cls, data: counts, backgroundColor: colour(cls)}));
-  charts.failures.update();
+  setDatasets(charts.failures, Object.entries(data.failures.classes).map(([cls, counts]) => (
+    {label: cls, data: counts, backgroundColor: colour(cls)})));
   fill(document.querySelector("#windows tbody"), data.windows.map((w) => row([
     `${w.start}-${w.end}`, w.n,
     `${pct(w.valid_rate, 0)} ${w.valid_ci ? `[${pct(w.valid_ci[0], 0)}, ${pct(w.valid_ci[1], 0)}]` : ""}`,
     `${pct(w.mean_acc)} ${w.acc_ci ? `[${pct(w.acc_ci[0])}, ${pct(w.acc_ci[1])}]` : ""}`,
     pct(w.best_acc), w.above_threshold === null ? "n/a" : `${w.above_threshold} of ${w.valid}`,
     w.novel ?? "n/a"])));
-  const input = document.getElementById("window");
-  if (document.activeElement !== input) input.value = String(data.window);
 }
 
 function renderRun(data) {
