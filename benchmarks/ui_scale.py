@@ -7,8 +7,8 @@ For each size it writes a synthetic run of that many iterations (`tests.ui_runs.
 records padded to about --record-bytes each, as real ones with their prompts are: 2,000
 iterations make 14 MB), serves it with `python -m orchestrator ui` from each source tree given
 by --code in turn (default: this one; give an older checkout too to compare them under the same
-load), opens the run page in
-Chromium (/usr/bin/chromium) and appends --updates records to the journal one at a time.
+load), opens the run page in Chromium (/usr/bin/chromium) and appends --updates records to
+the journal one at a time.
 
 Reported per size: the JSON the page fetched per update (bytes on the wire and decoded), the
 longest main-thread task while loading and per new iteration (the Long Tasks API: tasks over
