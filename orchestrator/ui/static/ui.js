@@ -392,7 +392,7 @@ function renderRows() {
   const page = Math.min(view.page, pages);
   const start = (page - 1) * PAGE_ROWS;
   const shown = rows.slice(start, start + PAGE_ROWS);
-  fill(document.querySelector("#iterations tbody"), shown.map(tableRow));
+  patchRows(document.querySelector("#iterations tbody"), shown, tableRow);
   document.getElementById("shown").textContent = (rows.length ? `${start + 1}-${start + shown.length} of ` : "0 of ")
     + `${rows.length} shown` + (rows.length < run.sorted.length ? ` (${run.sorted.length} in all)` : "");
   document.getElementById("page-prev").disabled = page <= 1;
@@ -431,12 +431,29 @@ function renderWindows(data) {
   charts.failures.data.labels = data.failures.labels;
   setDatasets(charts.failures, Object.entries(data.failures.classes).map(([cls, counts]) => (
     {label: cls, data: counts, backgroundColor: colour(cls)})));
-  fill(document.querySelector("#windows tbody"), data.windows.map((w) => row([
-    `${w.start}-${w.end}`, w.n,
+  patchRows(document.querySelector("#windows tbody"), data.windows, windowRow);
+}
+
+function windowRow(w) {
+  return row([`${w.start}-${w.end}`, w.n,
     `${pct(w.valid_rate, 0)} ${w.valid_ci ? `[${pct(w.valid_ci[0], 0)}, ${pct(w.valid_ci[1], 0)}]` : ""}`,
     `${pct(w.mean_acc)} ${w.acc_ci ? `[${pct(w.acc_ci[0])}, ${pct(w.acc_ci[1])}]` : ""}`,
     pct(w.best_acc), w.above_threshold === null ? "n/a" : `${w.above_threshold} of ${w.valid}`,
-    w.novel ?? "n/a"])));
+    w.novel ?? "n/a"]);
+}
+
+// Make `tbody` show `items`, replacing only the rows whose item changed (a new iteration
+// changes the last window): the page is not laid out again from the top.
+function patchRows(tbody, items, render) {
+  const rows = tbody.rows;
+  items.forEach((item, k) => {
+    const key = JSON.stringify(item);
+    if (rows[k] && rows[k].dataset.key === key) return;
+    const tr = render(item);
+    tr.dataset.key = key;
+    if (rows[k]) rows[k].replaceWith(tr); else tbody.appendChild(tr);
+  });
+  while (rows.length > items.length) rows[rows.length - 1].remove();
 }
 
 function renderRun(data) {
