@@ -22,11 +22,11 @@ def missing() -> list[str]:
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on `host`:`port` (OSError when it cannot be had, e.g. taken), so
     that the address is announced only once it is ours."""
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-    sock = socket.socket(family, kind, proto)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        sock.bind((host, port))
         sock.listen(128)
     except OSError:
         sock.close()
