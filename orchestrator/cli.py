@@ -49,6 +49,7 @@ from orchestrator.search.progress import Reporter, busy
 from orchestrator.search.prompts import PromptBook, context_needs, diagnosis_chars
 from orchestrator.search.roles import Roles
 from orchestrator.store.journal import Journal, JournalError
+from orchestrator.store.run import CONFIG_FILE, ITERATIONS_FILE
 
 app = typer.Typer(help="LLM-driven neural architecture search with feedback memory.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -848,12 +849,20 @@ def ui(
         raise fail(f"`orchestrator ui` needs {', '.join(absent)}: pip install 'orchestrator[ui]'")
     if not results_dir.is_dir():
         raise fail(f"no results folder at {results_dir}")
+    if (results_dir / CONFIG_FILE).exists() or (results_dir / ITERATIONS_FILE).exists():
+        raise fail(f"{results_dir} is a run folder; show the folder that holds it: "
+                   f"orchestrator ui {results_dir.resolve().parent}")
+    try:
+        sock = web.bind(host, port)
+    except OSError as exc:
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", code=1) from None
     if host not in web.LOOPBACK:
         console.print(f"[yellow]warning:[/] listening on {escape(host)}: anyone who can reach "
                       "it can read every run's code, prompts and errors", highlight=False)
     shown = f"[{host}]" if ":" in host else host
-    console.print(f"orchestrator ui: http://{shown}:{port}/ (Ctrl-C stops)", highlight=False)
-    web.serve(results_dir, host, port)
+    console.print(f"orchestrator ui: http://{shown}:{sock.getsockname()[1]}/ (Ctrl-C stops)",
+                  highlight=False)
+    web.serve(results_dir, sock, host)
 
 
 models_app = typer.Typer(help="Models on the Ollama server.", invoke_without_command=True)

@@ -87,3 +87,37 @@ def parallel_run(root: Path) -> Path:
             recs.append(record(i, status, acc, best, chain=chain, prefix=f"c{chain}_", t0=t0))
     codes = {r["code_file"]: replies.VALID_NET for r in recs}
     return write_run(root, "parallel", recs, codes, parallel=2)
+
+
+FAILURES = ("shape_error", "timeout", "runtime_error")
+
+
+def synthetic_record(iteration: int, chain: int = 0, pad: int = 0, t0: float = 0.0) -> dict:
+    """A design of a long run, deterministic in `iteration`: about one in three fails, by one of
+    FAILURES; `pad` characters of prompt text make it as long as a real record."""
+    step = (iteration * 7 + chain * 3) % 10
+    status = "ok" if step > 2 else FAILURES[step]
+    acc = round(0.5 + 0.4 * (iteration % 97) / 97, 4) if status == "ok" else None
+    rec = record(iteration, status, acc, (acc, iteration), chain=chain, prefix=f"c{chain}_",
+                 text="x" * pad, t0=t0)
+    rec["reply_file"] = None  # no files: a long run's pages are what is measured
+    return rec
+
+
+def synthetic_run(root: Path, name: str, iterations: int, chains: int = 1, planned: int | None
+                  = None, pad: int = 0) -> Path:
+    """A run of `iterations` designs per chain (of `planned`, default as many) written as the
+    journal writes it, without code files."""
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({
+        "name": name, "dataset": "fashionmnist", "generator_model": "coder:test",
+        "improver_model": "improver:test", "iterations": planned or iterations,
+        "parallel": chains}))
+    t0 = time.time() - 60 * iterations
+    with (run / "iterations.jsonl").open("w") as f:
+        for i in range(1, iterations + 1):
+            for chain in range(chains):
+                f.write(json.dumps(synthetic_record(i, chain, pad, t0)) + "\n")
+    (run / "summary.json").write_text("{}")
+    return run

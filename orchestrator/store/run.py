@@ -8,13 +8,13 @@ never fatal.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
-from orchestrator.store.files import complete_length
 from orchestrator.store.records import lost, record_chain
 
 CONFIG_FILE = "config.json"
@@ -104,36 +104,70 @@ def read_records(path: Path, warnings: list[str] | None = None) -> list[dict]:
     """Parse iterations.jsonl; a torn last line and unparsable lines are skipped with a
     warning."""
     warnings = warnings if warnings is not None else []
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = complete_length(data)
-    lines = data[:end].split(b"\n")[:-1]
-    if data[end:].strip():
-        warnings.append(f"{path.name}:{len(lines) + 1}: torn last line skipped")
+    chunk = read_records_from(path, 0, 0, warnings)
+    if chunk.torn:
+        warnings.append(f"{path.name}:{chunk.lines + 1}: torn last line skipped")
+    return chunk.records
+
+
+class Chunk(NamedTuple):
+    """Records read from a journal with the byte offset of each one's line, the offset and
+    whole-line count reached, and whether a torn (unfinished) line follows."""
+
+    records: list[dict]
+    offset: int
+    lines: int
+    torn: bool
+    starts: list[int]
+
+
+def read_records_from(path: Path, offset: int, lines_before: int,
+                      warnings: list[str] | None = None,
+                      keep: Callable[[dict], dict] | None = None) -> Chunk:
+    """The records of the whole lines of iterations.jsonl from byte `offset` on (the end of
+    `lines_before` whole lines read earlier): a growing journal is read once, a line at a time.
+    `keep` maps each record to what is kept of it. Unparsable lines are skipped with a warning;
+    a torn last line (no newline yet) is left for the next read."""
+    warnings = warnings if warnings is not None else []
     records: list[dict] = []
-    for lineno, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rec: Any = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            warnings.append(f"{path.name}:{lineno}: unparsable line skipped")
-            continue
-        if isinstance(rec, dict):
-            records.append(rec)
-        else:
-            warnings.append(f"{path.name}:{lineno}: not a JSON object, skipped")
-    return records
+    starts: list[int] = []
+    lineno, at, torn = lines_before, offset, False
+    if not path.exists():
+        return Chunk(records, offset, lines_before, torn, starts)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            if not line.endswith(b"\n"):
+                torn = bool(line.strip())
+                break
+            lineno, start, at = lineno + 1, at, at + len(line)
+            if not line.strip():
+                continue
+            try:
+                rec: Any = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                warnings.append(f"{path.name}:{lineno}: unparsable line skipped")
+                continue
+            if isinstance(rec, dict):
+                records.append(keep(rec) if keep else rec)
+                starts.append(start)
+            else:
+                warnings.append(f"{path.name}:{lineno}: not a JSON object, skipped")
+    return Chunk(records, at, lineno, torn, starts)
+
+
+def read_meta(run_dir: Path, warnings: list[str]) -> tuple[dict, dict | None]:
+    """A run directory's config (empty when missing, with a warning) and summary."""
+    config = _read_json(run_dir / CONFIG_FILE, warnings) or {}
+    if not (run_dir / CONFIG_FILE).exists():
+        warnings.append(f"{CONFIG_FILE} missing")
+    return config, _read_json(run_dir / SUMMARY_FILE, warnings)
 
 
 def read_run(path_or_name: str | Path, results_dir: Path = Path("results")) -> Run:
     """Load a run from its directory or from its name under `results_dir`."""
     run_dir = resolve_run_dir(path_or_name, results_dir)
     warnings: list[str] = []
-    config = _read_json(run_dir / CONFIG_FILE, warnings) or {}
-    if not (run_dir / CONFIG_FILE).exists():
-        warnings.append(f"{CONFIG_FILE} missing")
+    config, summary = read_meta(run_dir, warnings)
     records = read_records(run_dir / ITERATIONS_FILE, warnings)
-    summary = _read_json(run_dir / SUMMARY_FILE, warnings)
     return Run(path=run_dir, config=config, records=records, summary=summary, warnings=warnings)

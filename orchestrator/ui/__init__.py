@@ -7,6 +7,7 @@ of it until the command runs.
 from __future__ import annotations
 
 import importlib.util
+import socket
 from pathlib import Path
 
 REQUIRED = ("starlette", "uvicorn", "sse_starlette", "jinja2", "pygments")
@@ -18,13 +19,29 @@ def missing() -> list[str]:
     return [name for name in REQUIRED if importlib.util.find_spec(name) is None]
 
 
-def serve(results_dir: Path, host: str = "127.0.0.1", port: int = 8765,
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on `host`:`port` (OSError when it cannot be had, e.g. taken), so
+    that the address is announced only once it is ours."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET  # as uvicorn binds
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve(results_dir: Path, sock: socket.socket, host: str = "127.0.0.1",
           poll: float = 1.0) -> None:
-    """Serve the UI until interrupted."""
+    """Serve the UI on a socket from `bind` until interrupted."""
     import uvicorn
 
     from orchestrator.ui.app import LOCAL_HOSTS, create_app
 
     hosts = LOCAL_HOSTS if host in LOOPBACK else ["*"]
     app = create_app(results_dir, poll=poll, hosts=hosts)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(app, log_level="warning", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -2,15 +2,20 @@
 server-sent-event stream that says which runs changed, each run's best.py as a download, and
 the static files.
 
-Only GET routes exist. Every response carries a strict Content-Security-Policy (scripts and
-styles from this origin only, no inline code, no eval, no other origin) and the usual hardening
-headers; requests must name an allowed Host (no DNS rebinding from a web page).
+Only GET routes exist. Every response, errors included, carries a strict Content-Security-Policy
+(scripts and styles from this origin only, no inline code, no eval, no other origin) and the
+usual hardening headers; requests must name an allowed Host (no DNS rebinding from a web page).
+A malformed request gets a 4xx and one line on the console; responses but the event stream are
+gzip-compressed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -20,6 +25,7 @@ from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
@@ -31,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.analysis.stats import default_threshold
 from orchestrator.store.run import Run
 from orchestrator.ui.compare import MAX_RUNS, TooMany, compare_lines, compare_view, pick
-from orchestrator.ui.data import Runs, best_file, run_detail, run_row, run_url
+from orchestrator.ui.data import Runs, best_file, run_detail, run_url
 from orchestrator.ui.iteration import highlight_css, iteration_view
 from orchestrator.ui.settings import key_settings
 
@@ -48,6 +54,7 @@ SECURITY_HEADERS = {
     "cross-origin-resource-policy": "same-origin",
 }
 LOCAL_HOSTS = ["127.0.0.1", "localhost", "[::1]"]  # Host names of loopback (IPv6 bracketed)
+WHOLE = re.compile(r"[0-9]{1,9}")  # ASCII digits only (str.isdigit takes "²"), below 10**9
 
 
 class SecurityHeaders:
@@ -66,6 +73,23 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
+
+
+class App(Starlette):
+    """Starlette with SecurityHeaders outside its error handler, so that a 500 has them too."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        return SecurityHeaders(super().build_middleware_stack())
+
+
+def whole(request: Request, key: str, default: int | None = None) -> int | None:
+    """Query parameter `key` as a whole number below 10**9; 400 for anything else."""
+    value = request.query_params.get(key)
+    if value is None:
+        return default
+    if not WHOLE.fullmatch(value):
+        raise HTTPException(400, f"{key} must be a whole number below 10**9")
+    return int(value)
 
 
 def _json(data: object) -> Response:
@@ -125,26 +149,32 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
 
     async def iteration_page(request: Request) -> Response:
         run = get_run(request)
-        chain = request.query_params.get("chain")
+        iteration = request.path_params["iteration"]
         try:
-            rec = run.record(int(request.path_params["iteration"]),
-                             int(chain) if chain is not None else None)
-        except (KeyError, ValueError):
+            if not WHOLE.fullmatch(iteration):
+                raise KeyError(iteration)
+            rec = run.record(int(iteration), whole(request, "chain"))
+        except KeyError:
             raise HTTPException(404, "no such iteration") from None
-        view = iteration_view(run, request.path_params["name"], rec)
+        full = runs.full(request.path_params["name"], rec)
+        run = replace(run, records=[full if r is rec else r for r in run.records])
+        view = iteration_view(run, request.path_params["name"], full)
         return templates.TemplateResponse(request, "iteration.html", {"it": view})
 
     async def api_runs(request: Request) -> Response:
-        return _json([run_row(runs.get(n), n) for n in runs.names()])
+        return _json(runs.rows())
 
     async def api_run(request: Request) -> Response:
-        window = request.query_params.get("window", "")
-        size = int(window) if window.isdigit() and int(window) > 0 else None
-        return _json(run_detail(get_run(request), request.path_params["name"], size))
+        size = whole(request, "window") or None
+        since = whole(request, "since", 0) or 0
+        return _json(run_detail(get_run(request), request.path_params["name"], size, since))
 
     async def events(request: Request) -> Response:
+        # Looked at before the stream opens: a page that loads after its `open` misses nothing.
+        seen = runs.signatures()
+
         async def changes() -> AsyncIterator[dict]:
-            seen = runs.signatures()
+            nonlocal seen
             while True:
                 await asyncio.sleep(poll)
                 now = runs.signatures()
@@ -158,13 +188,16 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
     async def css(request: Request) -> Response:
         return PlainTextResponse(highlight_css(), media_type="text/css")
 
-    async def not_found(request: Request, exc: HTTPException) -> Response:
+    async def client_error(request: Request, exc: HTTPException) -> Response:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        print(f"orchestrator ui: {exc.status_code} {request.method} {target[:200]!r}: "
+              f"{exc.detail}", file=sys.stderr, flush=True)
         return PlainTextResponse(str(exc.detail), status_code=exc.status_code)
 
     routes = [
         Route("/", runs_page),
         Route("/runs/{name}", run_page),
-        Route("/runs/{name}/iterations/{iteration:int}", iteration_page),
+        Route("/runs/{name}/iterations/{iteration}", iteration_page),
         Route("/runs/{name}/best.py", best_code),
         Route("/compare", compare_page),
         Route("/api/compare", api_compare),
@@ -174,8 +207,8 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
         Route("/highlight.css", css),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    middleware = [Middleware(SecurityHeaders),
-                  Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_HOSTS)]
-    return Starlette(routes=routes, middleware=middleware,
-                     exception_handlers={HTTPException: not_found})
+    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_HOSTS),
+                  Middleware(GZipMiddleware, minimum_size=1000)]
+    return App(routes=routes, middleware=middleware,
+               exception_handlers={HTTPException: client_error})
 

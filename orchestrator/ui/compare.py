@@ -5,9 +5,16 @@ and the settings that differ between them."""
 from __future__ import annotations
 
 from orchestrator.analysis import report
-from orchestrator.store.records import summarize
+from orchestrator.store.records import (
+    accuracy_of,
+    designs,
+    iteration_of,
+    ordered,
+    record_chain,
+    summarize,
+)
 from orchestrator.store.run import Run
-from orchestrator.ui.data import Runs, run_url, trajectory
+from orchestrator.ui.data import Runs, run_url
 from orchestrator.ui.settings import differing
 
 MIN_RUNS, MAX_RUNS = 2, 8
@@ -44,6 +51,19 @@ def compare_lines(picked: list[tuple[str, Run]]) -> dict:
     return {"runs": [{
         "name": name, "url": run_url(name),
         "best_chain": summarize(run.records)["best_chain"],
-        "chains": [{"chain": c["chain"], "best": c["best"]}
-                   for c in trajectory(name, run.records)["chains"]],
+        "chains": best_lines(run.records),
     } for name, run in picked]}
+
+
+def best_lines(records: list[dict]) -> list[dict]:
+    """Per chain, its best accuracy so far as steps `{x: iteration, y}`, drawn on to the run's
+    last iteration."""
+    chains: dict[int, list[dict]] = {}
+    for rec in ordered(designs(records)):
+        line = chains.setdefault(record_chain(rec), [])
+        acc = accuracy_of(rec)
+        if acc is not None:
+            line.append({"x": iteration_of(rec), "y": max(acc, line[-1]["y"]) if line else acc})
+    last = max((iteration_of(r) for r in records), default=0)
+    return [{"chain": c, "best": [*line, {"x": last, "y": line[-1]["y"]}] if line else []}
+            for c, line in sorted(chains.items())]

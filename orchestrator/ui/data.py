@@ -16,9 +16,12 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+import orjson
 
 from orchestrator.analysis import stats
 from orchestrator.search.failures import OK
@@ -27,6 +30,7 @@ from orchestrator.store.records import (
     best_record,
     designs,
     iteration_of,
+    lost,
     number,
     ordered,
     record_chain,
@@ -38,7 +42,8 @@ from orchestrator.store.run import (
     ITERATIONS_FILE,
     SUMMARY_FILE,
     Run,
-    read_run,
+    read_meta,
+    read_records_from,
 )
 
 MIN_STALE_SECONDS = 300.0
@@ -53,14 +58,43 @@ def _signature(path: Path) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+HEAVY = ("prompts", "triple", "suggestions")  # the long texts only an iteration's page shows
+
+
+def _slim(rec: dict) -> dict:
+    """A record without its long texts (prompts as sent, the triple, the diagnosis, the
+    traceback): what the run view needs, a fraction of the journal's size."""
+    slim = {k: v for k, v in rec.items() if k not in HEAVY}
+    if isinstance(rec.get("error"), dict):
+        slim["error"] = {k: v for k, v in rec["error"].items() if k != "traceback"}
+    return slim
+
+
+@dataclass
+class _Parsed:
+    """A cached run (its records slimmed), where each record's line starts, and how far its
+    journal was read: (inode, bytes, whole lines)."""
+
+    signature: tuple
+    run: Run
+    starts: list[int]
+    read: tuple[int, int, int]
+    record_warnings: list[str]
+
+
 @dataclass
 class Runs:
-    """The run directories directly under `root`, each read again only when its files change."""
+    """The run directories directly under `root`. Each is read again only when its files
+    change, and then only its journal's new lines; at most `max_cached` runs are kept parsed
+    (the least recently shown is dropped), without their records' long texts, which `full`
+    reads back for one record."""
 
     root: Path
+    max_cached: int = 8  # the most runs a comparison shows (compare.MAX_RUNS) fit
 
     def __post_init__(self) -> None:
-        self._cache: dict[str, tuple[tuple, Run]] = {}
+        self._cache: OrderedDict[str, _Parsed] = OrderedDict()
+        self._rows: dict[str, tuple[tuple, dict, tuple]] = {}
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -68,6 +102,10 @@ class Runs:
         return sorted(d.name for d in self.root.iterdir() if d.is_dir() and not
                       d.name.startswith(".") and ((d / CONFIG_FILE).exists()
                                                   or (d / ITERATIONS_FILE).exists()))
+
+    def cached(self) -> list[str]:
+        """The runs held parsed, least recently shown first."""
+        return list(self._cache)
 
     def signatures(self) -> dict[str, tuple]:
         """A cheap fingerprint per run (sizes and mtimes of its journal files): what the live
@@ -84,11 +122,71 @@ class Runs:
         if name not in self.names():
             raise KeyError(name)
         sig = self._files_signature(self.root / name)
-        cached = self._cache.get(name)
-        if cached is None or cached[0] != sig:
-            cached = (sig, read_run(self.root / name))
-            self._cache[name] = cached
-        return cached[1]
+        cached = self._cache.pop(name, None)
+        if cached is None or cached.signature != sig:
+            cached = self._read(self.root / name, sig, cached)
+        self._cache[name] = cached
+        while len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return cached.run
+
+    def rows(self) -> list[dict]:
+        """The runs list: each run's line is kept while its files do not change, so that the
+        list does not read the journals that dropped out of the cache again; the status is
+        worked out afresh (it turns to stopped with time alone)."""
+        names = self.names()
+        self._rows = {n: kept for n, kept in self._rows.items() if n in names}
+        out = []
+        for name in names:
+            sig = self._files_signature(self.root / name)
+            kept = self._rows.get(name)
+            if kept is None or kept[0] != sig:
+                run = self.get(name)
+                kept = self._rows[name] = (sig, run_row(run, name), status_inputs(run))
+            out.append({**kept[1], "status": status_from(kept[2])})
+        return out
+
+    def full(self, name: str, rec: dict) -> dict:
+        """`rec`, a record of `get(name)`, whole: read back from its line of the journal (as
+        it is when that line changed since)."""
+        parsed = self._cache.get(name)
+        records = parsed.run.records if parsed else []
+        index = next((i for i, r in enumerate(records) if r is rec), None)
+        if parsed is None or index is None:
+            return rec
+        with open(parsed.run.path / ITERATIONS_FILE, "rb") as f:
+            f.seek(parsed.starts[index])
+            line = f.readline()
+        try:
+            whole = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            return rec
+        return whole if isinstance(whole, dict) and _slim(whole) == rec else rec
+
+    @staticmethod
+    def _read(path: Path, sig: tuple, before: _Parsed | None) -> _Parsed:
+        """Read a run, its journal from where `before` stopped when the file only grew."""
+        journal = path / ITERATIONS_FILE
+        try:
+            st = journal.stat()
+            inode, size = st.st_ino, st.st_size
+        except OSError:
+            inode, size = 0, 0
+        grew = before is not None and before.read[0] == inode and size >= before.read[1]
+        records = before.run.records if grew else []
+        starts = before.starts if grew else []
+        record_warnings = before.record_warnings if grew else []
+        offset, lines = before.read[1:] if grew else (0, 0)
+        chunk = read_records_from(journal, offset, lines, record_warnings, keep=_slim)
+        warnings: list[str] = []
+        config, summary = read_meta(path, warnings)
+        torn = [f"{ITERATIONS_FILE}:{chunk.lines + 1}: torn last line skipped"
+                ] if chunk.torn else []
+        run = Run(path=path, config=config, summary=summary,
+                  records=[*records, *chunk.records],
+                  warnings=[*warnings, *record_warnings, *torn])
+        return _Parsed(sig, run, [*starts, *chunk.starts], (inode, chunk.offset, chunk.lines),
+                       record_warnings)
 
 
 # ---------------------------------------------------------------- facts about a run
@@ -111,14 +209,26 @@ def planned(run: Run) -> int | None:
     return per_chain * chains if ok else None
 
 
-def run_status(run: Run, now: float | None = None) -> str:
+def status_inputs(run: Run) -> tuple[Path, bool, float]:
+    """What a run's status depends on besides the clock: its folder, whether every planned
+    iteration is in, and how long it may go quiet while running."""
     total = planned(run)
-    if total is not None and len(designs(run.records)) >= total:
+    finished = total is not None and len(designs(run.records)) >= total
+    return run.path, finished, stale_after(record_times(run))
+
+
+def status_from(inputs: tuple[Path, bool, float], now: float | None = None) -> str:
+    path, finished, stale = inputs
+    if finished:
         return "finished"
     now = time.time() if now is None else now
-    sig = _signature(run.path / ITERATIONS_FILE) or _signature(run.path / CONFIG_FILE)
+    sig = _signature(path / ITERATIONS_FILE) or _signature(path / CONFIG_FILE)
     changed = sig[1] / 1e9 if sig else 0.0
-    return "running" if now - changed <= stale_after(record_times(run)) else "stopped"
+    return "running" if now - changed <= stale else "stopped"
+
+
+def run_status(run: Run, now: float | None = None) -> str:
+    return status_from(status_inputs(run), now)
 
 
 def iterations_per_hour(run: Run) -> float | None:
@@ -132,8 +242,12 @@ def run_url(name: str) -> str:
     return f"/runs/{quote(name, safe='')}"
 
 
-def iteration_url(name: str, rec: dict) -> str:
-    return f"{run_url(name)}/iterations/{iteration_of(rec)}?chain={record_chain(rec)}"
+def iteration_url(name: str, rec: dict) -> str | None:
+    """The page of a record; None when its iteration is not a whole number (no page has it)."""
+    it = rec.get("iteration")
+    if not isinstance(it, int) or isinstance(it, bool) or it < 0:
+        return None
+    return f"{run_url(name)}/iterations/{it}?chain={record_chain(rec)}"
 
 
 def started(run: Run) -> float | None:
@@ -193,28 +307,8 @@ def _table_row(name: str, rec: dict) -> dict:
         "params": number(metrics.get("params")), "flops": number(metrics.get("flops")),
         "seconds": sum(v for v in map(number, timings.values()) if v is not None),
         "error": f"{error.get('type') or ''}: {error.get('message') or ''}".strip(": ")[:160],
-        "url": iteration_url(name, rec),
+        "url": iteration_url(name, rec), "lost": lost(rec),
     }
-
-
-def trajectory(name: str, records: list[dict]) -> dict:
-    """The Figure-2 plot per chain: every success, the best-so-far steps, failures by class."""
-    chains: dict[int, dict] = {}
-    for rec in ordered(designs(records)):
-        chain = chains.setdefault(record_chain(rec), {"points": [], "best": [], "failures": {}})
-        it, acc, url = iteration_of(rec), accuracy_of(rec), iteration_url(name, rec)
-        if acc is not None:
-            chain["points"].append({"x": it, "y": acc, "url": url})
-            top = max(acc, chain["best"][-1]["y"]) if chain["best"] else acc
-            chain["best"].append({"x": it, "y": top})
-        elif rec.get("status") != OK:
-            cls = str(rec.get("status") or "unknown")
-            chain["failures"].setdefault(cls, []).append({"x": it, "url": url})
-    last = max((iteration_of(r) for r in records), default=0)
-    for chain in chains.values():
-        if chain["best"]:
-            chain["best"].append({"x": last, "y": chain["best"][-1]["y"]})
-    return {"chains": [{"chain": c, **chains[c]} for c in sorted(chains)]}
 
 
 def failures_over_time(records: list[dict], size: int) -> dict:
@@ -234,15 +328,20 @@ def failures_over_time(records: list[dict], size: int) -> dict:
             "classes": {c: [groups[k].get(c, 0) for k in keys] for c in classes}}
 
 
-def run_detail(run: Run, name: str, window: int | None = None) -> dict:
-    """Everything the run view shows, as JSON."""
+def run_detail(run: Run, name: str, window: int | None = None, since: int = 0) -> dict:
+    """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
+    journal's records from the `since`-th on (all of them when the journal holds fewer: it was
+    rewritten)."""
     size = window or default_window(len(run.records))
     threshold = stats.default_threshold(run.dataset)
+    since = since if since <= len(run.records) else 0
     return {
         **run_row(run, name), "window": size, "threshold": threshold,
         "select_on": run.config.get("select_on", "test"),
-        "rows": [_table_row(name, r) for r in ordered(run.records)],
-        "trajectory": trajectory(name, run.records),
+        "per_chain": run.config.get("iterations") if isinstance(
+            run.config.get("iterations"), int) else None,
+        "total": len(run.records), "since": since,
+        "rows": [_table_row(name, r) for r in run.records[since:]],
         "failures": failures_over_time(run.records, size),
         "windows": stats.windows(run.records, size, threshold),
         "warnings": list(run.warnings),

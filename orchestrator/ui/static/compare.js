@@ -81,7 +81,7 @@ function comparePage() {
     toggle(shown, chart.data.datasets[index].key);
     redraw();
   });
-  loader(document.body.dataset.api, (loaded) => {
+  loader(() => document.body.dataset.api, (loaded) => {
     data = loaded;
     shown = defaultShown(data);
     compareBoxes(data, shown, redraw);

@@ -52,23 +52,41 @@ function fill(tbody, rows) {
   tbody.replaceChildren(...rows);
 }
 
-// One EventSource per page; `onChange(names)` gets the runs whose journal changed.
-function follow(onChange) {
+// The live connection: one per browser, in a SharedWorker (live.js) that every tab shares.
+// `onChange(names)` gets the runs whose journal changed; `onOpen()` runs when the stream (re)opens,
+// since a change while it was down is not told.
+function follow(onChange, onOpen) {
   const live = document.getElementById("live");
+  const show = (on) => {
+    live.classList.toggle("on", on);
+    if (on && onOpen) onOpen();
+  };
+  if (typeof SharedWorker === "undefined") return followAlone(onChange, show);
+  const worker = new SharedWorker("/static/live.js", {name: "orchestrator-ui-live"});
+  worker.port.onmessage = ({data}) => {
+    if ("open" in data) show(data.open);
+    if (data.runs) onChange(data.runs);
+  };
+  addEventListener("pagehide", () => worker.port.postMessage("bye"));
+  addEventListener("pageshow", (event) => { if (event.persisted) worker.port.postMessage("hello"); });
+}
+
+// Where SharedWorker is missing (Chrome on Android): a stream of this page's own.
+function followAlone(onChange, show) {
   const source = new EventSource("/events");
-  source.onopen = () => live.classList.add("on");
-  source.onerror = () => live.classList.remove("on");
+  source.onopen = () => show(true);
+  source.onerror = () => show(false);
   source.addEventListener("runs", (event) => onChange(JSON.parse(event.data)));
 }
 
-// Fetch JSON and render it; a change while a fetch is in flight triggers one more fetch.
+// Fetch JSON from `url()` and render it; a change while a fetch is in flight triggers one more.
 function loader(url, render) {
   let busy = false, again = false;
   async function load() {
     if (busy) { again = true; return; }
     busy = true;
     try {
-      const response = await fetch(url, {headers: {"Accept": "application/json"}});
+      const response = await fetch(url(), {headers: {"Accept": "application/json"}});
       if (response.ok) render(await response.json());
     } finally {
       busy = false;
@@ -96,10 +114,10 @@ function runsPage() {
       typeof r.iterations_per_hour === "number" ? r.iterations_per_hour.toFixed(1) : "n/a",
     ])));
   };
-  const load = loader("/api/runs", render);
+  const load = loader(() => "/api/runs", render);
   sortableHeaders(() => render(last));
   load();
-  follow(() => load());
+  follow(() => load(), load);
 }
 
 // ---------------------------------------------------------------- runs list: sort and pick
@@ -170,24 +188,128 @@ function compareLink() {
 
 // ---------------------------------------------------------------- run view
 
+const PAGE_ROWS = 100;  // iterations table rows per page
+const LANE = 0.08;  // the height of each failure class's lane, below zero
 const hidden = {chains: new Set(), classes: new Set()};
+// The journal's records as table rows, in file order (`index`) and in (iteration, chain) order;
+// `total` of them are here, so the next fetch asks only for the records after them.
+const run = {rows: [], sorted: [], total: 0, chains: [], lanes: [], data: null};
+// What the reader picked, kept in the URL: going back to the page keeps it.
+const view = {status: "", chain: "", window: "", page: 1};
+let charts = null;
 
-function trajectoryDatasets(data) {
+function plural(n, word) {
+  return `${n} ${word}${n === 1 ? "" : "s"}`;
+}
+
+function readView() {
+  const q = new URLSearchParams(location.search);
+  view.status = q.get("status") ?? "";
+  view.chain = q.get("chain") ?? "";
+  view.window = /^[1-9][0-9]{0,5}$/.test(q.get("window") ?? "") ? q.get("window") : "";
+  view.page = Math.max(1, Number.parseInt(q.get("page") ?? "1", 10) || 1);
+}
+
+function writeView() {
+  const q = new URLSearchParams();
+  for (const [key, value] of Object.entries(view)) {
+    if (value !== "" && !(key === "page" && value === 1)) q.set(key, String(value));
+  }
+  const query = q.toString();
+  history.replaceState(null, "", location.pathname + (query ? "?" + query : ""));
+}
+
+function apiUrl() {
+  const q = new URLSearchParams({since: String(run.total)});
+  if (view.window) q.set("window", view.window);
+  return `${document.body.dataset.api}?${q}`;
+}
+
+function byIteration(a, b) {
+  return a.iteration - b.iteration || a.chain - b.chain || a.index - b.index;
+}
+
+// Add the records the server sent (all of them again when it says the journal was rewritten).
+function take(data) {
+  const fresh = data.rows.map((r, k) => ({...r, index: data.since + k}));
+  run.rows = data.since === 0 ? fresh : run.rows.concat(fresh);
+  run.sorted = sortedAfter(data.since === 0 ? [] : run.sorted, fresh);
+  run.total = data.total;
+  run.data = data;
+  run.chains = trajectory(run.sorted);
+  run.lanes = [...new Set(run.chains.flatMap((c) => Object.keys(c.failures)))].sort();
+}
+
+// `sorted` with `fresh` added: appended when they come after it (a journal grows so), else
+// everything sorted again.
+function sortedAfter(sorted, fresh) {
+  fresh.sort(byIteration);
+  const last = sorted[sorted.length - 1];
+  if (!fresh.length || !last || byIteration(last, fresh[0]) <= 0) return sorted.concat(fresh);
+  return sorted.concat(fresh).sort(byIteration);
+}
+
+// Give `chart` these datasets: in place when they are the same series as before (Chart.js then
+// keeps its elements), else anew.
+function setDatasets(chart, sets) {
+  const key = (d) => `${d.label}|${d.chain}`;
+  const old = chart.data.datasets;
+  if (old.length === sets.length && old.every((d, i) => key(d) === key(sets[i]))) {
+    old.forEach((d, i) => { d.data = sets[i].data; d.hidden = sets[i].hidden; });
+  } else {
+    chart.data.datasets = sets;
+  }
+  chart.update();
+}
+
+// The Figure-2 plot per chain: every evaluation, the best-so-far steps, failures by class;
+// attempts lost to faults are no designs and are left out.
+function trajectory(sorted) {
+  const chains = new Map();
+  let last = 0;
+  for (const r of sorted) {
+    last = Math.max(last, r.iteration);
+    if (r.lost) continue;
+    if (!chains.has(r.chain)) chains.set(r.chain, {chain: r.chain, points: [], best: [], failures: {}});
+    const c = chains.get(r.chain);
+    if (typeof r.accuracy === "number") {
+      c.points.push({x: r.iteration, y: r.accuracy, url: r.url});
+      const top = c.best.length ? Math.max(r.accuracy, c.best[c.best.length - 1].y) : r.accuracy;
+      c.best.push({x: r.iteration, y: top});
+    } else if (r.status !== "ok") {
+      (c.failures[r.status] ??= []).push({x: r.iteration, url: r.url});
+    }
+  }
+  for (const c of chains.values()) {
+    if (c.best.length) c.best.push({x: last, y: c.best[c.best.length - 1].y});
+  }
+  return [...chains.values()].sort((a, b) => a.chain - b.chain);
+}
+
+function laneY(k) {
+  return -LANE * (k + 1);
+}
+
+function laneName(y) {
+  return run.lanes[Math.round(-y / LANE) - 1] ?? "";
+}
+
+function trajectoryDatasets() {
   const sets = [];
-  const many = data.trajectory.chains.length > 1;
-  data.trajectory.chains.forEach((c, k) => {
+  const many = run.chains.length > 1;
+  run.chains.forEach((c, k) => {
     const name = many ? `chain ${c.chain}` : "accuracy";
     const hue = many ? PALETTE[k % PALETTE.length] : PALETTE[0];
     const off = hidden.chains.has(c.chain);
     sets.push({label: `${name}: best so far`, chain: c.chain, data: c.best, type: "line",
       stepped: "before", borderColor: hue, backgroundColor: hue, pointRadius: 0,
       borderWidth: 2, hidden: off, order: 2});
-    sets.push({label: `${name}: evaluations`, chain: c.chain, data: c.points, type: "scatter",
-      borderColor: hue, backgroundColor: hue + "99", pointRadius: 4, pointHoverRadius: 6,
-      hidden: off, order: 1});
+    sets.push({label: `${name}: evaluations`, chain: c.chain, data: c.points, type: "line",
+      showLine: false, borderColor: hue, backgroundColor: hue + "99", pointRadius: 4,
+      pointHoverRadius: 6, hidden: off, order: 1});
     for (const [cls, points] of Object.entries(c.failures)) {
-      const y = -0.04 - 0.03 * k;
-      sets.push({label: cls, failure: cls, chain: c.chain, type: "scatter",
+      const y = laneY(run.lanes.indexOf(cls));
+      sets.push({label: cls, failure: cls, chain: c.chain, type: "line", showLine: false,
         data: points.map((p) => ({...p, y})), pointStyle: "crossRot", pointRadius: 6,
         borderWidth: 2, borderColor: colour(cls), backgroundColor: colour(cls),
         hidden: off || hidden.classes.has(cls), order: 0});
@@ -211,30 +333,42 @@ function toggle(set, value) {
   if (set.has(value)) set.delete(value); else set.add(value);
 }
 
+function tooltipLabel(ctx) {
+  const p = ctx.raw, ds = ctx.dataset;
+  return `chain ${ds.chain}, iteration ${p.x}: ${ds.failure ?? pct(p.y)}`;
+}
+
+// Below zero, one lane per failure class, named on the axis; above, the accuracy.
+function laneTicks(scale) {
+  const lanes = run.lanes.map((_, k) => ({value: laneY(k)}));
+  scale.ticks = [...lanes.reverse(), ...scale.ticks.filter((t) => t.value >= 0)];
+}
+
+// Points are given as {x, y} (parsing off) on a linear x axis, so that Chart.js can decimate
+// thousands of them to what the canvas can show.
 function trajectoryChart(canvas) {
   return new Chart(canvas, {
-    type: "scatter",
+    type: "line",
     data: {datasets: []},
     options: {
-      animation: false, responsive: true, maintainAspectRatio: false,
+      animation: false, responsive: true, maintainAspectRatio: false, parsing: false,
       interaction: {mode: "nearest", intersect: true},
       scales: {
-        x: {type: "linear", title: {display: true, text: "iteration"}, ticks: {precision: 0},
-          afterDataLimits: (scale) => { scale.min -= 0.5; scale.max += 0.5; }},
-        y: {title: {display: true, text: "accuracy"}, suggestedMin: -0.1, suggestedMax: 1,
-          ticks: {callback: (v) => v >= 0 ? pct(v, 0) : ""}},
+        x: {type: "linear", min: 0, title: {display: true, text: "iteration"},
+          ticks: {precision: 0}},
+        y: {type: "linear", max: 1, title: {display: true, text: "accuracy"},
+          afterBuildTicks: laneTicks,
+          ticks: {autoSkip: false, callback: (v) => v >= 0 ? pct(v, 0) : laneName(v)}},
       },
       plugins: {
+        decimation: {enabled: true, algorithm: "lttb", threshold: 1000},
         legend: {position: "bottom", onClick: legendClick, labels: {
           filter: (item, data) => {
             const ds = data.datasets[item.datasetIndex];
             if (!ds.failure) return !ds.label.endsWith(": evaluations");
             return data.datasets.findIndex((d) => d.failure === ds.failure) === item.datasetIndex;
           }}},
-        tooltip: {callbacks: {label: (ctx) => {
-          const p = ctx.raw, ds = ctx.dataset;
-          return ds.failure ? `iteration ${p.x}: ${ds.failure}` : `iteration ${p.x}: ${pct(p.y)}`;
-        }}},
+        tooltip: {callbacks: {label: tooltipLabel}},
       },
       onClick: (event, elements, chart) => {
         if (!elements.length) return;
@@ -288,67 +422,121 @@ function syncChainBoxes() {
   }
 }
 
-function options(select, values) {
-  const keep = select.value;
+function options(select, values, wanted) {
   const first = select.options[0];
   select.replaceChildren(first, ...values.map((v) => {
     const o = el("option", v); o.value = String(v); return o;
   }));
-  select.value = values.map(String).includes(keep) ? keep : "";
+  select.value = values.map(String).includes(wanted) ? wanted : "";
 }
 
-let state = null, charts = null;
-
+// The trajectory's x axis ends at the iterations planned per chain (or the last one run).
 function redraw() {
-  if (!state) return;
-  charts.trajectory.data.datasets = trajectoryDatasets(state);
-  charts.trajectory.update();
+  if (!run.data) return;
+  const chart = charts.trajectory;
+  const last = run.sorted.length ? run.sorted[run.sorted.length - 1].iteration : 0;
+  const end = Math.max(run.data.per_chain ?? 0, last);
+  chart.options.scales.x.max = end > 0 ? end : undefined;
+  chart.options.scales.y.min = laneY(run.lanes.length) + LANE / 2;
+  setDatasets(chart, trajectoryDatasets());
   renderRows();
 }
 
-function renderRows() {
+function shownRows() {
   const status = document.getElementById("filter-status").value;
   const chain = document.getElementById("filter-chain").value;
-  const rows = state.rows.filter((r) => (!status || r.status === status)
+  return run.sorted.filter((r) => (!status || r.status === status)
     && (!chain || String(r.chain) === chain));
-  fill(document.querySelector("#iterations tbody"), rows.map((r) => {
-    const tr = row([r.chain, link(r.iteration, r.url), el("span", r.status, "status " + r.status),
-      pct(r.accuracy), pct(r.test_accuracy), pct(r.best_accuracy), count(r.params),
-      count(r.flops), r.seconds.toFixed(1), r.error]);
-    tr.dataset.status = r.status;
-    return tr;
-  }));
-  document.getElementById("shown").textContent = `${rows.length} of ${state.rows.length} shown`;
 }
 
-function renderRun(data) {
-  state = data;
+function tableRow(r) {
+  const tr = row([r.chain, r.url ? link(r.iteration, r.url) : String(r.iteration),
+    el("span", r.status, "status " + r.status), pct(r.accuracy), pct(r.test_accuracy),
+    pct(r.best_accuracy), count(r.params), count(r.flops), r.seconds.toFixed(1), r.error]);
+  tr.dataset.status = r.status;
+  return tr;
+}
+
+// One page of the table: a journal of 10,000 records is not 10,000 rows in the page.
+function renderRows() {
+  const rows = shownRows();
+  const pages = Math.max(1, Math.ceil(rows.length / PAGE_ROWS));
+  const page = Math.min(view.page, pages);
+  const start = (page - 1) * PAGE_ROWS;
+  const shown = rows.slice(start, start + PAGE_ROWS);
+  patchRows(document.querySelector("#iterations tbody"), shown, tableRow);
+  document.getElementById("shown").textContent = (rows.length ? `${start + 1}-${start + shown.length} of ` : "0 of ")
+    + `${rows.length} shown` + (rows.length < run.sorted.length ? ` (${run.sorted.length} in all)` : "");
+  document.getElementById("page-prev").disabled = page <= 1;
+  document.getElementById("page-next").disabled = page >= pages;
+}
+
+function turnPage(step) {
+  const pages = Math.max(1, Math.ceil(shownRows().length / PAGE_ROWS));
+  view.page = Math.min(Math.max(1, view.page + step), pages);
+  writeView();
+  renderRows();
+}
+
+function renderFacts(data) {
   const facts = document.getElementById("facts");
   facts.replaceChildren(
     el("span", data.status, "status " + data.status),
-    document.createTextNode(` · ${data.iterations} iterations` +
+    document.createTextNode(` · ${plural(data.iterations, "iteration")}` +
       (data.planned ? ` of ${data.planned}` : "") +
       (data.chains > 1 ? ` (${data.chains} chains)` : "") +
-      (data.lost ? ` · ${data.lost} attempts lost to faults (tried again, not counted)` : "") +
+      (data.lost ? ` · ${plural(data.lost, "attempt")} lost to faults (tried again, not counted)` : "") +
       ` · success rate ${pct(data.success_rate, 0)} · best ${pct(data.best_accuracy)}` +
       (data.best_test_accuracy !== null ? ` (test ${pct(data.best_test_accuracy)})` : "") +
       ` · ${typeof data.iterations_per_hour === "number" ? data.iterations_per_hour.toFixed(1) : "n/a"} iterations/hour` +
       ` · selected on ${data.select_on}`));
   bestLinks(data);
-  chainBoxes(data.trajectory.chains.map((c) => c.chain));
-  options(document.getElementById("filter-status"), [...new Set(data.rows.map((r) => r.status))].sort());
-  options(document.getElementById("filter-chain"), [...new Set(data.rows.map((r) => r.chain))].sort((a, b) => a - b));
-  redraw();
+}
+
+let shownWindows = "";
+
+function renderWindows(data) {
+  const input = document.getElementById("window");
+  if (document.activeElement !== input) input.value = String(data.window);
+  const now = JSON.stringify([data.windows, data.failures]);
+  if (now === shownWindows) return;  // a new iteration changes the last window only, if any
+  shownWindows = now;
   charts.failures.data.labels = data.failures.labels;
-  charts.failures.data.datasets = Object.entries(data.failures.classes).map(([cls, counts]) => (
-    {label: cls, data: counts, backgroundColor: colour(cls)}));
-  charts.failures.update();
-  fill(document.querySelector("#windows tbody"), data.windows.map((w) => row([
-    `${w.start}-${w.end}`, w.n,
+  setDatasets(charts.failures, Object.entries(data.failures.classes).map(([cls, counts]) => (
+    {label: cls, data: counts, backgroundColor: colour(cls)})));
+  patchRows(document.querySelector("#windows tbody"), data.windows, windowRow);
+}
+
+function windowRow(w) {
+  return row([`${w.start}-${w.end}`, w.n,
     `${pct(w.valid_rate, 0)} ${w.valid_ci ? `[${pct(w.valid_ci[0], 0)}, ${pct(w.valid_ci[1], 0)}]` : ""}`,
     `${pct(w.mean_acc)} ${w.acc_ci ? `[${pct(w.acc_ci[0])}, ${pct(w.acc_ci[1])}]` : ""}`,
     pct(w.best_acc), w.above_threshold === null ? "n/a" : `${w.above_threshold} of ${w.valid}`,
-    w.novel ?? "n/a"])));
+    w.novel ?? "n/a"]);
+}
+
+// Make `tbody` show `items`, replacing only the rows whose item changed (a new iteration
+// changes the last window): the page is not laid out again from the top.
+function patchRows(tbody, items, render) {
+  const rows = tbody.rows;
+  items.forEach((item, k) => {
+    const key = JSON.stringify(item);
+    if (rows[k] && rows[k].dataset.key === key) return;
+    const tr = render(item);
+    tr.dataset.key = key;
+    if (rows[k]) rows[k].replaceWith(tr); else tbody.appendChild(tr);
+  });
+  while (rows.length > items.length) rows[rows.length - 1].remove();
+}
+
+function renderRun(data) {
+  take(data);
+  renderFacts(data);
+  chainBoxes(run.chains.map((c) => c.chain));
+  options(document.getElementById("filter-status"), [...new Set(run.rows.map((r) => r.status))].sort(), view.status);
+  options(document.getElementById("filter-chain"), [...new Set(run.rows.map((r) => r.chain))].sort((a, b) => a - b), view.chain);
+  redraw();
+  renderWindows(data);
   fill(document.getElementById("warnings"), data.warnings.map((w) => el("li", w)));
   document.body.dataset.iterations = String(data.iterations);
 }
@@ -362,16 +550,35 @@ function bestLinks(data) {
   }
 }
 
+function controls(load) {
+  for (const [id, key] of [["filter-status", "status"], ["filter-chain", "chain"]]) {
+    document.getElementById(id).addEventListener("change", (event) => {
+      view[key] = event.target.value;
+      view.page = 1;
+      writeView();
+      renderRows();
+    });
+  }
+  document.getElementById("page-prev").addEventListener("click", () => turnPage(-1));
+  document.getElementById("page-next").addEventListener("click", () => turnPage(1));
+  document.getElementById("window").addEventListener("change", (event) => {
+    const value = event.target.value.trim();
+    if (value !== "" && !/^[1-9][0-9]{0,5}$/.test(value)) return;
+    view.window = value;
+    writeView();
+    load();
+  });
+}
+
 function runPage() {
   const name = document.body.dataset.run;
+  readView();
   charts = {trajectory: trajectoryChart(document.getElementById("trajectory")),
     failures: failuresChart(document.getElementById("failures"))};
-  for (const id of ["filter-status", "filter-chain"]) {
-    document.getElementById(id).addEventListener("change", renderRows);
-  }
-  const load = loader(document.body.dataset.api, renderRun);
+  const load = loader(apiUrl, renderRun);
+  controls(load);
   load();
-  follow((names) => { if (names.includes(name)) load(); });
+  follow((names) => { if (names.includes(name)) load(); }, load);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
