@@ -68,6 +68,17 @@ ADAPTER_ARCHITECTURES = ("llama", "gemma2")
 # Bits per weight of a quantised layer (llama.cpp's figures for these types, about)
 QUANT_BITS = {"Q4_K_M": 5, "Q8_0": 9}
 DEFAULT_NUM_CTX = 4096  # what Ollama's runner gets when a request sends no num_ctx
+# api/types.go (0.12.6), Options and Runner: each option's JSON type as `Options.FromMap` checks
+# it (an int takes any JSON number; a float32, any number; use_mmap is a *bool). An unknown key
+# is logged ("invalid option provided") and ignored; a value of the wrong type fails the request.
+OPTION_TYPES = {
+    **dict.fromkeys(("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep",
+                     "seed", "num_predict", "top_k", "repeat_last_n"), "integer"),
+    **dict.fromkeys(("top_p", "min_p", "typical_p", "temperature", "repeat_penalty",
+                     "presence_penalty", "frequency_penalty"), "float32"),
+    "use_mmap": "boolean", "stop": "array",
+}
+NUM_KEEP = 4  # api/types.go, DefaultOptions: the prompt tokens a truncation keeps at the start
 CHARS_PER_TOKEN = 4  # for the pace of a reply under `throughput`
 
 
@@ -160,6 +171,8 @@ class Reply:
     prompt_eval_count: int | None = None
     error: str | None = None
     thinking: str = ""  # a reasoning model's trace, sent as the server would (_as_thought)
+    ignores_num_predict: bool = False  # a server that runs past num_predict (not Ollama)
+    done_reason: str = "stop"  # "length" once cut at num_predict (_at_num_predict)
 
 
 ScriptItem = Reply | Callable[[dict[str, Any]], Reply]
@@ -732,11 +745,20 @@ class FakeOllama:
                 and not _older_than(self.version, THINK_SINCE):  # ChatHandler, before loading
             h.send_json(400, {"error": f"{json.dumps(model)} does not support thinking"})
             return
-        runner = self._load(name, body.get("options") or {}, keep_alive)
+        options = body.get("options") or {}
+        if problem := _options_problem(options):  # scheduleRunner, modelOptions: a 500
+            h.send_json(500, {"error": problem})  # (routes.go, handleScheduleError's default)
+            return
+        runner = self._load(name, options, keep_alive)
         if not body.get("messages"):  # ChatHandler: load the model, generate nothing
             h.send_json(200, _chat_done(model, "load"))
             return
         reply = self._as_thought(self._next_reply(body), model, body.get("think"))
+        if not reply.ignores_num_predict:
+            reply = _at_num_predict(reply, options.get("num_predict"), runner.num_ctx)
+        if reply.prompt_eval_count is None:
+            reply = replace(reply, prompt_eval_count=_kept_prompt_tokens(
+                body.get("messages") or [], runner.num_ctx))
         if reply.delay > 0 and self._closing.wait(reply.delay):
             h.close_connection = True
             return
@@ -798,6 +820,60 @@ class FakeOllama:
                 self._decoding -= 1
 
 
+def _options_problem(options: dict[str, Any]) -> str | None:
+    """api/types.go, `Options.FromMap`: the error for the first option of the wrong JSON type
+    (unknown keys are ignored, null values skipped)."""
+    for key, value in options.items():
+        kind = OPTION_TYPES.get(key)
+        if kind is None or value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = {"integer": number, "float32": number, "boolean": isinstance(value, bool),
+              "array": isinstance(value, list)}[kind]
+        if not ok:
+            return f"option {json.dumps(key)} must be of type {kind}"
+        if kind == "array" and not all(isinstance(item, str) for item in value):
+            return f"option {json.dumps(key)} must be of an array of strings"
+    return None
+
+
+def _at_num_predict(reply: Reply, num_predict: Any, num_ctx: int) -> Reply:
+    """The reply as the runner ends it: after num_predict tokens, its trace's included, with
+    done_reason "length" (runner/ollamarunner/runner.go, `processBatch`: numPredicted >=
+    numPredict removes the sequence with DoneReasonLength). num_predict absent or negative, or
+    above 10 x num_ctx, is 10 x num_ctx (llm/server.go, `Completion`)."""
+    limit = num_predict if isinstance(num_predict, int | float) else -1
+    limit = int(10 * num_ctx if limit < 0 or limit > 10 * num_ctx else limit)
+    thoughts, tokens = _tokens(reply.thinking), _tokens(reply.content)
+    if len(thoughts) + len(tokens) <= limit:
+        return reply
+    kept = tokens[:max(0, limit - len(thoughts))]
+    return replace(reply, thinking="".join(thoughts[:limit]), content="".join(kept),
+                   done_reason="length")
+
+
+def _kept_prompt_tokens(messages: list[dict[str, Any]], num_ctx: int) -> int:
+    """The prompt tokens the runner evaluates (prompt_eval_count) at this num_ctx.
+    server/prompt.go, `chatPrompt`: from the last message back, the earlier messages are kept
+    while they fit, with every system message before them and the last message always; then
+    runner/ollamarunner/runner.go, `NewSequence`: a prompt still longer than num_ctx keeps its
+    first NUM_KEEP tokens and its last ones, num_ctx in all. A message is its characters / 4
+    tokens here."""
+    sizes = [len(str(m.get("content") or "")) // CHARS_PER_TOKEN for m in messages]
+    if not sizes:
+        return 0
+    start = len(sizes) - 1
+    for i in range(len(sizes) - 2, -1, -1):
+        system = sum(n for m, n in zip(messages[:i], sizes, strict=False)
+                     if m.get("role") == "system")
+        if system + sum(sizes[i:]) > num_ctx:
+            break
+        start = i
+    kept = sum(n for m, n in zip(messages[:start], sizes, strict=False)
+               if m.get("role") == "system") + sum(sizes[start:])
+    return min(kept, num_ctx)
+
+
 def _older_than(version: str, than: tuple[int, ...]) -> bool:
     return tuple(int(x) for x in re.findall(r"\d+", version)[:len(than)]) < than
 
@@ -851,7 +927,7 @@ def _chat_final(model: str, body: dict[str, Any], reply: Reply, eval_count: int)
         prompt_tokens = _estimate_prompt_tokens(body)
     final = _chat_chunk(model, "", True)
     final.update(
-        done_reason="stop",
+        done_reason=reply.done_reason,
         total_duration=1_500_000_000,
         load_duration=100_000_000,
         prompt_eval_count=prompt_tokens,
