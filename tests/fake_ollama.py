@@ -38,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
+import jsonschema
+
 FAKE_VERSION = "0.12.6"
 # Thinking (server/routes.go, ChatHandler): the request's `think` and the "thinking" capability
 # came in 0.9.0 (api/types.go ChatRequest.Think; older servers' JSON decoding drops the field);
@@ -753,6 +755,12 @@ class FakeOllama:
         if not body.get("messages"):  # ChatHandler: load the model, generate nothing
             h.send_json(200, _chat_done(model, "load"))
             return
+        if problem := _format_problem(body.get("format")):  # llm/server.go, Completion
+            if body.get("stream", True):
+                h.send_ndjson([{"error": problem}])  # ChatHandler: the error ends the stream
+            else:
+                h.send_json(500, {"error": problem})
+            return
         reply = self._as_thought(self._next_reply(body), model, body.get("think"))
         if not reply.ignores_num_predict:
             reply = _at_num_predict(reply, options.get("num_predict"), runner.num_ctx)
@@ -818,6 +826,22 @@ class FakeOllama:
         finally:
             with self._lock:
                 self._decoding -= 1
+
+
+def _format_problem(fmt: Any) -> str | None:
+    """llm/server.go, `Completion`: `format` is absent, "json", or a JSON schema object that
+    llama.cpp turns into a grammar (`SchemaToGrammar`; jsonschema's own check of the schema
+    stands for it here); anything else fails the completion."""
+    if fmt in (None, "", "json"):
+        return None
+    if not isinstance(fmt, dict):
+        raw = json.dumps(fmt)
+        return f'invalid format: {json.dumps(raw)}; expected "json" or a valid JSON Schema object'
+    try:
+        jsonschema.validators.validator_for(fmt).check_schema(fmt)
+    except jsonschema.SchemaError:
+        return "invalid JSON schema in format"
+    return None
 
 
 def _options_problem(options: dict[str, Any]) -> str | None:

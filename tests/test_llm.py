@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
+import httpx
 import ollama
 import pytest
 
@@ -264,6 +266,24 @@ def test_older_messages_past_num_ctx_are_dropped_and_counted_out() -> None:
         result = make_client(fake, warnings, num_ctx=4096).chat(CODER, messages)
     assert result.prompt_tokens == (400 + 400 + 4000) // 4
     assert result.truncated and warnings
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_format_that_is_neither_json_nor_a_schema_fails(server: FakeOllama,
+                                                          stream: bool) -> None:
+    """llm/server.go, Completion: the client's diagnosis schema is taken; a schema llama.cpp
+    cannot turn into a grammar fails the chat, and so does a format string other than "json"
+    (which the ollama library does not even send)."""
+    server.add_script(Reply(content=diagnosis_json("r", "i", "s")))
+    client = make_client(server, retries=1)
+    assert client.chat(IMPROVER, "x", format=DIAGNOSIS_SCHEMA, stream=stream).text
+    with pytest.raises(LLMError, match="invalid JSON schema in format"):
+        client.chat(IMPROVER, "x", format={"type": "objekt"}, stream=stream)
+    raw = httpx.post(f"{server.url}/api/chat", json={
+        "model": IMPROVER, "messages": [{"role": "user", "content": "x"}], "format": "yaml",
+        "stream": stream}).text.strip()
+    assert json.loads(raw.splitlines()[-1]) == {"error": 'invalid format: "\\"yaml\\""; '
+                                                'expected "json" or a valid JSON Schema object'}
 
 
 def test_each_model_is_judged_by_its_own_show() -> None:
