@@ -67,8 +67,10 @@ BLOB_PATH = re.compile(r"^/api/blobs/(sha256:[0-9a-f]{64})$")
 MIB = 1 << 20
 # convert/convert.go, ConvertAdapter: the base architectures a safetensors adapter converts for
 ADAPTER_ARCHITECTURES = ("llama", "gemma2")
-# Bits per weight of a quantised layer (llama.cpp's figures for these types, about)
-QUANT_BITS = {"Q4_K_M": 5, "Q8_0": 9}
+# fs/ggml/type.go, ParseFileType: the types /api/create quantises to, and the bits per weight
+# of each (llama.cpp's figures, about); another is "unsupported quantization type"
+QUANT_BITS = {"F32": 32, "F16": 16, "Q8_0": 9, "Q4_K_S": 5, "Q4_K_M": 5, "Q4_K": 5}
+SUPPORTED_QUANTS = "F32, F16, Q4_K_S, Q4_K_M, Q8_0"  # as its error lists them
 DEFAULT_NUM_CTX = 4096  # what Ollama's runner gets when a request sends no num_ctx
 # api/types.go (0.12.6), Options and Runner: each option's JSON type as `Options.FromMap` checks
 # it (an int takes any JSON number; a float32, any number; use_mmap is a *bool). An unknown key
@@ -601,6 +603,9 @@ class FakeOllama:
             self._creates.append(dict(body))
         name = full_name(body.get("model") or "")
         files, adapters = body.get("files") or {}, body.get("adapters") or {}
+        if any(not _valid_path(f) for f in files):  # CreateHandler: fs.ValidPath, a 400
+            h.send_json(400, {"error": "file path must be relative"})
+            return
         if not body.get("model") or not (files or body.get("from")):
             h.send_json(400, {"error": "neither 'from' or 'files' was specified"})
             return
@@ -614,11 +619,45 @@ class FakeOllama:
             # convert/convert.go, ConvertAdapter: the base's architecture picks the converter
             h.send_json(400, {"error": "unsupported architecture"})
             return
+        if refused := self._create_refusal(body):
+            status, error = refused
+            if body.get("stream", True):  # the handler's goroutine sends it down the stream
+                h.send_ndjson([{"error": error}])
+            else:
+                h.send_json(status, {"error": error})
+            return
         lines = list(self._create_progress(name, body))
         if body.get("stream", True):
             h.send_ndjson(lines)
         else:
             h.send_json(200, lines[-1])
+
+    def _create_refusal(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        """What server/create.go refuses after the request is read: (status, error).
+        A `from` the server lacks is pulled (`parseFromModel`), and fails as a pull does; with
+        `from`, `files` are not read. Files of no known type are `errUnknownType` (a 400,
+        `convertModelFromFiles`); safetensors weights need their config.json (convert.go,
+        `ConvertModel` reads it); `quantize` must name a type `ParseFileType` knows, and only
+        an F16 or F32 model is quantised (`createModel`): a library model's layers are not."""
+        files = body.get("files") or {}
+        quantize = (body.get("quantize") or body.get("quantization") or "").upper()
+        unknown = (500, f"unsupported quantization type {quantize} - supported types are "
+                        f"{SUPPORTED_QUANTS}") if quantize and quantize not in QUANT_BITS else None
+        if body.get("from"):
+            base = full_name(body["from"])
+            with self._lock:
+                if base not in self._models and base not in self._pullable:
+                    return 500, UNPULLABLE_ERROR
+                self._models.setdefault(base, self._pullable.get(base, ""))  # pulled
+                made = self._created.get(base) or {}
+            f16 = bool(made.get("files")) and not made.get("quantize")
+            return unknown or ((500, "quantization is only supported for F16 and F32 models")
+                               if quantize and not f16 else None)
+        if not any(f.endswith((".safetensors", ".gguf")) for f in files):
+            return 400, "unknown type"
+        if any(f.endswith(".safetensors") for f in files) and "config.json" not in files:
+            return 500, "open config.json: no such file or directory"
+        return unknown
 
     def _safetensors_bytes(self, files: dict[str, str]) -> int:
         return sum(self._blob_path(d).stat().st_size for f, d in files.items()
@@ -842,6 +881,12 @@ def _format_problem(fmt: Any) -> str | None:
     except jsonschema.SchemaError:
         return "invalid JSON schema in format"
     return None
+
+
+def _valid_path(name: str) -> bool:
+    """Go's fs.ValidPath: unrooted, slash-separated, no empty, "." or ".." element."""
+    return name == "." or (bool(name) and all(part not in ("", ".", "..")
+                                              for part in name.split("/")))
 
 
 def _options_problem(options: dict[str, Any]) -> str | None:
