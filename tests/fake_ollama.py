@@ -157,6 +157,8 @@ class _Runner:
     size_vram: int
     loaded_at: float
     expires_at: datetime
+    keep_alive: Any = None  # the last request's, counted again from when it ends
+    busy: int = 0  # requests being served (Ollama's refCount)
     slots: threading.Semaphore = field(repr=False, default_factory=threading.Semaphore)
 
 
@@ -346,6 +348,7 @@ class FakeOllama:
         self.num_parallel = num_parallel  # OLLAMA_NUM_PARALLEL (Ollama's default: 1)
         self.gpu = gpu
         self.throughput = throughput
+        self.skew = timedelta(0)  # added to the server's clock by `advance`
         self._decoding = 0  # streams decoding now, under `throughput`
         self.most_decoding = 0  # the most that decoded at once
         self._server = _Server(self)
@@ -424,12 +427,30 @@ class FakeOllama:
     def running(self) -> dict[str, dict[str, int]]:
         """The loaded models: full name -> {num_ctx, size, size_vram}."""
         with self._lock:
+            self._expire()
             return {m: {"num_ctx": r.num_ctx, "size": r.size, "size_vram": r.size_vram}
                     for m, r in self._runners.items()}
 
     def load(self, model: str, options: dict[str, Any], keep_alive: Any = None) -> None:
         """Load a model as another client's request would (for a test's story)."""
         self._load(full_name(model), options, keep_alive)
+
+    def now(self) -> datetime:
+        """The server's clock: wall time plus what `advance` added."""
+        return datetime.now(UTC) + self.skew
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's clock on (a test's wait for keep_alive to run out)."""
+        with self._lock:
+            self.skew += timedelta(seconds=seconds)
+
+    def _expire(self) -> None:
+        """server/sched.go: a runner whose keep_alive ran out since its last request ended
+        (its `expireTimer`, set in `processCompleted` when its refCount drops to 0) is
+        unloaded. Call with the lock held; a runner serving a request does not expire."""
+        now = self.now()
+        for model in [m for m, r in self._runners.items() if r.expires_at <= now and not r.busy]:
+            self._unload(model)
 
     def unload(self, model: str) -> None:
         """Unload a model as `ollama stop` would (for a test's story)."""
@@ -502,9 +523,10 @@ class FakeOllama:
         spec = self.spec(model)
         key = tuple(options.get(name) for name in RUNNER_OPTIONS)
         with self._lock:
+            self._expire()
             runner = self._runners.get(model)
             if runner is not None and runner.options == key:
-                runner.expires_at = _expiry(keep_alive)
+                runner.expires_at, runner.keep_alive = _expiry(keep_alive, self.now()), keep_alive
                 return runner
             if runner is not None:
                 self._unload(model)
@@ -515,8 +537,9 @@ class FakeOllama:
                     self._unload(min(self._runners, key=lambda m: self._runners[m].loaded_at))
                 vram = max(0, min(size, self.gpu.free()))
                 self.gpu.hold(model, vram)
-            runner = _Runner(key, num_ctx, size, vram, time.monotonic(), _expiry(keep_alive),
-                             threading.Semaphore(self.num_parallel))
+            runner = _Runner(key, num_ctx, size, vram, time.monotonic(),
+                             _expiry(keep_alive, self.now()), keep_alive,
+                             slots=threading.Semaphore(self.num_parallel))
             self._runners[model] = runner
             self._loads[model] = self._loads.get(model, 0) + 1
             return runner
@@ -528,6 +551,7 @@ class FakeOllama:
 
     def _ps(self, h: _Handler, body: Any) -> None:
         with self._lock:
+            self._expire()
             loaded = [(m, r, self._models.get(m, "")) for m, r in self._runners.items()]
         entries = [{"name": m, "model": m, "size": r.size, "digest": digest,
                     "details": _details(self.spec(m)), "expires_at": r.expires_at.isoformat(),
@@ -791,6 +815,18 @@ class FakeOllama:
             h.send_json(500, {"error": problem})  # (routes.go, handleScheduleError's default)
             return
         runner = self._load(name, options, keep_alive)
+        with self._lock:
+            runner.busy += 1
+        try:
+            self._serve(h, body, model, runner)
+        finally:
+            with self._lock:  # its keep_alive counts from the end of its last request
+                runner.busy -= 1
+                runner.expires_at = _expiry(runner.keep_alive, self.now())
+
+    def _serve(self, h: _Handler, body: dict[str, Any], model: str, runner: _Runner) -> None:
+        """A loaded model's answer to a chat request."""
+        options = body.get("options") or {}
         if not body.get("messages"):  # ChatHandler: load the model, generate nothing
             h.send_json(200, _chat_done(model, "load"))
             return
@@ -968,11 +1004,11 @@ def _seconds(keep_alive: Any) -> float | None:
     return -seconds if text.startswith("-") else seconds
 
 
-def _expiry(keep_alive: Any) -> datetime:
+def _expiry(keep_alive: Any, now: datetime) -> datetime:
     """When a runner given this keep_alive expires (5 minutes by default; far off: forever)."""
     seconds = _seconds(keep_alive)
     seconds = 300.0 if seconds is None else seconds
-    return datetime.now(UTC) + timedelta(days=36500 if seconds < 0 else 0,
+    return now + timedelta(days=36500 if seconds < 0 else 0,
                                          seconds=max(0.0, seconds))
 
 

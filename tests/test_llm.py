@@ -304,6 +304,25 @@ def test_each_model_is_judged_by_its_own_show() -> None:
     assert sent == [(IMPROVER, 16384, 512), (CODER, 8192, 1512)]
 
 
+def test_keep_alive_keeps_the_model_loaded_between_distant_calls() -> None:
+    """server/sched.go: a model unloads when keep_alive runs out after its last request (5
+    minutes unless the request says). The client's keep_alive (30 minutes) holds a model
+    through iterations 20 minutes apart; it unloads once the run stops asking."""
+    with FakeOllama(models=[CODER, IMPROVER], default=Reply(content="ok")) as fake:
+        client = make_client(fake)
+        for _ in range(3):
+            client.chat(CODER, "x")
+            fake.advance(20 * 60)
+        assert fake.loads() == {full_model_name(CODER): 1}
+        fake.advance(11 * 60)
+        assert fake.running() == {}
+        ollama.Client(host=fake.url).chat(IMPROVER, [{"role": "user", "content": "x"}])
+        fake.advance(4 * 60)
+        assert list(fake.running()) == [full_model_name(IMPROVER)]
+        fake.advance(61)
+        assert fake.running() == {} and client.running() == []
+
+
 def test_options_of_the_wrong_type_fail_and_unknown_ones_are_ignored(server: FakeOllama) -> None:
     """api/types.go, Options.FromMap: an option of the wrong JSON type fails the request (a
     500 from scheduleRunner); an unknown key is only logged."""
