@@ -24,8 +24,9 @@ import pytest
 
 from tests import replies
 from tests.fake_ollama import Reply
+from tests.helpers import eventually
 from tests.test_search_e2e import DIAGNOSIS, by_role, orchestrator
-from tests.ui_runs import HOSTILE_NAME, hostile_run, parallel_run
+from tests.ui_runs import HOSTILE, HOSTILE_NAME, hostile_run, parallel_run
 
 starlette = pytest.importorskip(
     "starlette", reason="NOT TESTED: the [ui] extra is not installed (pip install '.[ui]')")
@@ -105,6 +106,26 @@ def test_journal_text_is_escaped_in_the_pages(tmp_path):
     assert "onerror=alert" not in page.replace("onerror=alert(1)&gt;", "")
     assert '<a href="javascript:' not in page and "<svg" not in page and "<img" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text
+
+
+def test_hostile_metric_keys_values_and_config_fields_are_shown_as_text(tmp_path):
+    run = hostile_run(tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config.update(generator_model=HOSTILE, improver_model=HOSTILE, dataset=HOSTILE)
+    (run / "config.json").write_text(json.dumps(config))
+    records = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+    records[1]["metrics"] = {HOSTILE: HOSTILE, "params": HOSTILE, "flops": [HOSTILE]}
+    (run / "iterations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ui = client(tmp_path)
+    for path in (f"/runs/{quote(HOSTILE_NAME)}", f"/runs/{quote(HOSTILE_NAME)}/iterations/2"):
+        page = ui.get(path).text
+        assert page.count("<script") == 2, path  # the page's own two
+        assert "<svg" not in page and "<img" not in page and '<a href="javascript:' not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, path  # shown, as text
+    page = ui.get(f"/runs/{quote(HOSTILE_NAME)}/iterations/2").text
+    assert page.count("&lt;svg onload=alert(1)&gt;") >= 4  # key, two values, the list's item
+    (row,) = ui.get("/api/runs").json()  # data for the scripts, which write it as text
+    assert HOSTILE in row.values()
 
 
 def test_an_iteration_evaluated_with_several_seeds_shows_each_and_their_spread(tmp_path):
@@ -218,6 +239,40 @@ def test_the_event_stream_names_a_run_when_its_journal_grows(tmp_path, serve):
     while "parallel" not in named:
         named += events.get(timeout=15)
     assert set(named) <= {"parallel", "other"}  # a late look may still name the touched run
+
+
+def listening(port: int) -> set[str]:
+    """The addresses with a socket listening on `port`, from /proc/net/tcp and tcp6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+@pytest.mark.parametrize(("args", "address", "warned"), [
+    ((), "0100007F", False),  # 127.0.0.1, little-endian hex: loopback only by default
+    (("--host", "0.0.0.0"), "00000000", True)])
+def test_the_ui_listens_on_loopback_unless_told_and_then_warns(tmp_path, args, address,
+                                                                 warned):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", str(tmp_path),
+                             "--port", str(port), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ,
+                                                                      "COLUMNS": "200"})
+    try:
+        eventually(lambda: listening(port) or proc.poll() is not None, 30, "the ui listening")
+        assert listening(port) == {address}
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    warning = ("warning: listening on 0.0.0.0: anyone who can reach it can read every run's "
+               "code, prompts and errors")
+    assert (warning in output) is warned, output
+    assert "http://" + ("0.0.0.0" if warned else "127.0.0.1") + f":{port}/" in output
 
 
 def test_ui_without_the_extra_says_how_to_install_it(tmp_path):
