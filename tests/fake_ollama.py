@@ -19,6 +19,14 @@ model the way `server/sched.go` does: the first model takes what fits and the re
 CPU (size_vram < size); a further model that does not fit wholly unloads a loaded one first
 (`findRunnerToUnload`). /api/ps lists the loaded models (`server/routes.go`, `PsHandler`).
 With a `throughput`, replies take the time a real server's shared GPU would give them.
+
+As strict as the real server (0.12.6), each rule citing its source where it is applied: `think`
+and the "thinking" capability by version; options type-checked (`Options.FromMap`); a reply
+stopped at num_predict with done_reason "length"; a prompt cut to num_ctx, and
+prompt_eval_count the tokens kept; `format` "json" or a valid schema; models unloaded when
+keep_alive runs out (on a clock `advance` moves); /api/create refusing bad file names, file
+sets, quantizations and `from`s. A scripted reply that breaks the request's `format` schema is
+still sent as scripted (the grammar that would prevent it is not simulated).
 """
 
 from __future__ import annotations
