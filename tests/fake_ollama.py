@@ -348,6 +348,7 @@ class FakeOllama:
         self._uploads: list[str] = []  # digests of the accepted uploads, in order
         self._creates: list[dict[str, Any]] = []  # /api/create bodies, in order
         self._created: dict[str, dict[str, Any]] = {}  # created model -> its create body
+        self.on_created: Callable[[str], None] | None = None  # told each model created
         self.version = version
         # Models without a spec are qwen2.5-coder:7b with this context length and thinking.
         self.default_spec = replace(QWEN25_CODER_7B, context_length=context_length,
@@ -730,6 +731,8 @@ class FakeOllama:
             self._created[name] = dict(body)
             self._unload(name)  # a new model: the next chat loads it
         self._remove_layers(old)
+        if self.on_created is not None:  # before the client hears of it (a test's kill point)
+            self.on_created(name)
         yield {"status": "success"}
 
     def _remove_layers(self, layers: list[str]) -> None:

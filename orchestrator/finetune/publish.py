@@ -323,15 +323,27 @@ def _create(client: ollama.Client, host: str, request: dict[str, Any], progress:
         raise _unreachable(host, f"creating {tag}", exc) from exc
 
 
-def _listed(client: ollama.Client, host: str, tag: str) -> tuple[str, int]:
+def listed_digest(host: str | None, tag: str) -> str | None:
+    """The digest of model `tag` on the server at `host`; None when it has no such model."""
+    with _Session(host) as session:
+        found = _find(session.client, session.host, tag)
+    return found[0] if found else None
+
+
+def _find(client: ollama.Client, host: str, tag: str) -> tuple[str, int] | None:
     try:
         listing = client.list()
     except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
-        raise PublishError(f"listing the models on {host} after creating {tag}: {exc}") from exc
-    for model in listing.models:
-        if model.model and full_model_name(model.model) == full_model_name(tag) and model.digest:
-            return model.digest, model.size or 0
-    raise PublishError(f"{host} reported creating {tag}, but does not list it")
+        raise PublishError(f"listing the models on {host}: {exc}") from exc
+    return next(((m.digest, m.size or 0) for m in listing.models if m.model and m.digest
+                 and full_model_name(m.model) == full_model_name(tag)), None)
+
+
+def _listed(client: ollama.Client, host: str, tag: str) -> tuple[str, int]:
+    found = _find(client, host, tag)
+    if found is None:
+        raise PublishError(f"{host} reported creating {tag}, but does not list it")
+    return found
 
 
 # -- progress --------------------------------------------------------------------------------
