@@ -719,8 +719,20 @@ AlphaOpt = Annotated[int, Opt(help="LoRA alpha.")]
 EpochsOpt = Annotated[float, Opt("--epochs", help="Fine-tuning epochs over the corpus.")]
 LrOpt = Annotated[float, Opt("--lr", help="Fine-tuning learning rate.")]
 FourBitOpt = Annotated[bool, Opt("--load-in-4bit", help="QLoRA: load the base in 4 bits (GPU).")]
-QuantizeOpt = Annotated[str | None, Opt(help="Ollama quantization of the published model "
-                                             "(q4_K_M, q8_0; `none` keeps bf16).")]
+def _quantize(value: str | None) -> str | None:
+    """Refuse at once a quantization Ollama would refuse only after the fine-tuning."""
+    from orchestrator.finetune.publish import PublishError, check_quantize
+
+    try:
+        check_quantize(None if value is None or value == "none" else value)
+    except PublishError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    return value
+
+
+QuantizeOpt = Annotated[str | None, Opt(
+    help="Ollama quantization of the published model (q4_K_M, q4_K_S, q8_0, f16, f32; "
+         "`none` keeps bf16).", callback=_quantize)]
 
 
 @app.command()

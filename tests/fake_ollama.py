@@ -19,6 +19,14 @@ model the way `server/sched.go` does: the first model takes what fits and the re
 CPU (size_vram < size); a further model that does not fit wholly unloads a loaded one first
 (`findRunnerToUnload`). /api/ps lists the loaded models (`server/routes.go`, `PsHandler`).
 With a `throughput`, replies take the time a real server's shared GPU would give them.
+
+As strict as the real server (0.12.6), each rule citing its source where it is applied: `think`
+and the "thinking" capability by version; options type-checked (`Options.FromMap`); a reply
+stopped at num_predict with done_reason "length"; a prompt cut to num_ctx, and
+prompt_eval_count the tokens kept; `format` "json" or a valid schema; models unloaded when
+keep_alive runs out (on a clock `advance` moves); /api/create refusing bad file names, file
+sets, quantizations and `from`s. A scripted reply that breaks the request's `format` schema is
+still sent as scripted (the grammar that would prevent it is not simulated).
 """
 
 from __future__ import annotations
@@ -37,6 +45,8 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
+
+import jsonschema
 
 FAKE_VERSION = "0.12.6"
 # Thinking (server/routes.go, ChatHandler): the request's `think` and the "thinking" capability
@@ -65,9 +75,22 @@ BLOB_PATH = re.compile(r"^/api/blobs/(sha256:[0-9a-f]{64})$")
 MIB = 1 << 20
 # convert/convert.go, ConvertAdapter: the base architectures a safetensors adapter converts for
 ADAPTER_ARCHITECTURES = ("llama", "gemma2")
-# Bits per weight of a quantised layer (llama.cpp's figures for these types, about)
-QUANT_BITS = {"Q4_K_M": 5, "Q8_0": 9}
+# fs/ggml/type.go, ParseFileType: the types /api/create quantises to, and the bits per weight
+# of each (llama.cpp's figures, about); another is "unsupported quantization type"
+QUANT_BITS = {"F32": 32, "F16": 16, "Q8_0": 9, "Q4_K_S": 5, "Q4_K_M": 5, "Q4_K": 5}
+SUPPORTED_QUANTS = "F32, F16, Q4_K_S, Q4_K_M, Q8_0"  # as its error lists them
 DEFAULT_NUM_CTX = 4096  # what Ollama's runner gets when a request sends no num_ctx
+# api/types.go (0.12.6), Options and Runner: each option's JSON type as `Options.FromMap` checks
+# it (an int takes any JSON number; a float32, any number; use_mmap is a *bool). An unknown key
+# is logged ("invalid option provided") and ignored; a value of the wrong type fails the request.
+OPTION_TYPES = {
+    **dict.fromkeys(("num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread", "num_keep",
+                     "seed", "num_predict", "top_k", "repeat_last_n"), "integer"),
+    **dict.fromkeys(("top_p", "min_p", "typical_p", "temperature", "repeat_penalty",
+                     "presence_penalty", "frequency_penalty"), "float32"),
+    "use_mmap": "boolean", "stop": "array",
+}
+NUM_KEEP = 4  # api/types.go, DefaultOptions: the prompt tokens a truncation keeps at the start
 CHARS_PER_TOKEN = 4  # for the pace of a reply under `throughput`
 
 
@@ -142,6 +165,8 @@ class _Runner:
     size_vram: int
     loaded_at: float
     expires_at: datetime
+    keep_alive: Any = None  # the last request's, counted again from when it ends
+    busy: int = 0  # requests being served (Ollama's refCount)
     slots: threading.Semaphore = field(repr=False, default_factory=threading.Semaphore)
 
 
@@ -160,6 +185,8 @@ class Reply:
     prompt_eval_count: int | None = None
     error: str | None = None
     thinking: str = ""  # a reasoning model's trace, sent as the server would (_as_thought)
+    ignores_num_predict: bool = False  # a server that runs past num_predict (not Ollama)
+    done_reason: str = "stop"  # "length" once cut at num_predict (_at_num_predict)
 
 
 ScriptItem = Reply | Callable[[dict[str, Any]], Reply]
@@ -321,6 +348,7 @@ class FakeOllama:
         self._uploads: list[str] = []  # digests of the accepted uploads, in order
         self._creates: list[dict[str, Any]] = []  # /api/create bodies, in order
         self._created: dict[str, dict[str, Any]] = {}  # created model -> its create body
+        self.on_created: Callable[[str], None] | None = None  # told each model created
         self.version = version
         # Models without a spec are qwen2.5-coder:7b with this context length and thinking.
         self.default_spec = replace(QWEN25_CODER_7B, context_length=context_length,
@@ -329,6 +357,7 @@ class FakeOllama:
         self.num_parallel = num_parallel  # OLLAMA_NUM_PARALLEL (Ollama's default: 1)
         self.gpu = gpu
         self.throughput = throughput
+        self.skew = timedelta(0)  # added to the server's clock by `advance`
         self._decoding = 0  # streams decoding now, under `throughput`
         self.most_decoding = 0  # the most that decoded at once
         self._server = _Server(self)
@@ -407,12 +436,30 @@ class FakeOllama:
     def running(self) -> dict[str, dict[str, int]]:
         """The loaded models: full name -> {num_ctx, size, size_vram}."""
         with self._lock:
+            self._expire()
             return {m: {"num_ctx": r.num_ctx, "size": r.size, "size_vram": r.size_vram}
                     for m, r in self._runners.items()}
 
     def load(self, model: str, options: dict[str, Any], keep_alive: Any = None) -> None:
         """Load a model as another client's request would (for a test's story)."""
         self._load(full_name(model), options, keep_alive)
+
+    def now(self) -> datetime:
+        """The server's clock: wall time plus what `advance` added."""
+        return datetime.now(UTC) + self.skew
+
+    def advance(self, seconds: float) -> None:
+        """Move the server's clock on (a test's wait for keep_alive to run out)."""
+        with self._lock:
+            self.skew += timedelta(seconds=seconds)
+
+    def _expire(self) -> None:
+        """server/sched.go: a runner whose keep_alive ran out since its last request ended
+        (its `expireTimer`, set in `processCompleted` when its refCount drops to 0) is
+        unloaded. Call with the lock held; a runner serving a request does not expire."""
+        now = self.now()
+        for model in [m for m, r in self._runners.items() if r.expires_at <= now and not r.busy]:
+            self._unload(model)
 
     def unload(self, model: str) -> None:
         """Unload a model as `ollama stop` would (for a test's story)."""
@@ -485,9 +532,10 @@ class FakeOllama:
         spec = self.spec(model)
         key = tuple(options.get(name) for name in RUNNER_OPTIONS)
         with self._lock:
+            self._expire()
             runner = self._runners.get(model)
             if runner is not None and runner.options == key:
-                runner.expires_at = _expiry(keep_alive)
+                runner.expires_at, runner.keep_alive = _expiry(keep_alive, self.now()), keep_alive
                 return runner
             if runner is not None:
                 self._unload(model)
@@ -498,8 +546,9 @@ class FakeOllama:
                     self._unload(min(self._runners, key=lambda m: self._runners[m].loaded_at))
                 vram = max(0, min(size, self.gpu.free()))
                 self.gpu.hold(model, vram)
-            runner = _Runner(key, num_ctx, size, vram, time.monotonic(), _expiry(keep_alive),
-                             threading.Semaphore(self.num_parallel))
+            runner = _Runner(key, num_ctx, size, vram, time.monotonic(),
+                             _expiry(keep_alive, self.now()), keep_alive,
+                             slots=threading.Semaphore(self.num_parallel))
             self._runners[model] = runner
             self._loads[model] = self._loads.get(model, 0) + 1
             return runner
@@ -511,6 +560,7 @@ class FakeOllama:
 
     def _ps(self, h: _Handler, body: Any) -> None:
         with self._lock:
+            self._expire()
             loaded = [(m, r, self._models.get(m, "")) for m, r in self._runners.items()]
         entries = [{"name": m, "model": m, "size": r.size, "digest": digest,
                     "details": _details(self.spec(m)), "expires_at": r.expires_at.isoformat(),
@@ -586,6 +636,9 @@ class FakeOllama:
             self._creates.append(dict(body))
         name = full_name(body.get("model") or "")
         files, adapters = body.get("files") or {}, body.get("adapters") or {}
+        if any(not _valid_path(f) for f in files):  # CreateHandler: fs.ValidPath, a 400
+            h.send_json(400, {"error": "file path must be relative"})
+            return
         if not body.get("model") or not (files or body.get("from")):
             h.send_json(400, {"error": "neither 'from' or 'files' was specified"})
             return
@@ -599,11 +652,45 @@ class FakeOllama:
             # convert/convert.go, ConvertAdapter: the base's architecture picks the converter
             h.send_json(400, {"error": "unsupported architecture"})
             return
+        if refused := self._create_refusal(body):
+            status, error = refused
+            if body.get("stream", True):  # the handler's goroutine sends it down the stream
+                h.send_ndjson([{"error": error}])
+            else:
+                h.send_json(status, {"error": error})
+            return
         lines = list(self._create_progress(name, body))
         if body.get("stream", True):
             h.send_ndjson(lines)
         else:
             h.send_json(200, lines[-1])
+
+    def _create_refusal(self, body: dict[str, Any]) -> tuple[int, str] | None:
+        """What server/create.go refuses after the request is read: (status, error).
+        A `from` the server lacks is pulled (`parseFromModel`), and fails as a pull does; with
+        `from`, `files` are not read. Files of no known type are `errUnknownType` (a 400,
+        `convertModelFromFiles`); safetensors weights need their config.json (convert.go,
+        `ConvertModel` reads it); `quantize` must name a type `ParseFileType` knows, and only
+        an F16 or F32 model is quantised (`createModel`): a library model's layers are not."""
+        files = body.get("files") or {}
+        quantize = (body.get("quantize") or body.get("quantization") or "").upper()
+        unknown = (500, f"unsupported quantization type {quantize} - supported types are "
+                        f"{SUPPORTED_QUANTS}") if quantize and quantize not in QUANT_BITS else None
+        if body.get("from"):
+            base = full_name(body["from"])
+            with self._lock:
+                if base not in self._models and base not in self._pullable:
+                    return 500, UNPULLABLE_ERROR
+                self._models.setdefault(base, self._pullable.get(base, ""))  # pulled
+                made = self._created.get(base) or {}
+            f16 = bool(made.get("files")) and not made.get("quantize")
+            return unknown or ((500, "quantization is only supported for F16 and F32 models")
+                               if quantize and not f16 else None)
+        if not any(f.endswith((".safetensors", ".gguf")) for f in files):
+            return 400, "unknown type"
+        if any(f.endswith(".safetensors") for f in files) and "config.json" not in files:
+            return 500, "open config.json: no such file or directory"
+        return unknown
 
     def _safetensors_bytes(self, files: dict[str, str]) -> int:
         return sum(self._blob_path(d).stat().st_size for f, d in files.items()
@@ -644,6 +731,8 @@ class FakeOllama:
             self._created[name] = dict(body)
             self._unload(name)  # a new model: the next chat loads it
         self._remove_layers(old)
+        if self.on_created is not None:  # before the client hears of it (a test's kill point)
+            self.on_created(name)
         yield {"status": "success"}
 
     def _remove_layers(self, layers: list[str]) -> None:
@@ -732,11 +821,38 @@ class FakeOllama:
                 and not _older_than(self.version, THINK_SINCE):  # ChatHandler, before loading
             h.send_json(400, {"error": f"{json.dumps(model)} does not support thinking"})
             return
-        runner = self._load(name, body.get("options") or {}, keep_alive)
+        options = body.get("options") or {}
+        if problem := _options_problem(options):  # scheduleRunner, modelOptions: a 500
+            h.send_json(500, {"error": problem})  # (routes.go, handleScheduleError's default)
+            return
+        runner = self._load(name, options, keep_alive)
+        with self._lock:
+            runner.busy += 1
+        try:
+            self._serve(h, body, model, runner)
+        finally:
+            with self._lock:  # its keep_alive counts from the end of its last request
+                runner.busy -= 1
+                runner.expires_at = _expiry(runner.keep_alive, self.now())
+
+    def _serve(self, h: _Handler, body: dict[str, Any], model: str, runner: _Runner) -> None:
+        """A loaded model's answer to a chat request."""
+        options = body.get("options") or {}
         if not body.get("messages"):  # ChatHandler: load the model, generate nothing
             h.send_json(200, _chat_done(model, "load"))
             return
+        if problem := _format_problem(body.get("format")):  # llm/server.go, Completion
+            if body.get("stream", True):
+                h.send_ndjson([{"error": problem}])  # ChatHandler: the error ends the stream
+            else:
+                h.send_json(500, {"error": problem})
+            return
         reply = self._as_thought(self._next_reply(body), model, body.get("think"))
+        if not reply.ignores_num_predict:
+            reply = _at_num_predict(reply, options.get("num_predict"), runner.num_ctx)
+        if reply.prompt_eval_count is None:
+            reply = replace(reply, prompt_eval_count=_kept_prompt_tokens(
+                body.get("messages") or [], runner.num_ctx))
         if reply.delay > 0 and self._closing.wait(reply.delay):
             h.close_connection = True
             return
@@ -798,6 +914,82 @@ class FakeOllama:
                 self._decoding -= 1
 
 
+def _format_problem(fmt: Any) -> str | None:
+    """llm/server.go, `Completion`: `format` is absent, "json", or a JSON schema object that
+    llama.cpp turns into a grammar (`SchemaToGrammar`; jsonschema's own check of the schema
+    stands for it here); anything else fails the completion."""
+    if fmt in (None, "", "json"):
+        return None
+    if not isinstance(fmt, dict):
+        raw = json.dumps(fmt)
+        return f'invalid format: {json.dumps(raw)}; expected "json" or a valid JSON Schema object'
+    try:
+        jsonschema.validators.validator_for(fmt).check_schema(fmt)
+    except jsonschema.SchemaError:
+        return "invalid JSON schema in format"
+    return None
+
+
+def _valid_path(name: str) -> bool:
+    """Go's fs.ValidPath: unrooted, slash-separated, no empty, "." or ".." element."""
+    return name == "." or (bool(name) and all(part not in ("", ".", "..")
+                                              for part in name.split("/")))
+
+
+def _options_problem(options: dict[str, Any]) -> str | None:
+    """api/types.go, `Options.FromMap`: the error for the first option of the wrong JSON type
+    (unknown keys are ignored, null values skipped)."""
+    for key, value in options.items():
+        kind = OPTION_TYPES.get(key)
+        if kind is None or value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = {"integer": number, "float32": number, "boolean": isinstance(value, bool),
+              "array": isinstance(value, list)}[kind]
+        if not ok:
+            return f"option {json.dumps(key)} must be of type {kind}"
+        if kind == "array" and not all(isinstance(item, str) for item in value):
+            return f"option {json.dumps(key)} must be of an array of strings"
+    return None
+
+
+def _at_num_predict(reply: Reply, num_predict: Any, num_ctx: int) -> Reply:
+    """The reply as the runner ends it: after num_predict tokens, its trace's included, with
+    done_reason "length" (runner/ollamarunner/runner.go, `processBatch`: numPredicted >=
+    numPredict removes the sequence with DoneReasonLength). num_predict absent or negative, or
+    above 10 x num_ctx, is 10 x num_ctx (llm/server.go, `Completion`)."""
+    limit = num_predict if isinstance(num_predict, int | float) else -1
+    limit = int(10 * num_ctx if limit < 0 or limit > 10 * num_ctx else limit)
+    thoughts, tokens = _tokens(reply.thinking), _tokens(reply.content)
+    if len(thoughts) + len(tokens) <= limit:
+        return reply
+    kept = tokens[:max(0, limit - len(thoughts))]
+    return replace(reply, thinking="".join(thoughts[:limit]), content="".join(kept),
+                   done_reason="length")
+
+
+def _kept_prompt_tokens(messages: list[dict[str, Any]], num_ctx: int) -> int:
+    """The prompt tokens the runner evaluates (prompt_eval_count) at this num_ctx.
+    server/prompt.go, `chatPrompt`: from the last message back, the earlier messages are kept
+    while they fit, with every system message before them and the last message always; then
+    runner/ollamarunner/runner.go, `NewSequence`: a prompt still longer than num_ctx keeps its
+    first NUM_KEEP tokens and its last ones, num_ctx in all. A message is its characters / 4
+    tokens here."""
+    sizes = [len(str(m.get("content") or "")) // CHARS_PER_TOKEN for m in messages]
+    if not sizes:
+        return 0
+    start = len(sizes) - 1
+    for i in range(len(sizes) - 2, -1, -1):
+        system = sum(n for m, n in zip(messages[:i], sizes, strict=False)
+                     if m.get("role") == "system")
+        if system + sum(sizes[i:]) > num_ctx:
+            break
+        start = i
+    kept = sum(n for m, n in zip(messages[:start], sizes, strict=False)
+               if m.get("role") == "system") + sum(sizes[start:])
+    return min(kept, num_ctx)
+
+
 def _older_than(version: str, than: tuple[int, ...]) -> bool:
     return tuple(int(x) for x in re.findall(r"\d+", version)[:len(than)]) < than
 
@@ -823,11 +1015,11 @@ def _seconds(keep_alive: Any) -> float | None:
     return -seconds if text.startswith("-") else seconds
 
 
-def _expiry(keep_alive: Any) -> datetime:
+def _expiry(keep_alive: Any, now: datetime) -> datetime:
     """When a runner given this keep_alive expires (5 minutes by default; far off: forever)."""
     seconds = _seconds(keep_alive)
     seconds = 300.0 if seconds is None else seconds
-    return datetime.now(UTC) + timedelta(days=36500 if seconds < 0 else 0,
+    return now + timedelta(days=36500 if seconds < 0 else 0,
                                          seconds=max(0.0, seconds))
 
 
@@ -851,7 +1043,7 @@ def _chat_final(model: str, body: dict[str, Any], reply: Reply, eval_count: int)
         prompt_tokens = _estimate_prompt_tokens(body)
     final = _chat_chunk(model, "", True)
     final.update(
-        done_reason="stop",
+        done_reason=reply.done_reason,
         total_duration=1_500_000_000,
         load_duration=100_000_000,
         prompt_eval_count=prompt_tokens,

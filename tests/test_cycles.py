@@ -55,8 +55,8 @@ def log(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / "cycles.jsonl").read_text().splitlines()]
 
 
-def test_two_cycles_survive_a_kill_and_publish_a_model_per_cycle(fake_ollama, fashion_data_dir,
-                                                                 tiny_lm, tmp_path):
+def test_two_cycles_survive_kills_and_publish_each_model_once(fake_ollama, fashion_data_dir,
+                                                               tiny_lm, tmp_path):
     driver: list[subprocess.Popen] = []
     script = list(SCRIPT)
 
@@ -67,7 +67,14 @@ def test_two_cycles_survive_a_kill_and_publish_a_model_per_cycle(fake_ollama, fa
             driver[0].kill()
         return Reply(content=script.pop(0))
 
+    def created(name: str) -> None:
+        """The second cycles process is killed as the server finishes creating cycle 1's
+        model, before it can journal the publish."""
+        if name == "coder-nas:c1" and len(driver) == 2:
+            driver[1].kill()
+
     server = fake_ollama(default=generate)
+    server.on_created = created
     config = search_toml(tmp_path / "search.toml", server, fashion_data_dir)
     results = tmp_path / "results"
     args = ["--name", "nas", "--config", str(config), "--base-model", str(tiny_lm),
@@ -82,8 +89,17 @@ def test_two_cycles_survive_a_kill_and_publish_a_model_per_cycle(fake_ollama, fa
     assert not (root / "cycles.jsonl").exists() or not log(root)  # killed inside the search
 
     again = cycles("--name", "nas", "--resume", results=results)
+    driver.append(again)
     output, _ = again.communicate(timeout=1800)
-    assert again.returncode == 0, output
+    assert again.returncode == -signal.SIGKILL, output
+    assert "coder-nas:c1" in server.models and not any(r["step"] == "publish" for r in log(root))
+
+    last = cycles("--name", "nas", "--resume", results=results)
+    output, _ = last.communicate(timeout=1800)
+    assert last.returncode == 0, output
+    assert "cycle 1: coder-nas:c1 (" in output
+    assert "was published before the run stopped; not publishing it again" in " ".join(
+        output.split())
 
     records = log(root)
     done = [r for r in records if r["step"] == "cycle"]
@@ -113,8 +129,8 @@ def test_two_cycles_survive_a_kill_and_publish_a_model_per_cycle(fake_ollama, fa
     assert all(isinstance(r["train_loss"], float) for r in done)
 
     # Ollama: every file of each merged model uploaded, then created under the cycle's tag.
-    creates = server.creates()
-    assert [c["model"] for c in creates][-2:] == ["coder-nas:c1", "coder-nas:c2"]
+    creates = server.creates()  # each model created once, the killed publish included
+    assert [c["model"] for c in creates] == ["coder-nas:c1", "coder-nas:c2"]
     blobs = server.blobs()
     for create in creates:
         assert create["files"] and all(d in blobs for d in create["files"].values())

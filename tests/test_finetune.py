@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -413,11 +414,63 @@ def test_the_fake_server_checks_blobs_and_creates(fake_ollama):
         missing = "sha256:" + "0" * 64
         reply = http.post("/api/create", json={"model": "m:1", "files": {"a": missing}})
         assert reply.status_code == 400 and missing in reply.json()["error"]
-        reply = http.post("/api/create", json={"model": "m:1", "files": {"a": digest},
-                                               "stream": False})
+        files = {"model.safetensors": digest, "config.json": digest}
+        reply = http.post("/api/create", json={"model": "m:1", "files": files, "stream": False})
         assert reply.json() == {"status": "success"}
     assert fake.blobs()[digest] == len(data) and "m:1" in fake.models
     assert [c["model"] for c in fake.creates()] == ["m:1", "m:1"]
+
+
+def test_the_fake_server_refuses_the_creates_ollama_refuses(fake_ollama):
+    """server/create.go: a file name that is not a relative path (CreateHandler,
+    fs.ValidPath), files of no known type (errUnknownType), safetensors without config.json
+    (convert.ConvertModel), a quantization ParseFileType does not know, a `from` the server
+    neither has nor can pull, and quantizing a library model (createModel) all fail; the
+    same files with a known quantization are created."""
+    fake = fake_ollama(models=[BASE_TAG])
+    digest = "sha256:" + hashlib.sha256(b"w").hexdigest()
+    weights = {"model.safetensors": digest, "config.json": digest}
+    refused = [
+        ({"files": {"../model.safetensors": digest}}, 400, "file path must be relative"),
+        ({"files": {"/etc/model.safetensors": digest}}, 400, "file path must be relative"),
+        ({"files": {"weights.bin": digest}}, 400, "unknown type"),
+        ({"files": {"model.safetensors": digest}}, 500,
+         "open config.json: no such file or directory"),
+        ({"files": weights, "quantize": "q5_K_M"}, 500, "unsupported quantization type Q5_K_M "
+         "- supported types are F32, F16, Q4_K_S, Q4_K_M, Q8_0"),
+        ({"from": "nobody/nothing:1"}, 500, "pull model manifest: file does not exist"),
+        ({"from": BASE_TAG, "quantize": "q8_0"}, 500,
+         "quantization is only supported for F16 and F32 models"),
+    ]
+    with httpx.Client(base_url=fake.url) as http:
+        assert http.post(f"/api/blobs/{digest}", content=b"w").status_code == 201
+        for body, status, error in refused:
+            reply = http.post("/api/create", json={"model": "m:1", "stream": False, **body})
+            assert (reply.status_code, reply.json()) == (status, {"error": error}), body
+        streamed = http.post("/api/create", json={"model": "m:1", "files": weights,
+                                                  "quantize": "Q5_K_M"})
+        assert streamed.status_code == 200 and "Q5_K_M" in streamed.text.splitlines()[-1]
+        assert "m:1" not in fake.models
+        for quantize in ("q4_K_M", "q4_k_s", "Q8_0", "f16"):
+            reply = http.post("/api/create", json={"model": "m:1", "files": weights,
+                                                   "quantize": quantize, "stream": False})
+            assert reply.json() == {"status": "success"}, quantize
+    assert "m:1" in fake.models
+
+
+def test_a_quantization_ollama_refuses_is_refused_before_any_work(tmp_path: Path):
+    """Ollama would refuse it only at publish, after the fine-tuning and the upload."""
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", "finetune",
+                           str(tmp_path / "corpus.jsonl"), "--base-model", str(tmp_path),
+                           "--out", str(tmp_path / "out"), "--tag", "t:1", "--quantize",
+                           "q5_K_M"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 2
+    assert "Ollama cannot quantize to 'q5_K_M': use one of q4_K_M, q4_K_S, q4_K, q8_0, f16, " \
+           "f32 or none" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(pub.PublishError, match="cannot quantize to 'q3_K'"):
+        pub.publish("127.0.0.1:9", tmp_path, TAG, quantize="q3_K")
 
 
 def test_show_parameters_parse_into_create_parameters():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 
+import httpx
 import ollama
 import pytest
 
@@ -211,8 +214,8 @@ def test_valid_unicode_joins_split_pairs_and_replaces_lone_halves() -> None:
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_a_reply_past_num_predict_is_cut(server: FakeOllama, stream: bool) -> None:
-    # A server that ignores num_predict: 30000 characters for a 100-token budget.
-    server.add_script(Reply(content="x = 1\n" * 5000))
+    # A server that ignores num_predict (Ollama does not): 30000 characters for 100 tokens.
+    server.add_script(Reply(content="x = 1\n" * 5000, ignores_num_predict=True))
     warnings: list[str] = []
     result = make_client(server, warnings, num_predict=100).chat(CODER, "go", stream=stream)
     limit = GenerationOptions(num_predict=100).reply_char_limit()
@@ -221,6 +224,119 @@ def test_a_reply_past_num_predict_is_cut(server: FakeOllama, stream: bool) -> No
     assert result.done_reason == "cut"
     assert any("cut" in w and "num_predict=100" in w for w in warnings)
     assert len(server.chat_requests()) == 1  # not retried
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_reply_stopped_at_num_predict_says_length_and_is_warned(server: FakeOllama,
+                                                                  stream: bool) -> None:
+    """Ollama's runner stops a reply after num_predict tokens with done_reason "length": the
+    result keeps what came, says so, and the run is told to raise num_predict."""
+    server.add_script(Reply(content="ab " * 50))
+    warnings: list[str] = []
+    result = make_client(server, warnings, num_predict=20).chat(CODER, "go", stream=stream)
+    assert (result.text, result.completion_tokens) == (" ".join(["ab"] * 20), 20)
+    assert result.done_reason == "length"
+    assert warnings == [f"{CODER}: the reply stopped at num_predict=20 tokens; set a larger "
+                        "num_predict"]
+
+
+def test_a_prompt_cut_to_the_model_s_context_length_is_flagged() -> None:
+    """A client nobody sized asks num_ctx for its first prompt, but the server runs the model
+    at most at its trained context length and cuts the prompt to it: the result is flagged,
+    judged against the context the runner had."""
+    with FakeOllama(models=[CODER], context_length=4096, default=Reply(content="ok")) as fake:
+        warnings: list[str] = []
+        result = make_client(fake, warnings).chat(CODER, "x" * 24_000)  # 6000 tokens here
+    assert result.prompt_tokens == 4096  # the runner's cut (NewSequence)
+    assert result.num_ctx == 4096 == fake.chat_requests()[0]["options"]["num_ctx"]
+    assert result.truncated
+    assert any("probably truncated" in w and "now 4096" in w for w in warnings), warnings
+
+
+def test_older_messages_past_num_ctx_are_dropped_and_counted_out() -> None:
+    """server/prompt.go, chatPrompt: a conversation longer than num_ctx loses its older
+    messages (the system message and the last one stay); prompt_eval_count counts what was
+    kept, and the client flags the cut."""
+    messages = [{"role": "system", "content": "s" * 400},
+                {"role": "user", "content": "u" * 30_000},
+                {"role": "assistant", "content": "a" * 400},
+                {"role": "user", "content": "q" * 4000}]
+    with FakeOllama(models=[CODER], default=Reply(content="ok")) as fake:
+        warnings: list[str] = []
+        result = make_client(fake, warnings, num_ctx=4096).chat(CODER, messages)
+    assert result.prompt_tokens == (400 + 400 + 4000) // 4
+    assert result.truncated and warnings
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_format_that_is_neither_json_nor_a_schema_fails(server: FakeOllama,
+                                                          stream: bool) -> None:
+    """llm/server.go, Completion: the client's diagnosis schema is taken; a schema llama.cpp
+    cannot turn into a grammar fails the chat, and so does a format string other than "json"
+    (which the ollama library does not even send)."""
+    server.add_script(Reply(content=diagnosis_json("r", "i", "s")))
+    client = make_client(server, retries=1)
+    assert client.chat(IMPROVER, "x", format=DIAGNOSIS_SCHEMA, stream=stream).text
+    with pytest.raises(LLMError, match="invalid JSON schema in format"):
+        client.chat(IMPROVER, "x", format={"type": "objekt"}, stream=stream)
+    raw = httpx.post(f"{server.url}/api/chat", json={
+        "model": IMPROVER, "messages": [{"role": "user", "content": "x"}], "format": "yaml",
+        "stream": stream}).text.strip()
+    assert json.loads(raw.splitlines()[-1]) == {"error": 'invalid format: "\\"yaml\\""; '
+                                                'expected "json" or a valid JSON Schema object'}
+
+
+def test_each_model_is_judged_by_its_own_show() -> None:
+    """Two models that differ in context length and in the thinking capability: each gets its
+    own num_ctx cap and its own trace allowance (a client reading the other model's /api/show
+    gives one of them the other's)."""
+    from tests.fake_ollama import QWEN25_CODER_7B
+    specs = {CODER: replace(QWEN25_CODER_7B, context_length=8192, thinking=True),
+             IMPROVER: replace(QWEN25_CODER_7B, context_length=32768)}
+    with FakeOllama(models=[CODER, IMPROVER], specs=specs, default=Reply(content="ok")) as fake:
+        client = make_client(fake, num_ctx=16384, num_predict=512, think_tokens=1000)
+        assert client.set_num_ctx({IMPROVER: 1, CODER: 1}) == {IMPROVER: 16384, CODER: 8192}
+        assert (client.thinks(CODER), client.thinks(IMPROVER)) == (True, False)
+        client.chat(IMPROVER, "x")
+        client.chat(CODER, "x")
+    sent = [(b["model"], b["options"]["num_ctx"], b["options"]["num_predict"])
+            for b in fake.chat_requests()]
+    assert sent == [(IMPROVER, 16384, 512), (CODER, 8192, 1512)]
+
+
+def test_keep_alive_keeps_the_model_loaded_between_distant_calls() -> None:
+    """server/sched.go: a model unloads when keep_alive runs out after its last request (5
+    minutes unless the request says). The client's keep_alive (30 minutes) holds a model
+    through iterations 20 minutes apart; it unloads once the run stops asking."""
+    with FakeOllama(models=[CODER, IMPROVER], default=Reply(content="ok")) as fake:
+        client = make_client(fake)
+        for _ in range(3):
+            client.chat(CODER, "x")
+            fake.advance(20 * 60)
+        assert fake.loads() == {full_model_name(CODER): 1}
+        fake.advance(11 * 60)
+        assert fake.running() == {}
+        ollama.Client(host=fake.url).chat(IMPROVER, [{"role": "user", "content": "x"}])
+        fake.advance(4 * 60)
+        assert list(fake.running()) == [full_model_name(IMPROVER)]
+        fake.advance(61)
+        assert fake.running() == {} and client.running() == []
+
+
+def test_options_of_the_wrong_type_fail_and_unknown_ones_are_ignored(server: FakeOllama) -> None:
+    """api/types.go, Options.FromMap: an option of the wrong JSON type fails the request (a
+    500 from scheduleRunner); an unknown key is only logged."""
+    server.add_script(Reply(content="fine"))
+    raw = ollama.Client(host=server.url)
+    go = [{"role": "user", "content": "go"}]
+    for options, error in (({"num_ctx": "4096"}, 'option "num_ctx" must be of type integer'),
+                           ({"temperature": True}, 'option "temperature" must be of type float32'),
+                           ({"stop": ["a", 1]}, 'option "stop" must be of an array of strings')):
+        with pytest.raises(ollama.ResponseError) as info:
+            raw.chat(CODER, go, options=options, stream=False)
+        assert (info.value.status_code, info.value.error) == (500, error)
+    reply = raw.chat(CODER, go, options={"num_ctxx": 1, "num_ctx": 4096.0}, stream=False)
+    assert reply.message.content == "fine"
 
 
 @pytest.mark.parametrize(("version", "takes"), [

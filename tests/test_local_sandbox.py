@@ -104,21 +104,31 @@ def test_detached_children_do_not_survive(evaluate):
 
 
 def test_environment_secrets_and_labels_are_not_given(evaluate, monkeypatch):
+    """Nothing the candidate is handed leads to the test labels: not its argv, cwd or
+    environment (nor a folder an environment variable names), nor a file it has open. (The
+    local sandbox runs as the user: it does not hide the rest of the filesystem.)"""
     monkeypatch.setenv("ORCHESTRATOR_TEST_SECRET", CANARY)
     code = (
         "import os, sys\n"
         "print(sorted(os.environ.items()))\n"
-        "roots = [p for p in sys.argv if os.path.isdir(p)] + [os.getcwd(), os.environ['HOME']]\n"
+        "fds = [os.readlink(f'/proc/self/fd/{n}') for n in os.listdir('/proc/self/fd')\n"
+        "       if os.path.exists(f'/proc/self/fd/{n}')]\n"
+        "print('FDS', fds)\n"
+        "roots = [p for p in sys.argv if os.path.isdir(p)] + [os.getcwd()]\n"
+        "roots += [v for k, v in os.environ.items() if k != 'PATH' and os.path.isdir(v)]\n"
+        "roots += [os.path.dirname(f) for f in fds if os.path.isfile(f)]\n"
         "for root in roots:\n"
         "    for d, _, files in os.walk(root):\n"
         "        print('FILES', d, files)\n"
         "        assert not any('test_y' in f for f in files), 'found test labels'\n"
+        "assert not any('test_y' in f or 'labels' in f for f in fds + sys.argv)\n"
         + replies.VALID_NET
     )
     execution, outcome = evaluate(code)
     assert outcome.status == fc.OK, outcome.error
     assert CANARY not in execution.log_tail
     assert "FILES" in execution.log_tail and "train_x.npy" in execution.log_tail
+    assert "FDS ['/dev/null', 'pipe:" in execution.log_tail  # stdin; stdout and stderr
 
 
 def test_forged_result_cannot_raise_its_score(evaluate):

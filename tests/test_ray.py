@@ -94,6 +94,28 @@ def test_a_task_past_its_deadline_is_cancelled_as_a_sandbox_error(local_ray, tin
     assert score(after, labels, 10).status == fc.OK
 
 
+KILLS_ITS_WORKER = SLOW_NET.replace("{seconds}", "0").replace("super().__init__()", """\
+super().__init__()
+        import os, signal
+        open(MARKER, "a").write("attempt\\n")
+        pid = os.getppid()
+        while pid > 1:  # up to the Ray worker that runs this task, and kill it
+            if b"ray::" in open(f"/proc/{pid}/cmdline", "rb").read():
+                os.kill(pid, signal.SIGKILL)
+            pid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])""", 1)
+
+
+def test_a_task_whose_worker_dies_twice_is_a_sandbox_error(local_ray, tiny_cache, tmp_path):
+    """A task lost with its worker returns nothing: it is retried once, then the iteration
+    is a sandbox_error that says so."""
+    marker = tmp_path / "attempts"
+    box = RaySandbox(spec(), tiny_cache, "tiny", gpus_per_task=0, cpus_per_task=1)
+    execution = box.run(f"MARKER = {str(marker)!r}\n" + KILLS_ITS_WORKER, tiny_job())
+    assert execution.sandbox_error.startswith("the Ray task was lost twice ("), \
+        execution.sandbox_error
+    assert marker.read_text() == "attempt\n" * 2
+
+
 @pytest.fixture
 def cluster():
     """A head that runs no evaluation, and two nodes with one CPU each."""
@@ -129,8 +151,8 @@ def test_a_node_lost_mid_evaluation_is_retried_on_another(cluster, tiny_cache, t
     result: list = []
     worker = threading.Thread(target=lambda: result.append(box.run(code, tiny_job())))
     worker.start()
-    while not marker.exists():  # the candidate has started on some node
-        assert worker.is_alive()
+    while not (marker.read_text() if marker.exists() else "").endswith("\n"):
+        assert worker.is_alive()  # the candidate has not started, or not written its pid yet
         worker.join(timeout=0.05)
     # Its node: the one whose raylet started the worker that runs it.
     raylets = {n.all_processes["raylet"][0].process.pid: n for n in nodes}

@@ -169,12 +169,10 @@ def test_a_dead_tracking_server_warns_and_the_search_completes(fake_ollama, fash
                                                                tmp_path):
     server = fake_ollama(default=by_role([replies.VALID_NET] * 2, DIAGNOSIS))
     uri = f"http://127.0.0.1:{closed_port()}"
-    start = time.monotonic()
     output = flat(tracked_run(
         [*run_args(server, fashion_data_dir, tmp_path, "dead", 2), "--tracking-uri", uri],
         cwd=tmp_path, env={"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
                            "MLFLOW_HTTP_REQUEST_TIMEOUT": "3"}))
-    assert time.monotonic() - start < 300
     assert f"MLflow tracking at {uri} failed" in output
     assert "2 records not mirrored" in output and "--name dead --resume` syncs them" in output
     assert [r["iteration"] for r in read_records(tmp_path / "dead")] == [1, 2]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import shutil
 import socket
 import subprocess
 import sys
@@ -22,8 +24,9 @@ import pytest
 
 from tests import replies
 from tests.fake_ollama import Reply
+from tests.helpers import eventually
 from tests.test_search_e2e import DIAGNOSIS, by_role, orchestrator
-from tests.ui_runs import HOSTILE_NAME, hostile_run, parallel_run
+from tests.ui_runs import HOSTILE, HOSTILE_NAME, hostile_run, parallel_run
 
 starlette = pytest.importorskip(
     "starlette", reason="NOT TESTED: the [ui] extra is not installed (pip install '.[ui]')")
@@ -105,6 +108,26 @@ def test_journal_text_is_escaped_in_the_pages(tmp_path):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown, as text
 
 
+def test_hostile_metric_keys_values_and_config_fields_are_shown_as_text(tmp_path):
+    run = hostile_run(tmp_path)
+    config = json.loads((run / "config.json").read_text())
+    config.update(generator_model=HOSTILE, improver_model=HOSTILE, dataset=HOSTILE)
+    (run / "config.json").write_text(json.dumps(config))
+    records = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
+    records[1]["metrics"] = {HOSTILE: HOSTILE, "params": HOSTILE, "flops": [HOSTILE]}
+    (run / "iterations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    ui = client(tmp_path)
+    for path in (f"/runs/{quote(HOSTILE_NAME)}", f"/runs/{quote(HOSTILE_NAME)}/iterations/2"):
+        page = ui.get(path).text
+        assert page.count("<script") == 2, path  # the page's own two
+        assert "<svg" not in page and "<img" not in page and '<a href="javascript:' not in page
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page, path  # shown, as text
+    page = ui.get(f"/runs/{quote(HOSTILE_NAME)}/iterations/2").text
+    assert page.count("&lt;svg onload=alert(1)&gt;") >= 4  # key, two values, the list's item
+    (row,) = ui.get("/api/runs").json()  # data for the scripts, which write it as text
+    assert HOSTILE in row.values()
+
+
 def test_an_iteration_evaluated_with_several_seeds_shows_each_and_their_spread(tmp_path):
     run = parallel_run(tmp_path)
     records = [json.loads(line) for line in (run / "iterations.jsonl").read_text().splitlines()]
@@ -160,38 +183,95 @@ def test_a_request_for_another_host_name_is_refused(tmp_path):
 
 
 def test_a_candidate_pointing_outside_its_run_is_not_read(tmp_path):
+    """Chain 0's first record points its code at a file beside the results and its reply at
+    /etc/passwd: every page that would show that code or reply (its own, and the later ones
+    that diff against it) is served without either file's text."""
     run = parallel_run(tmp_path / "results")
-    (tmp_path / "secret.py").write_text("SECRET = 1\n")
+    (tmp_path / "secret.py").write_text("SECRET_7f3a = 1\n")
+    passwd = Path("/etc/passwd").read_text().splitlines()[0]
+    ui = client(tmp_path / "results")
+    pages = ["/runs/parallel/iterations/1?chain=0", "/runs/parallel/iterations/2?chain=0",
+             "/runs/parallel/iterations/3?chain=0", "/runs/parallel", "/api/runs/parallel"]
+    before = ui.get(pages[0]).text
+    assert "Here is the net" in before and "nn.Module" in before  # the reply and code shown
     lines = (run / "iterations.jsonl").read_text().splitlines()
     rec = json.loads(lines[0])
+    assert (rec["chain"], rec["iteration"]) == (0, 1)
     rec.update(code_file="../../secret.py", reply_file="/etc/passwd")
     (run / "iterations.jsonl").write_text("\n".join([json.dumps(rec), *lines[1:]]) + "\n")
-    page = client(tmp_path / "results").get("/runs/parallel/iterations/1?chain=1").text
-    assert "SECRET" not in page and "root:" not in page
+    for path in pages:
+        response = ui.get(path)
+        assert response.status_code == 200, path
+        assert "SECRET_7f3a" not in response.text and passwd not in response.text, path
+    assert "Here is the net" not in ui.get(pages[0]).text
 
 
 def test_the_event_stream_names_a_run_when_its_journal_grows(tmp_path, serve):
+    """The stream compares each look at the journals with its first one, taken at some moment
+    after it opens: a second run is touched until the stream names it (so it is watching),
+    then the journal of `parallel` grows and the stream names `parallel`, which it had not."""
     run = parallel_run(tmp_path)
+    other = shutil.copytree(run, tmp_path / "other")
     url = serve(tmp_path)
-    got: list[str] = []
-    opened = threading.Event()
+    events: queue.Queue[list[str]] = queue.Queue()
 
     def listen() -> None:
-        with httpx.stream("GET", url + "/events", timeout=30) as response:
-            opened.set()
+        with httpx.stream("GET", url + "/events", timeout=60) as response:
             for line in response.iter_lines():
                 if line.startswith("data:"):
-                    got.append(line)
-                    return
+                    events.put(json.loads(line.removeprefix("data:")))
 
-    listener = threading.Thread(target=listen, daemon=True)
-    listener.start()
-    assert opened.wait(10)
-    time.sleep(1.5)  # let the stream take its first look at the journals
+    threading.Thread(target=listen, daemon=True).start()
+    before: list[str] = []
+    for _ in range(30):  # each try waits for the stream's answer, not for a fixed time
+        with (other / "iterations.jsonl").open("a") as f:
+            f.write("\n")
+        try:
+            before += events.get(timeout=2)
+            break
+        except queue.Empty:
+            continue
+    assert before == ["other"]
     with (run / "iterations.jsonl").open("a") as f:
         f.write(json.dumps({"iteration": 5, "chain": 1, "status": "timeout"}) + "\n")
-    listener.join(15)
-    assert got == ['data: ["parallel"]']
+    named: list[str] = []
+    while "parallel" not in named:
+        named += events.get(timeout=15)
+    assert set(named) <= {"parallel", "other"}  # a late look may still name the touched run
+
+
+def listening(port: int) -> set[str]:
+    """The addresses with a socket listening on `port`, from /proc/net/tcp and tcp6."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+@pytest.mark.parametrize(("args", "address", "warned"), [
+    ((), "0100007F", False),  # 127.0.0.1, little-endian hex: loopback only by default
+    (("--host", "0.0.0.0"), "00000000", True)])
+def test_the_ui_listens_on_loopback_unless_told_and_then_warns(tmp_path, args, address,
+                                                                 warned):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "ui", str(tmp_path),
+                             "--port", str(port), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ,
+                                                                      "COLUMNS": "200"})
+    try:
+        eventually(lambda: listening(port) or proc.poll() is not None, 30, "the ui listening")
+        assert listening(port) == {address}
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    warning = ("warning: listening on 0.0.0.0: anyone who can reach it can read every run's "
+               "code, prompts and errors")
+    assert (warning in output) is warned, output
+    assert "http://" + ("0.0.0.0" if warned else "127.0.0.1") + f":{port}/" in output
 
 
 def test_ui_without_the_extra_says_how_to_install_it(tmp_path):
@@ -355,7 +435,7 @@ def test_hostile_journal_text_runs_nothing_in_the_browser(browser, serve, tmp_pa
     page.goto(f"{base}/runs/{name}/iterations/2?chain=0")
     assert "<img src=x onerror=alert(1)>" in page.inner_text("#error")
     assert 'href="javascript:alert(1)"' in page.inner_text("#improver")
-    page.wait_for_timeout(500)  # an onerror or a late image load would have happened by now
+    page.wait_for_load_state("networkidle")  # every load (or failed one) of the page has ended
     assert watched.dialogs == []
     assert watched.elsewhere() == []
     assert all(u.startswith(base + "/") for u in watched.navigations), watched.navigations

@@ -8,7 +8,7 @@ Everything lives under `results/<name>/`:
 | --- | --- |
 | `cycles.json` | the settings, written once |
 | `search.toml` | the search settings every cycle's `orchestrator run` starts from |
-| `cycles.jsonl` | a record per finished step (search, select, train, publish) and cycle |
+| `cycles.jsonl` | a record per step: search, select, train, publishing (begun), publish, cycle |
 | `corpus.jsonl` | the prompt-code corpus, each entry with its provenance |
 | `cycle_NN/` | that cycle's search: an ordinary run (`orchestrator report` and `show` read it) |
 | `cycle_NN.lora/` | its LoRA checkpoints and adapter |
@@ -291,10 +291,30 @@ class Cycles:
 
     def publish(self, cycle: int) -> dict:
         """Publish the cycle's model: its adapter over the base where Ollama converts it, else
-        the merged weights; then delete the tag it supersedes (--delete-superseded)."""
-        from orchestrator.finetune.publish import adapter_supported, merge, publish, publish_adapter
+        the merged weights; then delete the tag it supersedes (--delete-superseded).
+
+        A `publishing` record, with the tag's digest on the server before, comes first: a run
+        killed after the server created the model but before the `publish` record finds the
+        tag changed on resume, and records it without publishing it again."""
+        from orchestrator.finetune.publish import (
+            adapter_supported,
+            listed_digest,
+            merge,
+            publish,
+            publish_adapter,
+        )
 
         settings, tag = self.settings, self.settings.tag(cycle)
+        begun = self.log.done(cycle, "publishing")
+        if begun and (digest := listed_digest(settings.ollama_host, tag)) != begun["before"] \
+                and digest is not None:
+            self.say(f"cycle {cycle}: {tag} ({digest[:19]}) was published before the run "
+                     "stopped; not publishing it again")
+            return {"cycle": cycle, "step": "publish", "tag": tag, "digest": digest,
+                    "route": None, "left_bytes": None, "deleted": self.delete_superseded(cycle)}
+        if not begun:
+            self.log.add({"cycle": cycle, "step": "publishing", "tag": tag,
+                          "before": listed_digest(settings.ollama_host, tag)})
         adapter = self.root / self.log.done(cycle, "train")["adapter"]
         if adapter_supported(settings.ollama_host, settings.base_tag):
             done = publish_adapter(settings.ollama_host, adapter, tag, settings.base_tag)

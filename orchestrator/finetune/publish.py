@@ -50,6 +50,9 @@ UPLOAD_CHUNK = 1 << 20
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")  # peft's, as Ollama reads
 # convert/convert.go, ConvertAdapter: the base architectures Ollama converts an adapter for
 ADAPTER_ARCHITECTURES = ("llama", "gemma2")
+# fs/ggml/type.go, ParseFileType: the types /api/create quantises a converted model to (any
+# case); the server refuses another only after the upload and the conversion
+QUANTIZE_TYPES = ("q4_K_M", "q4_K_S", "q4_K", "q8_0", "f16", "f32")
 TRANSFER_TIMEOUT = 3600.0  # one read or write: converting and quantising a 7B model is slow
 
 
@@ -171,6 +174,7 @@ def publish(
     Left on the server: the uploads, the F16 GGUF it converts them into (kept, like the
     uploads, when it quantises that into the model's layer: `server/create.go`) and the
     model's layers (its /api/tags size)."""
+    check_quantize(quantize)
     files = model_files(merged_dir)
     with _Session(host) as session:
         uploaded, digests = session.upload(files, progress)
@@ -179,6 +183,13 @@ def publish(
         digest, size = session.create(request, progress)
     f16 = sum(p.stat().st_size for p in files if p.suffix == ".safetensors") if quantize else 0
     return Published(digest, "merged", uploaded, size + f16)
+
+
+def check_quantize(quantize: str | None) -> None:
+    """PublishError unless Ollama quantises to `quantize` (None: no quantisation)."""
+    if quantize is not None and quantize.upper() not in {q.upper() for q in QUANTIZE_TYPES}:
+        raise PublishError(f"Ollama cannot quantize to {quantize!r}: use one of "
+                           f"{', '.join(QUANTIZE_TYPES)} or none")
 
 
 def publish_adapter(host: str | None, adapter_dir: Path, tag: str, base_tag: str,
@@ -312,15 +323,27 @@ def _create(client: ollama.Client, host: str, request: dict[str, Any], progress:
         raise _unreachable(host, f"creating {tag}", exc) from exc
 
 
-def _listed(client: ollama.Client, host: str, tag: str) -> tuple[str, int]:
+def listed_digest(host: str | None, tag: str) -> str | None:
+    """The digest of model `tag` on the server at `host`; None when it has no such model."""
+    with _Session(host) as session:
+        found = _find(session.client, session.host, tag)
+    return found[0] if found else None
+
+
+def _find(client: ollama.Client, host: str, tag: str) -> tuple[str, int] | None:
     try:
         listing = client.list()
     except (ollama.ResponseError, ConnectionError, httpx.HTTPError) as exc:
-        raise PublishError(f"listing the models on {host} after creating {tag}: {exc}") from exc
-    for model in listing.models:
-        if model.model and full_model_name(model.model) == full_model_name(tag) and model.digest:
-            return model.digest, model.size or 0
-    raise PublishError(f"{host} reported creating {tag}, but does not list it")
+        raise PublishError(f"listing the models on {host}: {exc}") from exc
+    return next(((m.digest, m.size or 0) for m in listing.models if m.model and m.digest
+                 and full_model_name(m.model) == full_model_name(tag)), None)
+
+
+def _listed(client: ollama.Client, host: str, tag: str) -> tuple[str, int]:
+    found = _find(client, host, tag)
+    if found is None:
+        raise PublishError(f"{host} reported creating {tag}, but does not list it")
+    return found
 
 
 # -- progress --------------------------------------------------------------------------------

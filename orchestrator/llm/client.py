@@ -472,12 +472,19 @@ class OllamaClient:
 
     def num_ctx_for(self, model: str, chars: int, reply_tokens: int | None = None) -> int:
         """The model's num_ctx: the one set_num_ctx fixed; for a model it did not (a client used
-        on its own), the configured num_ctx or one sized for this first prompt, then kept."""
+        on its own), the configured num_ctx or one sized for this first prompt, then kept;
+        capped at the model's context length as the server caps it (else a prompt cut to that
+        length would be judged against a num_ctx the runner never had)."""
         key = full_model_name(model)
         with self._ctx_lock:
+            if key in self._num_ctx:
+                return self._num_ctx[key]
+        limit = self.context_length(model)
+        with self._ctx_lock:  # the first prompt of concurrent ones fixes it
             if key not in self._num_ctx:
-                self._num_ctx[key] = self.options.num_ctx or auto_num_ctx(
+                wanted = self.options.num_ctx or auto_num_ctx(
                     chars, self.options.num_predict if reply_tokens is None else reply_tokens)
+                self._num_ctx[key] = min(wanted, limit) if limit else wanted
             return self._num_ctx[key]
 
     # -- chat ------------------------------------------------------------------------------
