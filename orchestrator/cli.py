@@ -117,6 +117,15 @@ def run(
     = None,
     novelty: Annotated[str | None, Opt(help="record (default) or reject near-duplicates.")]
     = None,
+    edit_format: Annotated[str | None, Opt(help="What the Code Generator writes: whole "
+                                              "(default: complete files), or edits of the "
+                                              "reference (of the last code after it failed): "
+                                              "search-replace blocks or udiff hunks.")] = None,
+    edit_match_threshold: Annotated[float | None, Opt(help="difflib similarity (whitespace "
+                                                           "removed) an edit block's old text "
+                                                           "needs where no exact or "
+                                                           "whitespace-insensitive match is "
+                                                           "found [0.95].")] = None,
     executor: Annotated[str | None, Opt(help="local (default) or ray: each evaluation a Ray "
                                              "task on a node of the cluster.")] = None,
     ray_address: Annotated[str | None, Opt(help="Ray cluster (default: RAY_ADDRESS, else a "
@@ -187,7 +196,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     diagnosis_format = _diagnosis_format(ollama_version, cfg.num_predict, reporter)
     digests = _ensure_models(cfg, servers, reporter)
     think = _think_per_role(cfg, servers.clients)
-    prompts = PromptBook(cfg.prompts_dir)
+    prompts = PromptBook(cfg.prompts_dir, cfg.edit_format)
     tenancy = _tenancy(cfg, dataset, servers)
     num_ctx = _num_ctx_start(cfg, dataset, prompts, journal, resume, tenancy,
                              bounded=diagnosis_format != "json",
