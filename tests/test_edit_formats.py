@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.analysis.report import build_report
 from orchestrator.search import failures as fc
+from orchestrator.store.run import read_run
 from tests import replies
+from tests.fake_ollama import _tokens
 from tests.test_search_e2e import DIAGNOSIS, by_role, read_records, run_args, run_with_toml
 
 pytestmark = pytest.mark.slow
@@ -32,10 +35,10 @@ def code_of(run_dir: Path, record: dict) -> str:
 
 
 def test_search_replace_edits_make_the_expected_files(fake_ollama, fashion_data_dir, tmp_path):
+    generator = [replies.VALID_NET, replies.SR_MATCHES_TWICE, replies.SR_TWO_BLOCKS,
+                 replies.SR_WHITESPACE_DRIFT, replies.SR_ONE_BLOCK]
     records, run_dir, improver = edit_run(fake_ollama, fashion_data_dir, tmp_path,
-                                          "search-replace", [
-        replies.VALID_NET, replies.SR_MATCHES_TWICE, replies.SR_TWO_BLOCKS,
-        replies.SR_WHITESPACE_DRIFT, replies.SR_ONE_BLOCK])
+                                          "search-replace", generator)
     assert [r["status"] for r in records] == [fc.OK, fc.EDIT_ERROR, fc.OK, fc.OK, fc.OK]
     first, twice, two, drift, one = records
     assert first["edit"]["kind"] == "whole"  # no code yet: the whole-file prompt
@@ -68,6 +71,15 @@ def test_search_replace_edits_make_the_expected_files(fake_ollama, fashion_data_
     assert base == drift["best_iteration"]
     assert code_of(run_dir, one) == code_of(run_dir, best[base]).replace(
         "nn.AdaptiveAvgPool2d(1)", "nn.AdaptiveMaxPool2d(1)")
+    # The report's figures: 5 replies, 4 of them edits (3 applied), 1 whole file; the 4 codes
+    # that came out are all valid.
+    tokens = sum(len(_tokens(reply)) for reply in generator) / len(generator)
+    report = build_report([read_run(run_dir)], write=False)
+    assert report.metrics["runs"][0]["edit_formats"] == {"search-replace": {
+        "replies": 5, "tokens_per_reply": tokens, "edits": 4, "edits_applied": 3,
+        "edit_apply_rate": 0.75, "whole": 1, "applied": 4, "valid": 4, "valid_rate": 1.0}}
+    assert (f"| search-replace | 5 | {tokens:,.0f} | 75.0% (3 of 4) | 1 | 100.0% (4 of 4) |"
+            in report.markdown)
 
 
 def test_udiff_edits_a_failed_code_and_takes_a_whole_net(fake_ollama, fashion_data_dir,
