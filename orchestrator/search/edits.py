@@ -294,3 +294,37 @@ def _apply(reply: str, base: str | None, edit_format: str, threshold: float) -> 
 def _whole(reply: str) -> Applied:
     extraction = extract_code(reply)
     return Applied(extraction.status, extraction.code, extraction.message, "whole")
+
+
+# -- writing edits (the fine-tuning corpus) --------------------------------------------------
+CONTEXT_TRIES = (3, 5, 8, 13)  # context lines tried until every block places in one spot
+
+
+def render_edit(base: str, code: str, edit_format: str) -> str | None:
+    """A reply in `edit_format` that turns `base` into `code` when applied here: udiff hunks or
+    SEARCH/REPLACE blocks, with as much context as it takes for every block to match one place
+    only; None when no such edit exists (or the codes are equal)."""
+    old, new = base.split("\n"), code.split("\n")
+    if old == new:
+        return None
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    for context in CONTEXT_TRIES:
+        groups = list(matcher.get_grouped_opcodes(context))
+        if edit_format == UDIFF:
+            body = "\n".join(difflib.unified_diff(old, new, "a/net.py", "b/net.py", n=context,
+                                                  lineterm=""))
+            reply = f"```diff\n{body}\n```"
+        else:
+            reply = "\n\n".join(_search_replace(old, new, g) for g in groups)
+        applied = apply_reply(reply, base, edit_format)
+        if applied.kind == "edit" and applied.code == code:
+            return reply
+    return None
+
+
+def _search_replace(old: list[str], new: list[str], group: list[tuple]) -> str:
+    """One SEARCH/REPLACE block for a group of difflib opcodes."""
+    i1, j1 = group[0][1], group[0][3]
+    i2, j2 = group[-1][2], group[-1][4]
+    search, replace = "\n".join(old[i1:i2]), "\n".join(new[j1:j2])
+    return f"<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE"
