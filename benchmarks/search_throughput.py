@@ -390,6 +390,24 @@ def median_timings(records: list[dict]) -> dict[str, float | None]:
     return out
 
 
+def llm_bound_per_hour(records: list[dict], throughput: Throughput | None, n: int
+                       ) -> float | None:
+    """Iterations/hour of n chains were the LLM the only cost: under the token-rate model, an
+    iteration's prompts (both roles) take their tokens / `prompt` s, its replies their tokens at
+    the rate of n streams decoding at once; the tokens are those each record's calls reported
+    (mean over the records)."""
+    if throughput is None or not records:
+        return None
+    seconds = []
+    for r in records:
+        calls = [c for c in (r.get("llm") or {}).values() if c]
+        prompt = sum(c.get("prompt_tokens") or 0 for c in calls)
+        reply = sum(c.get("completion_tokens") or 0 for c in calls)
+        seconds.append(prompt / throughput.prompt + reply / throughput.rate(n))
+    mean = statistics.mean(seconds)
+    return n * 3600 / mean if mean > 0 else None
+
+
 def median(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -480,6 +498,7 @@ def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[
         "wait": {"median": median(waits), "max": max(waits, default=None), "count": len(waits)},
         "timings_median": median_timings(records), "loads": loads, "reloads": reloads,
         "tokens_per_reply": statistics.mean(tokens) if tokens else None,
+        "llm_bound_per_hour": llm_bound_per_hour(records, cfg.throughput, n),
         "rows": rows, "mismatches": mismatches(rows),
         "log_tail": tail(results / f"parallel-{n}.log") if rc != 0 else None,
     }
@@ -514,7 +533,7 @@ def print_summary(runs: list[dict]) -> None:
     print(f"{'N':>2} {'iters':>5} {'ok':>3} {'match':>5} {'wall s':>7} {'iter/h':>7} "
           f"{'xN=1':>5} {'steady/h':>8} {'gen s':>6} {'eval s':>6} {'impr s':>6} {'warm s':>6} "
           f"{'ready s':>7} {'pool':>4} {'wait med':>8} {'wait max':>8} {'loads':>5} "
-          f"{'reloads':>7} {'ray s':>6} {'tok/reply':>9}")
+          f"{'reloads':>7} {'ray s':>6} {'tok/reply':>9} {'LLM iter/h':>10}")
     for r in runs:
         t, w = r["timings_median"], r["wait"]
         ratio = r["per_hour"] / base if base and r["per_hour"] else None
@@ -526,7 +545,7 @@ def print_summary(runs: list[dict]) -> None:
               f"{fmt(t['warmup'], 6, '.2f')} {fmt(t['ready_wait'], 7, '.2f')} "
               f"{fmt(t['pool'], 4, '.0f')} {fmt(w['median'], 8, '.2f')} {fmt(w['max'], 8, '.2f')} "
               f"{sum(r['loads'].values()):>5} {r['reloads']:>7} {fmt(t['ray_overhead'], 6, '.3f')} "
-              f"{fmt(r['tokens_per_reply'], 9, '.0f')}")
+              f"{fmt(r['tokens_per_reply'], 9, '.0f')} {fmt(r['llm_bound_per_hour'], 10, '.0f')}")
     print("  iter/h: iterations over the CLI's wall time (start-up included); xN=1: its ratio "
           "to N=1; steady/h: from the first finished iteration to the last. gen/eval/impr: "
           "median seconds per iteration; warm: the runners' warm-up (median); ready: how "
@@ -536,7 +555,9 @@ def print_summary(runs: list[dict]) -> None:
           "server counted like Ollama's scheduler (a reload: same model, other runner options). "
           "ray s: median seconds Ray adds to an evaluation (--executor ray). tok/reply: "
           "generated tokens per generator reply, as the scripted server counts and times "
-          "them (word pieces).")
+          "them (word pieces). LLM iter/h (--latency 7b): iterations/hour were the LLM the only "
+          "cost, from the prompt and reply tokens of the run's calls under the token-rate "
+          "model at N streams.")
 
 
 def print_statuses(runs: list[dict], cycle: list[Entry], iterations: int) -> None:
