@@ -36,7 +36,8 @@ def test_blocks_apply_in_order_each_to_the_result_of_those_before():
 def test_a_failing_block_refuses_the_whole_edit():
     reply = sr(("        self.pool = nn.AdaptiveAvgPool2d(1)",
                 "        self.pool = nn.AdaptiveMaxPool2d(1)"),
-               ("        self.head = nn.Linear(512, 10)", "        self.head = nn.Linear(512, 100)"))
+               ("        self.head = nn.Linear(512, 10)",
+                "        self.head = nn.Linear(512, 100)"))
     edit = apply_reply(reply, NET, "search-replace")
     assert (edit.status, edit.code, edit.applied) == (fc.EDIT_ERROR, None, False)
     assert edit.message.startswith("block 2 [self.head = nn.Linear(512, 10)] is not in the code")
