@@ -63,7 +63,7 @@ from orchestrator.search.edits import render_edit  # noqa: E402
 from orchestrator.search.loop import CHAIN_SEED_STRIDE  # noqa: E402
 from orchestrator.store.journal import Journal  # noqa: E402
 from tests import replies  # noqa: E402
-from tests.fake_ollama import FakeOllama, Reply, Throughput, _tokens  # noqa: E402
+from tests.fake_ollama import CHARS_PER_TOKEN, FakeOllama, Reply, Throughput  # noqa: E402
 
 DATASET = "fashionmnist"
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
@@ -231,6 +231,7 @@ class Responder:
         self._next: dict[int, int] = {}  # chain -> next position
         self.diagnoses = 0
         self.sent: dict[tuple[int, int], str] = {}  # (chain, seed) -> the reply sent
+        self.diagnosis_tokens: list[float] = []  # paced tokens of each diagnosis sent
 
     def __call__(self, body: dict) -> Reply:
         if body.get("format"):
@@ -239,6 +240,8 @@ class Responder:
                 k = self.diagnoses
             text = replies.diagnosis_json(f"problem {k}: {REASON}", f"idea {k}: {IDEA}",
                                           f"suggestion {k}: {SUGGESTION}")
+            with self._lock:
+                self.diagnosis_tokens.append(paced_tokens(text))
             return Reply(content=text, delay=self.diag_latency)
         seed = int((body.get("options") or {}).get("seed", 0))
         entry = self.cycle[self.position(seed)]
@@ -390,22 +393,24 @@ def median_timings(records: list[dict]) -> dict[str, float | None]:
     return out
 
 
-def llm_bound_per_hour(records: list[dict], throughput: Throughput | None, n: int
-                       ) -> float | None:
-    """Iterations/hour of n chains were the LLM the only cost: under the token-rate model, an
-    iteration's prompts (both roles) take their tokens / `prompt` s, its replies their tokens at
-    the rate of n streams decoding at once; the tokens are those each record's calls reported
-    (mean over the records)."""
-    if throughput is None or not records:
+def llm_bound_per_hour(prompt_tokens: float, reply_tokens: float,
+                       throughput: Throughput | None, n: int) -> float | None:
+    """Iterations/hour of n chains were the LLM the only cost, under the token-rate model: an
+    iteration's prompts (both roles, `prompt_tokens`) take 1 / `prompt` s a token, its replies
+    (`reply_tokens`) decode at the rate of n streams at once."""
+    if throughput is None:
         return None
-    seconds = []
-    for r in records:
-        calls = [c for c in (r.get("llm") or {}).values() if c]
-        prompt = sum(c.get("prompt_tokens") or 0 for c in calls)
-        reply = sum(c.get("completion_tokens") or 0 for c in calls)
-        seconds.append(prompt / throughput.prompt + reply / throughput.rate(n))
-    mean = statistics.mean(seconds)
-    return n * 3600 / mean if mean > 0 else None
+    seconds = prompt_tokens / throughput.prompt + reply_tokens / throughput.rate(n)
+    return n * 3600 / seconds if seconds > 0 else None
+
+
+def paced_tokens(text: str) -> float:
+    """A reply's tokens as the scripted server paces them (CHARS_PER_TOKEN a token)."""
+    return len(text) / CHARS_PER_TOKEN
+
+
+def mean_or_0(values: list[float]) -> float:
+    return statistics.mean(values) if values else 0.0
 
 
 def median(values: list[float | None]) -> float | None:
@@ -488,7 +493,10 @@ def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[
     records = Journal(run_dir).records()
     sent = responder.replies() if args.edit_format != "whole" else None
     rows = check_records(records, run_dir, cycle, n, cfg.iterations, sent)
-    tokens = [len(_tokens(text)) for text in responder.sent.values()]
+    tokens = [paced_tokens(text) for text in responder.sent.values()]
+    prompts = [sum(c.get("prompt_tokens") or 0 for c in (r.get("llm") or {}).values() if c)
+               for r in records]
+    replied = mean_or_0(tokens) + mean_or_0(responder.diagnosis_tokens)
     waits = sandbox_waits(records)
     return {
         "n": n, "command": cmd, "returncode": rc, "wall_seconds": wall,
@@ -498,7 +506,9 @@ def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[
         "wait": {"median": median(waits), "max": max(waits, default=None), "count": len(waits)},
         "timings_median": median_timings(records), "loads": loads, "reloads": reloads,
         "tokens_per_reply": statistics.mean(tokens) if tokens else None,
-        "llm_bound_per_hour": llm_bound_per_hour(records, cfg.throughput, n),
+        "prompt_tokens_per_iteration": mean_or_0(prompts),
+        "llm_bound_per_hour": llm_bound_per_hour(mean_or_0(prompts), replied, cfg.throughput,
+                                                 n),
         "rows": rows, "mismatches": mismatches(rows),
         "log_tail": tail(results / f"parallel-{n}.log") if rc != 0 else None,
     }
@@ -554,10 +564,10 @@ def print_summary(runs: list[dict]) -> None:
           "train and predict seconds (median, max). loads/reloads: model loads the scripted "
           "server counted like Ollama's scheduler (a reload: same model, other runner options). "
           "ray s: median seconds Ray adds to an evaluation (--executor ray). tok/reply: "
-          "generated tokens per generator reply, as the scripted server counts and times "
-          "them (word pieces). LLM iter/h (--latency 7b): iterations/hour were the LLM the only "
-          "cost, from the prompt and reply tokens of the run's calls under the token-rate "
-          "model at N streams.")
+          "generated tokens per generator reply as the scripted server paces them (4 characters "
+          "a token). LLM iter/h (--latency 7b): iterations/hour were the LLM the only cost: the "
+          "mean prompt tokens of an iteration's calls and its replies' tokens under the "
+          "token-rate model at N streams.")
 
 
 def print_statuses(runs: list[dict], cycle: list[Entry], iterations: int) -> None:

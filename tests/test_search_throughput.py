@@ -194,19 +194,16 @@ def test_quick_run_with_udiff_edits(fashion_data_dir: Path, tmp_path: Path) -> N
     replies_sent = [(tmp_path / "runs" / "parallel-1" / r["reply_file"]).read_text()
                     for r in records]
     assert all("```diff\n" in text for text in replies_sent[1:])
-    assert run["tokens_per_reply"] < len(bench._tokens(replies_sent[0]))
+    assert run["tokens_per_reply"] < bench.paced_tokens(replies_sent[0])
 
 
 def test_llm_bound_rate_follows_the_token_model() -> None:
     """Prompts at 2000 tokens/s, replies at the rate of N streams (60 alone, 150 shared)."""
-    records = [{"llm": {"generator": {"prompt_tokens": 2000, "completion_tokens": 120},
-                        "improver": {"prompt_tokens": 2000, "completion_tokens": 60}}},
-               {"llm": {"generator": {"prompt_tokens": 2000, "completion_tokens": 60},
-                        "improver": None}}]
     seven_b = bench.SHARED["7b"]
-    # N=1: 4000 prompt tokens in 2 s and 180 reply tokens in 3 s, then 1 s + 1 s: mean 3.5 s.
-    assert bench.llm_bound_per_hour(records, seven_b, 1) == pytest.approx(3600 / 3.5)
-    # N=4: each stream decodes at 37.5 tokens/s: (2 + 180 / 37.5) and (1 + 60 / 37.5) s.
-    mean = ((4 / 2 + 180 / 37.5) + (2 / 2 + 60 / 37.5)) / 2
-    assert bench.llm_bound_per_hour(records, seven_b, 4) == pytest.approx(4 * 3600 / mean)
-    assert bench.llm_bound_per_hour(records, None, 1) is None
+    # N=1: 4000 prompt tokens in 2 s, 180 reply tokens in 3 s.
+    assert bench.llm_bound_per_hour(4000, 180, seven_b, 1) == pytest.approx(3600 / 5)
+    # N=4: each stream decodes at 150 / 4 = 37.5 tokens/s.
+    assert bench.llm_bound_per_hour(4000, 180, seven_b, 4) == \
+        pytest.approx(4 * 3600 / (2 + 180 / 37.5))
+    assert bench.llm_bound_per_hour(4000, 180, None, 1) is None
+    assert bench.paced_tokens("x" * 10) == 2.5
