@@ -71,6 +71,9 @@ def test_search_replace_edits_make_the_expected_files(fake_ollama, fashion_data_
     assert base == drift["best_iteration"]
     assert code_of(run_dir, one) == code_of(run_dir, best[base]).replace(
         "nn.AdaptiveAvgPool2d(1)", "nn.AdaptiveMaxPool2d(1)")
+    # The novelty filter judged the code that resulted, a near-copy of its base, not the
+    # three-line edit.
+    assert one["novelty"]["max_similarity"] > 0.8
     # The report's figures: 5 replies, 4 of them edits (3 applied), 1 whole file; the 4 codes
     # that came out are all valid.
     tokens = sum(len(_tokens(reply)) for reply in generator) / len(generator)
