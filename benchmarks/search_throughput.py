@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/search_throughput.py [--parallel 1,2,4,8] [--iterations K]
         [--latency 0|7b|7b-fixed] [--device auto|cpu|cuda] [--quick] [--json PATH]
+        [--edit-format whole|search-replace|udiff]
 
 For each N in --parallel it runs `python -m orchestrator run --parallel N` (a subprocess, the
 product's CLI) on real Fashion-MNIST against `tests.fake_ollama.FakeOllama`, started in this
@@ -10,6 +11,14 @@ deterministic cycle of replies: the reference nets (benchmarks/reference_nets.py
 must come back `ok`, interleaved with broken candidates of known failure classes. A request's
 place in the cycle is keyed on its `options.seed` (chain c's seeds are run seed + c x 1,000,000 +
 its call counter), so iteration k of every chain gets cycle entry k-1 and every status is known.
+
+With `--edit-format search-replace` or `udiff` the run asks for edits, and every reply after
+the first is an edit, in that format, of the code the prompt tells the model to edit (read from
+the prompt): a valid entry of the cycle adds a learnable input gate to that code (and repairs
+what the broken entries broke), the broken ones are an edit whose old text is not there
+(`edit_error`), one that breaks the syntax, and one that renames Net (`contract_error`). The
+replies' tokens are then what edits of that size take; the summary prints generated tokens per
+iteration.
 
 With `--latency 7b` the server shares one GPU's decoding between its parallel requests, as a
 real one does (`tests.fake_ollama.Throughput`: tokens/s for one stream, a ceiling for all of
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shlex
 import shutil
 import statistics
@@ -46,12 +56,14 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks import reference_nets  # noqa: E402
+from orchestrator.config import EDIT_FORMATS  # noqa: E402
 from orchestrator.data import datasets  # noqa: E402
 from orchestrator.search import failures as fc  # noqa: E402
+from orchestrator.search.edits import render_edit  # noqa: E402
 from orchestrator.search.loop import CHAIN_SEED_STRIDE  # noqa: E402
 from orchestrator.store.journal import Journal  # noqa: E402
 from tests import replies  # noqa: E402
-from tests.fake_ollama import FakeOllama, Reply, Throughput  # noqa: E402
+from tests.fake_ollama import CHARS_PER_TOKEN, FakeOllama, Reply, Throughput  # noqa: E402
 
 DATASET = "fashionmnist"
 FASHION_SOURCE = Path("/usr/share/datasets/fashion-mnist")
@@ -70,8 +82,12 @@ BROKEN = (  # (name, reply, expected failure class) for 1x28x28 inputs, 10 class
     ("syntax_error", replies.SYNTAX_ERROR_REPLY, fc.SYNTAX_ERROR),
     ("no_net_class", replies.NO_NET_CLASS, fc.CONTRACT_ERROR),
 )
+EDIT_BROKEN = (  # (name, expected failure class) of the broken edits (see `edit_reply`)
+    ("edit_missing", fc.EDIT_ERROR), ("edit_syntax", fc.SYNTAX_ERROR),
+    ("edit_rename", fc.CONTRACT_ERROR),
+)
 SHORT = {fc.OK: "ok", fc.SHAPE_ERROR: "shape", fc.SYNTAX_ERROR: "syntax",
-         fc.CONTRACT_ERROR: "contract", "missing": "-"}
+         fc.CONTRACT_ERROR: "contract", fc.EDIT_ERROR: "edit", "missing": "-"}
 # A diagnosis of a 7B model's usual length (about 250 tokens): the prompts then grow with the
 # memory window as they do in a real run, which is what used to change num_ctx between calls.
 REASON = ("The network reaches its accuracy with few parameters, but the first two stages "
@@ -126,6 +142,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "temporary folder, removed after a passing benchmark)")
     p.add_argument("--max-reloads", type=int, help="fail when a run's model reloads exceed this")
     p.add_argument("--json", type=Path, help="write machine-readable results here")
+    p.add_argument("--edit-format", choices=EDIT_FORMATS, default="whole",
+                   help="what the Code Generator is asked for (orchestrator run "
+                   "--edit-format); the replies are edits in that format (see above)")
     return p.parse_args(argv)
 
 
@@ -176,11 +195,15 @@ class Entry:
     expected: str
 
 
-def build_cycle(nets: list[str], in_channels: int = 1, num_classes: int = 10) -> list[Entry]:
-    """Valid reference nets interleaved with broken candidates: v0 b0 v1 b1 ... (each once)."""
+def build_cycle(nets: list[str], in_channels: int = 1, num_classes: int = 10,
+                edit_format: str = "whole") -> list[Entry]:
+    """Valid reference nets interleaved with broken candidates: v0 b0 v1 b1 ... (each once).
+    Under an edit format a valid entry's net answers only a prompt without code to edit, and
+    the broken entries are broken edits (their content is made from the prompt)."""
     valid = [Entry(n, replies.prose_wrapped(reference_nets.source(n, in_channels, num_classes)),
                    fc.OK) for n in nets]
-    broken = [Entry(*b) for b in BROKEN]
+    broken = [Entry(*b) for b in BROKEN] if edit_format == "whole" else \
+        [Entry(name, "", expected) for name, expected in EDIT_BROKEN]
     cycle: list[Entry] = []
     for i in range(max(len(valid), len(broken))):
         cycle += [valid[i % len(valid)], broken[i % len(broken)]]
@@ -200,13 +223,15 @@ class Responder:
     """
 
     def __init__(self, cycle: list[Entry], run_seed: int, gen_latency: float = 0.0,
-                 diag_latency: float = 0.0) -> None:
-        self.cycle, self.run_seed = cycle, run_seed
+                 diag_latency: float = 0.0, edit_format: str = "whole") -> None:
+        self.cycle, self.run_seed, self.edit_format = cycle, run_seed, edit_format
         self.gen_latency, self.diag_latency = gen_latency, diag_latency
         self._lock = threading.Lock()
         self._positions: dict[tuple[int, int], int] = {}  # (chain, seed) -> cycle position
         self._next: dict[int, int] = {}  # chain -> next position
         self.diagnoses = 0
+        self.sent: dict[tuple[int, int], str] = {}  # (chain, seed) -> the reply sent
+        self.diagnosis_tokens: list[float] = []  # paced tokens of each diagnosis sent
 
     def __call__(self, body: dict) -> Reply:
         if body.get("format"):
@@ -215,9 +240,24 @@ class Responder:
                 k = self.diagnoses
             text = replies.diagnosis_json(f"problem {k}: {REASON}", f"idea {k}: {IDEA}",
                                           f"suggestion {k}: {SUGGESTION}")
+            with self._lock:
+                self.diagnosis_tokens.append(paced_tokens(text))
             return Reply(content=text, delay=self.diag_latency)
-        entry = self.cycle[self.position(int((body.get("options") or {}).get("seed", 0)))]
-        return Reply(content=entry.content, delay=self.gen_latency)
+        seed = int((body.get("options") or {}).get("seed", 0))
+        entry = self.cycle[self.position(seed)]
+        content = entry.content
+        if self.edit_format != "whole":
+            content = edit_reply(entry, body["messages"][-1]["content"], self.edit_format, seed)
+        with self._lock:
+            self.sent[(seed - self.run_seed) // CHAIN_SEED_STRIDE, seed] = content
+        return Reply(content=content, delay=self.gen_latency)
+
+    def replies(self) -> dict[tuple[int, int], str]:
+        """The reply sent for each (chain, iteration), in each chain's seed order."""
+        out: dict[tuple[int, int], str] = {}
+        for (chain, _), text in sorted(self.sent.items()):
+            out[chain, 1 + sum(c == chain for c, _ in out)] = text
+        return out
 
     def position(self, seed: int) -> int:
         """The cycle position for a generator request with this seed."""
@@ -230,15 +270,71 @@ class Responder:
             return self._positions[chain, seed]
 
 
+# ---------------------------------------------------------------------------- edits
+EDIT_TARGET = re.compile(r"^Edit the .*?\(iteration (\d+)\)", re.MULTILINE)
+NET_HEAD = "class Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+FORWARD = "    def forward(self, x):\n"
+RENAMED = "class Model(nn.Module):  # renamed\n"
+BROKEN_MARK = "  # rescaled"
+MISSING_OLD = ("        self.head = nn.Sequential(\n            nn.Linear(512, 256), "
+               "nn.ReLU(inplace=True),\n            nn.Linear(256, NUM_CLASSES),\n        )")
+
+
+def prompt_base(prompt: str) -> str | None:
+    """The code the prompt tells the model to edit, None when it asks for a whole file."""
+    target = EDIT_TARGET.search(prompt)
+    if target is None:
+        return None
+    block = re.search(rf"\(iteration {target[1]}, result: .*?\):\n```python\n(.*?)\n```",
+                      prompt, re.DOTALL)
+    return block[1] if block else None
+
+
+def repaired(code: str) -> str:
+    """`code` without what the broken edits did to it."""
+    lines = [ln for ln in code.split("\n") if not ln.endswith(BROKEN_MARK)]
+    return "\n".join(lines).replace(RENAMED, "class Net(nn.Module):\n")
+
+
+def edit_reply(entry: Entry, prompt: str, edit_format: str, seed: int) -> str:
+    """The reply to a generation request under an edit format: the entry's whole net when the
+    prompt has no code to edit, else the entry's edit of that code (see the module doc)."""
+    base = prompt_base(prompt)
+    if base is None:
+        return entry.content or replies.NO_CODE_REPLY
+    fixed = repaired(base)
+    if entry.expected == fc.OK:  # a learnable input gate, in __init__ and forward of Net
+        target = fixed.replace(NET_HEAD, NET_HEAD + f"        self.gate{seed} = "
+                               "nn.Parameter(torch.ones(1))\n")
+        at = target.find(FORWARD, target.find("class Net("))
+        if at >= 0:
+            at += len(FORWARD)
+            target = target[:at] + f"        x = x * self.gate{seed}\n" + target[at:]
+    elif entry.expected == fc.SYNTAX_ERROR:
+        target = fixed.replace(NET_HEAD, NET_HEAD + f"        self.scale = (2.0{BROKEN_MARK}\n")
+    elif entry.expected == fc.CONTRACT_ERROR:
+        target = fixed.replace("class Net(nn.Module):\n", RENAMED)
+    else:  # an edit of lines the code does not have
+        missing = MISSING_OLD.replace("ReLU(inplace=True),", "ReLU(inplace=True), nn.Dropout(0.3),")
+        block = (f"<<<<<<< SEARCH\n{MISSING_OLD}\n=======\n{missing}\n>>>>>>> REPLACE"
+                 if edit_format == "search-replace" else
+                 "```diff\n@@ ... @@\n" + "\n".join(f"-{ln}" for ln in MISSING_OLD.split("\n"))
+                 + "\n" + "\n".join(f"+{ln}" for ln in missing.split("\n")) + "\n```")
+        return f"A dropout in the head regularises it:\n\n{block}\n"
+    edit = render_edit(base, target, edit_format)
+    return f"Here is the change to the code:\n\n{edit}\n" if edit else entry.content
+
+
 # ---------------------------------------------------------------------------- checking
 
 
 def check_records(records: list[dict], run_dir: Path, cycle: list[Entry], chains: int,
-                  iterations: int) -> list[dict]:
+                  iterations: int, sent: dict[tuple[int, int], str] | None = None) -> list[dict]:
     """One row per (chain, iteration): status, expectation and whether they match.
 
     The expectation is the cycle entry for the iteration; the journaled raw reply must be that
-    entry's text (so a mix-up of replies cannot pass), and its status the entry's status.
+    entry's text (`sent`, the replies made from the prompts, under an edit format) so a mix-up
+    of replies cannot pass, and its status the entry's status.
     """
     by_key = {(r.get("chain", 0), r["iteration"]): r for r in records}
     rows = []
@@ -250,7 +346,8 @@ def check_records(records: list[dict], run_dir: Path, cycle: list[Entry], chains
             if record is not None:
                 path = run_dir / (record.get("reply_file") or "-")
                 reply = path.read_text() if path.is_file() else None
-                row.update(status=record["status"], reply_matches=reply == entry.content)
+                wanted = (sent or {}).get((chain, i), entry.content)
+                row.update(status=record["status"], reply_matches=reply == wanted)
                 row["match"] = row["reply_matches"] and record["status"] == entry.expected
             rows.append(row)
     return rows
@@ -296,6 +393,26 @@ def median_timings(records: list[dict]) -> dict[str, float | None]:
     return out
 
 
+def llm_bound_per_hour(prompt_tokens: float, reply_tokens: float,
+                       throughput: Throughput | None, n: int) -> float | None:
+    """Iterations/hour of n chains were the LLM the only cost, under the token-rate model: an
+    iteration's prompts (both roles, `prompt_tokens`) take 1 / `prompt` s a token, its replies
+    (`reply_tokens`) decode at the rate of n streams at once."""
+    if throughput is None:
+        return None
+    seconds = prompt_tokens / throughput.prompt + reply_tokens / throughput.rate(n)
+    return n * 3600 / seconds if seconds > 0 else None
+
+
+def paced_tokens(text: str) -> float:
+    """A reply's tokens as the scripted server paces them (CHARS_PER_TOKEN a token)."""
+    return len(text) / CHARS_PER_TOKEN
+
+
+def mean_or_0(values: list[float]) -> float:
+    return statistics.mean(values) if values else 0.0
+
+
 def median(values: list[float | None]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None
@@ -320,6 +437,8 @@ def cli_command(cfg: SimpleNamespace, args: argparse.Namespace, n: int, url: str
         cmd += ["--test-samples", str(cfg.test)]
     if ray_address:
         cmd += ["--executor", "ray", "--ray-address", ray_address]
+    if args.edit_format != "whole":
+        cmd += ["--edit-format", args.edit_format]
     return cmd
 
 
@@ -362,7 +481,7 @@ def run_cli(cmd: list[str], log: Path, limit: float) -> tuple[int, float]:
 def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[Entry],
             results: Path) -> dict:
     """One `orchestrator run --parallel n` against a fresh scripted server, checked."""
-    responder = Responder(cycle, args.seed, cfg.gen_latency, cfg.diag_latency)
+    responder = Responder(cycle, args.seed, cfg.gen_latency, cfg.diag_latency, args.edit_format)
     with FakeOllama(models=[MODEL], default=responder, throughput=cfg.throughput,
                     num_parallel=n) as server, simulated_nodes(n, args.executor) as address:
         cmd = cli_command(cfg, args, n, server.url, results, address)
@@ -372,7 +491,12 @@ def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[
         loads, reloads = server.loads(), server.reloads()
     run_dir = results / f"parallel-{n}"
     records = Journal(run_dir).records()
-    rows = check_records(records, run_dir, cycle, n, cfg.iterations)
+    sent = responder.replies() if args.edit_format != "whole" else None
+    rows = check_records(records, run_dir, cycle, n, cfg.iterations, sent)
+    tokens = [paced_tokens(text) for text in responder.sent.values()]
+    prompts = [sum(c.get("prompt_tokens") or 0 for c in (r.get("llm") or {}).values() if c)
+               for r in records]
+    replied = mean_or_0(tokens) + mean_or_0(responder.diagnosis_tokens)
     waits = sandbox_waits(records)
     return {
         "n": n, "command": cmd, "returncode": rc, "wall_seconds": wall,
@@ -381,6 +505,10 @@ def run_one(n: int, cfg: SimpleNamespace, args: argparse.Namespace, cycle: list[
         "steady_per_hour": steady_per_hour(records),
         "wait": {"median": median(waits), "max": max(waits, default=None), "count": len(waits)},
         "timings_median": median_timings(records), "loads": loads, "reloads": reloads,
+        "tokens_per_reply": statistics.mean(tokens) if tokens else None,
+        "prompt_tokens_per_iteration": mean_or_0(prompts),
+        "llm_bound_per_hour": llm_bound_per_hour(mean_or_0(prompts), replied, cfg.throughput,
+                                                 n),
         "rows": rows, "mismatches": mismatches(rows),
         "log_tail": tail(results / f"parallel-{n}.log") if rc != 0 else None,
     }
@@ -415,7 +543,7 @@ def print_summary(runs: list[dict]) -> None:
     print(f"{'N':>2} {'iters':>5} {'ok':>3} {'match':>5} {'wall s':>7} {'iter/h':>7} "
           f"{'xN=1':>5} {'steady/h':>8} {'gen s':>6} {'eval s':>6} {'impr s':>6} {'warm s':>6} "
           f"{'ready s':>7} {'pool':>4} {'wait med':>8} {'wait max':>8} {'loads':>5} "
-          f"{'reloads':>7} {'ray s':>6}")
+          f"{'reloads':>7} {'ray s':>6} {'tok/reply':>9} {'LLM iter/h':>10}")
     for r in runs:
         t, w = r["timings_median"], r["wait"]
         ratio = r["per_hour"] / base if base and r["per_hour"] else None
@@ -426,7 +554,8 @@ def print_summary(runs: list[dict]) -> None:
               f"{fmt(t['evaluate'], 6, '.2f')} {fmt(t['improve'], 6, '.2f')} "
               f"{fmt(t['warmup'], 6, '.2f')} {fmt(t['ready_wait'], 7, '.2f')} "
               f"{fmt(t['pool'], 4, '.0f')} {fmt(w['median'], 8, '.2f')} {fmt(w['max'], 8, '.2f')} "
-              f"{sum(r['loads'].values()):>5} {r['reloads']:>7} {fmt(t['ray_overhead'], 6, '.3f')}")
+              f"{sum(r['loads'].values()):>5} {r['reloads']:>7} {fmt(t['ray_overhead'], 6, '.3f')} "
+              f"{fmt(r['tokens_per_reply'], 9, '.0f')} {fmt(r['llm_bound_per_hour'], 10, '.0f')}")
     print("  iter/h: iterations over the CLI's wall time (start-up included); xN=1: its ratio "
           "to N=1; steady/h: from the first finished iteration to the last. gen/eval/impr: "
           "median seconds per iteration; warm: the runners' warm-up (median); ready: how "
@@ -434,7 +563,11 @@ def print_summary(runs: list[dict]) -> None:
           "depth (median). wait: an ok iteration's evaluate seconds minus its "
           "train and predict seconds (median, max). loads/reloads: model loads the scripted "
           "server counted like Ollama's scheduler (a reload: same model, other runner options). "
-          "ray s: median seconds Ray adds to an evaluation (--executor ray).")
+          "ray s: median seconds Ray adds to an evaluation (--executor ray). tok/reply: "
+          "generated tokens per generator reply as the scripted server paces them (4 characters "
+          "a token). LLM iter/h (--latency 7b): iterations/hour were the LLM the only cost: the "
+          "mean prompt tokens of an iteration's calls and its replies' tokens under the "
+          "token-rate model at N streams.")
 
 
 def print_statuses(runs: list[dict], cycle: list[Entry], iterations: int) -> None:
@@ -477,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_nets.source(net)  # unknown names fail now, not after minutes
     data = prepare_data(args, cfg)
     spec = data.spec
-    cycle = build_cycle(cfg.nets, spec.input_shape[0], spec.num_classes)
+    cycle = build_cycle(cfg.nets, spec.input_shape[0], spec.num_classes, args.edit_format)
     temp = args.results_dir is None
     results = Path(tempfile.mkdtemp(prefix="search-throughput-")) if temp \
         else args.results_dir.expanduser().resolve()
@@ -485,7 +618,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"search_throughput: device={args.device} ({'cuda' if cfg.cuda else 'cpu'}) "
           f"executor={args.executor} sandbox={args.sandbox} data={data.name} "
           f"{data.train_count}/{data.test_count} "
-          f"parallel={cfg.parallel} iterations/chain={cfg.iterations} {llm_text(cfg)}")
+          f"parallel={cfg.parallel} iterations/chain={cfg.iterations} "
+          f"edit format={args.edit_format} {llm_text(cfg)}")
     print(f"  reply cycle: {' '.join(f'{e.name}={e.expected}' for e in cycle)}", flush=True)
     runs = []
     for n in cfg.parallel:

@@ -18,7 +18,15 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator import __version__
-from orchestrator.config import ConfigError, RunConfig, build, for_resume, load_toml, plain_name
+from orchestrator.config import (
+    EDIT_FORMATS,
+    ConfigError,
+    RunConfig,
+    build,
+    for_resume,
+    load_toml,
+    plain_name,
+)
 from orchestrator.data import datasets
 from orchestrator.gpu.memory import candidates_gpu
 from orchestrator.gpu.plan import Plan
@@ -71,6 +79,9 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 Opt = typer.Option
+EDIT_CORPUS_HELP = ("The corpus answers as whole files (whole), or, for a candidate with a "
+                    "base (the code it edited, or the best before it), as the edit of that "
+                    "base in search-replace or udiff form, after a prompt of that format.")
 
 
 @app.command()
@@ -118,6 +129,15 @@ def run(
     = None,
     novelty: Annotated[str | None, Opt(help="record (default) or reject near-duplicates.")]
     = None,
+    edit_format: Annotated[str | None, Opt(help="What the Code Generator writes: whole "
+                                              "(default: complete files), or edits of the "
+                                              "reference (of the last code after it failed): "
+                                              "search-replace blocks or udiff hunks.")] = None,
+    edit_match_threshold: Annotated[float | None, Opt(help="difflib similarity (whitespace "
+                                                           "removed) an edit block's old text "
+                                                           "needs where no exact or "
+                                                           "whitespace-insensitive match is "
+                                                           "found [0.95].")] = None,
     executor: Annotated[str | None, Opt(help="local (default) or ray: each evaluation a Ray "
                                              "task on a node of the cluster.")] = None,
     ray_address: Annotated[str | None, Opt(help="Ray cluster (default: RAY_ADDRESS, else a "
@@ -188,7 +208,7 @@ def start(settings: dict, cli: dict, resume: bool) -> dict:
     diagnosis_format = _diagnosis_format(ollama_version, cfg.num_predict, reporter)
     digests = _ensure_models(cfg, servers, reporter)
     think = _think_per_role(cfg, servers.clients)
-    prompts = PromptBook(cfg.prompts_dir)
+    prompts = PromptBook(cfg.prompts_dir, cfg.edit_format)
     tenancy = _tenancy(cfg, dataset, servers)
     num_ctx = _num_ctx_start(cfg, dataset, prompts, journal, resume, tenancy,
                              bounded=diagnosis_format != "json",
@@ -688,6 +708,7 @@ def export(
     best: Annotated[Path | None, Opt(help="Write the best Net as a standalone module.")] = None,
     corpus: Annotated[Path | None, Opt(help="Write the prompt/code corpus (JSONL).")] = None,
     threshold: Annotated[float | None, Opt(help="Corpus accuracy threshold.")] = None,
+    edit_format: Annotated[str, Opt(help=EDIT_CORPUS_HELP)] = "whole",
     results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
     """Export the best architecture (--best) or a fine-tuning corpus (--corpus)."""
@@ -697,12 +718,14 @@ def export(
 
     if not best and not corpus:
         raise fail("say what to export: --best OUT.py and/or --corpus OUT.jsonl")
+    if edit_format not in EDIT_FORMATS:
+        raise fail(f"--edit-format {edit_format!r}: expected one of {', '.join(EDIT_FORMATS)}")
     try:
         loaded = [read_run(r, results_dir) for r in runs]
         if best:
             console.print(f"best Net: {export_best(loaded[0], best)}", highlight=False)
         if corpus:
-            count = export_corpus(loaded, corpus, threshold=threshold)
+            count = export_corpus(loaded, corpus, threshold=threshold, edit_format=edit_format)
             console.print(f"corpus: {count} examples in {corpus}", highlight=False)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
@@ -802,6 +825,10 @@ def cycles(
     results_dir: Annotated[Path, Opt(help="Where the cycles directory goes.")] = Path("results"),
     delete_superseded: Annotated[bool, Opt("--delete-superseded", help="Delete cycle N-1's "
                                            "Ollama tag once cycle N has published.")] = False,
+    edit_format: Annotated[str, Opt(help="whole, search-replace or udiff: what each cycle's "
+                                         "search asks for (--edit-format of run) and "
+                                         + EDIT_CORPUS_HELP[0].lower() + EDIT_CORPUS_HELP[1:])]
+    = "whole",
     rank: RankOpt = 32, alpha: AlphaOpt = 32, epochs: EpochsOpt = 5, lr: LrOpt = 1e-5,
     load_in_4bit: FourBitOpt = False,
     resume: Annotated[bool, Opt("--resume", help="Continue the cycles --name.")] = False,
@@ -831,6 +858,7 @@ def cycles(
                 candidates=candidates, mode=mode, threshold=threshold, tau=tau,
                 tag_prefix=tag_prefix, quantize=None if quantize == "none" else quantize,
                 ollama_host=ollama_host or cfg.ollama_host, delete_superseded=delete_superseded,
+                edit_format=edit_format,
                 lora=_lora(rank, alpha, epochs, lr, load_in_4bit))
             runs = [read_run(r, results_dir) for r in from_run or []]
             cycles = Cycles.create(root, settings, config, seed_corpus, runs, say)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "qwen2.5-coder:7b"
+EDIT_FORMATS = ("whole", "search-replace", "udiff")  # search/edits.py applies the edits
 # Settings that may change when a stopped run is resumed; the rest are the run's identity.
 RESUMABLE = frozenset({"iterations", "ollama_host", "timeout", "no_pull", "request_timeout",
                        "keep_alive", "warm_pool", "ray_address", "track", "tracking_uri",
@@ -34,7 +35,7 @@ PRESETS: dict[str, dict] = {
         "num_predict": 2048, "timeout": 1800.0, "seed": 42, "select_on": "test", "repeats": 1,
         "precision": "fp32", "train_samples": None, "test_samples": None,
         "extended_prompt": False, "no_history": False, "no_reference": False,
-        "no_improver": False,
+        "no_improver": False, "edit_format": "whole",
     },
 }
 # What a stored config without a setting meant before the setting existed.
@@ -88,6 +89,10 @@ class RunConfig:
     novelty_tau: float = 0.90
     novelty_retries: int = 3
     max_params: int | None = None
+    # What the Code Generator writes: "whole" files (the paper), or edits of the reference (the
+    # current code after a failure): "search-replace" blocks or a "udiff" (search/edits.py).
+    edit_format: str = "whole"
+    edit_match_threshold: float = 0.95  # difflib ratio a fuzzy-placed edit block needs
     # Generation.
     temperature: float = 0.7
     top_p: float = 0.9
@@ -194,6 +199,8 @@ class RunConfig:
             ("novelty", self.novelty in ("record", "reject"), "record or reject"),
             ("novelty_tau", 0 < self.novelty_tau <= 1, "in (0, 1]"),
             ("novelty_retries", self.novelty_retries >= 0, "0 or more"),
+            ("edit_format", self.edit_format in EDIT_FORMATS, ", ".join(EDIT_FORMATS)),
+            ("edit_match_threshold", 0 < self.edit_match_threshold <= 1, "in (0, 1]"),
             ("think_tokens", self.think_tokens >= 0, "0 or more"),
             ("keep_alive", DURATION.fullmatch(self.keep_alive) is not None,
              "a duration like 30m, 1h or 0"),

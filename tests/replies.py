@@ -247,3 +247,100 @@ DIAGNOSIS_GARBAGE = (
     "I'm sorry, but I can't help with that right now. The model seems fine... or maybe not?"
     " <|im_end|> \x00\x01 ]]]} ;;; ~~~"
 )
+
+
+# -- edits (--edit-format search-replace / udiff) of VALID_NET and SHAPE_MISMATCH_NET ---------
+def edit_wrapped(intro: str, body: str, lang: str = "python") -> str:
+    """An edit reply as models write them: a sentence, the edit in a fence, a closing remark."""
+    return f"{intro}\n\n```{lang}\n{body.rstrip()}\n```\n\nThis keeps the rest of the network.\n"
+
+
+SR_ONE_BLOCK = edit_wrapped("Max pooling keeps the strongest activations; one change:", '''\
+<<<<<<< SEARCH
+        self.pool = nn.AdaptiveAvgPool2d(1)
+=======
+        self.pool = nn.AdaptiveMaxPool2d(1)
+>>>>>>> REPLACE''')
+
+SR_TWO_BLOCKS = edit_wrapped("Dropout before the classifier regularises the head:", '''\
+<<<<<<< SEARCH
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, num_classes)
+=======
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(0.2)
+        self.classifier = nn.Linear(32, num_classes)
+>>>>>>> REPLACE
+```
+
+And in `forward`:
+
+```python
+<<<<<<< SEARCH
+        return self.classifier(x)
+=======
+        return self.classifier(self.dropout(x))
+>>>>>>> REPLACE''')
+
+# The model wrote the blocks flush left or under-indented, one line with a trailing space
+# (<SP>): whitespace drift.
+SR_WHITESPACE_DRIFT = edit_wrapped("Wider second stage:", '''\
+<<<<<<< SEARCH
+nn.Conv2d(16, 32, kernel_size=3, padding=1, bias=False),<SP>
+nn.BatchNorm2d(32),
+=======
+nn.Conv2d(16, 48, kernel_size=3, padding=1, bias=False),
+nn.BatchNorm2d(48),
+>>>>>>> REPLACE
+```
+
+```python
+<<<<<<< SEARCH
+    self.classifier = nn.Linear(32, num_classes)
+=======
+    self.classifier = nn.Linear(48, num_classes)
+>>>>>>> REPLACE''').replace("<SP>", " ")
+
+# Both stages end with these two lines: the block matches twice.
+SR_MATCHES_TWICE = edit_wrapped("Add spatial dropout after pooling:", '''\
+<<<<<<< SEARCH
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+=======
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Dropout2d(0.1),
+>>>>>>> REPLACE''')
+
+# A fix of SHAPE_MISMATCH_NET (28x28 inputs give 7x7 maps), as a unified diff.
+UDIFF_FIX_FAILED = edit_wrapped("The flattened size is 64 * 7 * 7 for 28x28 inputs:", '''\
+--- a/net.py
++++ b/net.py
+@@ -10,7 +10,7 @@ class Net(nn.Module):
+         self.pool = nn.MaxPool2d(2)
+         # Assumes 32x32 inputs: 64 * 8 * 8, but 28x28 inputs give 64 * 7 * 7 = 3136.
+-        self.fc1 = nn.Linear(64 * 8 * 8, 128)
++        self.fc1 = nn.Linear(64 * 7 * 7, 128)
+         self.fc2 = nn.Linear(128, 10)
+<SP>
+     def forward(self, x):'''.replace("<SP>", " "), lang="diff")
+
+# Context of a layer the code does not have: the hunk cannot be placed.
+UDIFF_MISSING_CONTEXT = edit_wrapped("Add a third stage:", '''\
+@@ -14,6 +14,10 @@
+             nn.Conv2d(32, 64, kernel_size=3, padding=1, bias=False),
+             nn.BatchNorm2d(64),
+             nn.ReLU(inplace=True),
++            nn.Conv2d(64, 128, kernel_size=3, padding=1, bias=False),
++            nn.BatchNorm2d(128),
++            nn.ReLU(inplace=True),
+         )''', lang="diff")
+
+UDIFF_TWO_HUNKS = edit_wrapped("Dropout before the classifier:", '''\
+@@ ... @@
+         self.pool = nn.AdaptiveAvgPool2d(1)
++        self.dropout = nn.Dropout(0.2)
+         self.classifier = nn.Linear(32, num_classes)
+@@ ... @@
+-        return self.classifier(x)
++        return self.classifier(self.dropout(x))''', lang="diff")

@@ -10,6 +10,7 @@ import pytest
 from orchestrator.config import (
     DEFAULT_MODEL,
     FIELDS,
+    PRESETS,
     RESUMABLE,
     ConfigError,
     RunConfig,
@@ -276,3 +277,15 @@ def test_resume_may_change_the_list_of_hosts() -> None:
     assert ignored == [] and cfg.hosts() == ["http://c:11434", "http://a:11434"]
     cfg, _ = for_resume(stored, cli())
     assert cfg.hosts() == ["http://a:11434", "http://b:11434"]
+
+
+def test_edit_format_defaults_to_whole_and_the_paper_preset_keeps_it() -> None:
+    assert build({}, {}).edit_format == "whole"
+    assert build({"edit_format": "udiff"}, {"preset": "paper"}).edit_format == "udiff"  # file wins
+    assert build({}, {"preset": "paper"}).edit_format == "whole"
+    assert PRESETS["paper"]["edit_format"] == "whole"
+    with pytest.raises(ConfigError, match="setting edit-format = 'diff': expected whole, "
+                                          "search-replace, udiff"):
+        build({"edit_format": "diff"}, {})
+    with pytest.raises(ConfigError, match="edit-match-threshold = 0: expected in"):
+        build({"edit_match_threshold": 0}, {})

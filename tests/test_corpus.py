@@ -279,3 +279,51 @@ def test_export_corpus_command_writes_examples_with_provenance(tmp_path: Path) -
          "cycle": None}]
     assert rows[1]["messages"][-1] == {"role": "assistant", "content": OTHER}
     assert sorted(p.name for p in out.parent.iterdir()) == ["corpus.jsonl"]  # no leftovers
+
+
+def test_an_edit_corpus_answers_with_the_edit_of_the_reference(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.search.edits import apply_reply
+
+    make_run(tmp_path, "a", [("ok", 0.6, NET), ("shape_error", None, OTHER), ("ok", 0.7, NEAR)])
+    out = tmp_path / "corpus.jsonl"
+    result = CliRunner().invoke(app, ["export", "a", "--corpus", str(out), "--results-dir",
+                                      str(tmp_path), "--edit-format", "udiff"])
+    assert result.exit_code == 0, result.output
+    first, near = lines(out)
+    # The first design had nothing to edit: a whole-file example, as the search writes it.
+    assert first["messages"][-1]["content"] == NET and "code" not in first
+    # NEAR edits the best before it (iteration 1): the udiff prompt shows it as the reference,
+    # the answer is the diff, and the code stays for the novelty filter.
+    assert near["source"] | {"edit_format": "udiff", "base_iteration": 1} == near["source"]
+    prompt, answer = near["messages"][-2]["content"], near["messages"][-1]["content"]
+    assert "Edit the best architecture so far (iteration 1)" in prompt
+    assert "answer with a unified diff" in prompt and NET.strip() in prompt
+    assert answer.startswith("```diff\n--- a/net.py\n+++ b/net.py\n@@ ")
+    assert "+            nn.Conv2d(32, 64, kernel_size=3, padding=1, bias=False)," in answer
+    assert apply_reply(answer, NET, "udiff").code == NEAR and near["code"] == NEAR
+    refused = CliRunner().invoke(app, ["export", "a", "--corpus", str(out), "--results-dir",
+                                       str(tmp_path), "--edit-format", "diff"])
+    assert refused.exit_code == 2 and "expected one of whole, search-replace, udiff" in \
+        refused.output
+
+
+def test_an_edit_run_keeps_its_own_prompt_and_base(tmp_path: Path) -> None:
+    root = make_run(tmp_path, "e", [("ok", 0.7, NET), ("ok", 0.6, OTHER), ("ok", 0.5, NEAR)])
+    journal = (root / "iterations.jsonl")
+    records = lines(journal)
+    # Iteration 3 edited iteration 1 under search-replace, with the prompt the run sent.
+    records[2]["edit"] = {"format": "search-replace", "kind": "edit", "base_iteration": 1}
+    journal.write_text("".join(json.dumps(r) + "\n" for r in records))
+    corpus = Corpus(tmp_path / "corpus.jsonl", edit_format="search-replace")
+    assert corpus.select(read_run(root), threshold=0.0).admitted == 3
+    entry = corpus.entries()[2]
+    assert entry["messages"][:-1] == [
+        {"role": "system", "content": "You design nets."},
+        {"role": "user", "content": "Design a net (e 0/3)"}]
+    assert entry["messages"][-1]["content"].count("<<<<<<< SEARCH") >= 1
+    # Iteration 2 (OTHER) had no edit record: it edits the best before it, iteration 1.
+    assert corpus.entries()[1]["source"]["base_iteration"] == 1
+    assert Corpus(tmp_path / "corpus.jsonl").select(read_run(root)).already == 3

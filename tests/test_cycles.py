@@ -349,3 +349,31 @@ def test_each_cycle_reports_what_it_left_on_the_server_and_a_llama_base_takes_th
         assert all("files" in c and "adapters" not in c for c in creates)
         assert all(left > weights for left in grown)  # fp32 base: bf16 copies are half of it
         assert {"coder-nas:c1", "coder-nas:c2"} <= set(server.models)
+
+
+def test_a_udiff_cycle_searches_with_diffs_and_fine_tunes_on_them(fake_ollama, fashion_data_dir,
+                                                                  tiny_lm, tmp_path):
+    script = [replies.VALID_NET, replies.UDIFF_TWO_HUNKS]
+    server = fake_ollama(default=lambda body: Reply(content=script.pop(0)))
+    config = search_toml(tmp_path / "search.toml", server, fashion_data_dir)
+    results = tmp_path / "results"
+    proc = cycles("--name", "nas", "--config", str(config), "--base-model", str(tiny_lm),
+                  "--base-tag", "coder:test", "--cycles", "1", "--candidates", "2",
+                  "--threshold", "0", "--tau", "0.99", "--epochs", "1", "--rank", "4",
+                  "--alpha", "8", "--edit-format", "udiff", results=results)
+    output, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, output
+    root = results / "nas"
+    run = [json.loads(line) for line in
+           (root / "cycle_01" / "iterations.jsonl").read_text().splitlines()]
+    assert json.loads((root / "cycle_01" / "config.json").read_text())["edit_format"] == "udiff"
+    assert [(r["status"], r["edit"]["kind"]) for r in run] == [(fc.OK, "whole"), (fc.OK, "edit")]
+    # The corpus: the first design whole, the second as the diff of the first, after the
+    # udiff prompt the search sent; the fine-tuning step ran on both.
+    first, diff = [json.loads(line) for line in (root / "corpus.jsonl").read_text().splitlines()]
+    assert first["messages"][-1]["content"] == replies.VALID_NET.rstrip("\n")
+    assert diff["source"]["edit_format"] == "udiff" and diff["source"]["base_iteration"] == 1
+    assert diff["messages"][-1]["content"].startswith("```diff\n--- a/net.py\n+++ b/net.py\n")
+    assert "unified diff" in diff["messages"][-2]["content"]
+    (done,) = [r for r in log(root) if r["step"] == "cycle"]
+    assert done["corpus_size"] == 2 and isinstance(done["train_loss"], float)

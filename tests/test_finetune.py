@@ -495,3 +495,30 @@ def test_the_throughput_benchmark_runs_the_cli_end_to_end(tmp_path):
     (row,) = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"size"')]
     assert row["size"] == "32x1" and row["examples"] == 2
     assert row["tokens"] > 0 and row["tokens_per_s"] > 0 and row["params"] > 0
+
+
+def test_a_udiff_corpus_trains_a_lora_step(tiny_lm: Path, tmp_path: Path):
+    """`export --corpus --edit-format udiff` output fine-tunes as is: the diff is the answer
+    the loss is on."""
+    from transformers import AutoTokenizer
+
+    from orchestrator.finetune.corpus import export_corpus
+    from orchestrator.store.run import read_run
+    from tests.test_corpus import NEAR, NET, make_run
+
+    run = read_run(make_run(tmp_path, "r", [("ok", 0.6, NET), ("ok", 0.7, NEAR)]))
+    corpus = tmp_path / "udiff.jsonl"
+    assert export_corpus([run], corpus, edit_format="udiff") == 2
+    diffs = [line for line in corpus.read_text().splitlines()
+             if json.loads(line)["source"].get("edit_format") == "udiff"]
+    corpus.write_text(diffs[0] + "\n")  # the edit example alone
+    (example,) = load_corpus(corpus)
+    assert example["completion"][0]["content"].startswith("```diff\n--- a/net.py")
+    trainer = train.build_trainer(str(tiny_lm), [example], tmp_path / "t", FAST, progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    labels = [t for t in trainer.train_dataset[0]["labels"] if t != -100]
+    assert tokenizer.decode(labels).startswith("```diff\n--- a/net.py\n+++ b/net.py\n@@ ")
+    result = finetune(tiny_lm, corpus, tmp_path / "out", LoraSettings(lr=5e-3, epochs=1),
+                      progress=False)
+    assert result.examples == 1 and len(result.losses) == 1
+    assert 0 < result.losses[0] < 100 and (result.adapter_dir / "adapter_config.json").is_file()

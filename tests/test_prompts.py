@@ -18,7 +18,7 @@ from orchestrator.sandbox.local import LocalSandbox
 from orchestrator.sandbox.pool import PoolSize
 from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import Outcome
-from orchestrator.search.loop import NoveltyGate, Search
+from orchestrator.search.loop import NoveltyGate, Search, generator_parts
 from orchestrator.search.memory import Triple
 from orchestrator.search.progress import Reporter
 from orchestrator.search.prompts import (
@@ -322,3 +322,38 @@ def test_loop_no_history_sends_no_history_section(make_search, fake_ollama) -> N
 
 def _diagnosis() -> Reply:
     return Reply(content=replies.diagnosis_json("r", "i", "s"))
+
+
+# -- edit formats ------------------------------------------------------------------------------
+@pytest.mark.parametrize(("edit_format", "instruction"), [
+    ("search-replace", "<<<<<<< SEARCH"), ("udiff", "unified diff")])
+def test_an_edit_prompt_names_what_to_edit(edit_format: str, instruction: str) -> None:
+    book = PromptBook(edit_format=edit_format)
+    failed = Attempt(5, "FAILED_MARKER = 1", "failed with shape_error: boom")
+    _, user = render(book, GeneratorInput(reference=REFERENCE, edit=REFERENCE))
+    assert f"Edit the best architecture so far (iteration {REFERENCE.iteration})" in user
+    assert instruction in user and "REFERENCE_MARKER" in user
+    _, user = render(book, GeneratorInput(reference=REFERENCE, current=failed, edit=failed))
+    assert "Edit the architecture of the last iteration (iteration 5), which failed" in user
+    assert "FAILED_MARKER" in user
+    # Nothing to edit yet: the whole-file template asks for a first architecture.
+    _, user = render(book, GeneratorInput())
+    assert "Write the complete Python module" in user and instruction not in user
+
+
+def test_a_prompts_dir_without_the_formats_template_is_refused_for_that_format(
+        tmp_path: Path) -> None:
+    custom = copy_prompts(tmp_path / "prompts")
+    (custom / "generator_udiff.txt").unlink()
+    PromptBook(custom)  # the whole format does not need it
+    PromptBook(custom, "search-replace")
+    with pytest.raises(FileNotFoundError, match=r"\['generator_udiff'\]"):
+        PromptBook(custom, "udiff")
+
+
+def test_an_edited_failed_code_is_kept_when_the_prompt_is_cut() -> None:
+    failed = Attempt(4, "FAILED_MARKER = 1", "failed")
+    given = GeneratorInput(reference=REFERENCE, current=failed, edit=failed)
+    assert [what for what, _ in generator_parts(given)] == []
+    given = GeneratorInput(reference=REFERENCE, current=failed)
+    assert [what for what, _ in generator_parts(given)] == ["the last attempt's code (iteration 4)"]

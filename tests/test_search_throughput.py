@@ -171,3 +171,39 @@ def test_quick_run_on_simulated_ray_nodes(fashion_data_dir: Path, tmp_path: Path
     records = [json.loads(line) for line in
                (tmp_path / "runs" / "parallel-2" / "iterations.jsonl").read_text().splitlines()]
     assert len({r["metrics"]["node"] for r in records if r["status"] == fc.OK}) == 2
+
+
+@pytest.mark.slow
+def test_quick_run_with_udiff_edits(fashion_data_dir: Path, tmp_path: Path) -> None:
+    """--edit-format udiff: every reply after the first is a diff of the code its prompt names,
+    the broken ones fail as their class says, and the tokens per reply are measured."""
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--quick", "--parallel", "1", "--iterations", "4", "--latency", "0",
+                     "--device", "cpu", "--train-samples", "1000", "--test-samples", "200",
+                     "--data-dir", str(fashion_data_dir), "--results-dir",
+                     str(tmp_path / "runs"), "--json", str(out), "--edit-format", "udiff"])
+    result = json.loads(out.read_text())
+    assert rc == 0, result["failures"]
+    (run,) = result["runs"]
+    assert [row["status"] for row in run["rows"]] == [fc.OK, fc.EDIT_ERROR, fc.OK,
+                                                      fc.SYNTAX_ERROR]
+    assert all(row["match"] for row in run["rows"])
+    records = [json.loads(line) for line in
+               (tmp_path / "runs" / "parallel-1" / "iterations.jsonl").read_text().splitlines()]
+    assert [r["edit"]["kind"] for r in records] == ["whole", "edit", "edit", "edit"]
+    replies_sent = [(tmp_path / "runs" / "parallel-1" / r["reply_file"]).read_text()
+                    for r in records]
+    assert all("```diff\n" in text for text in replies_sent[1:])
+    assert run["tokens_per_reply"] < bench.paced_tokens(replies_sent[0])
+
+
+def test_llm_bound_rate_follows_the_token_model() -> None:
+    """Prompts at 2000 tokens/s, replies at the rate of N streams (60 alone, 150 shared)."""
+    seven_b = bench.SHARED["7b"]
+    # N=1: 4000 prompt tokens in 2 s, 180 reply tokens in 3 s.
+    assert bench.llm_bound_per_hour(4000, 180, seven_b, 1) == pytest.approx(3600 / 5)
+    # N=4: each stream decodes at 150 / 4 = 37.5 tokens/s.
+    assert bench.llm_bound_per_hour(4000, 180, seven_b, 4) == \
+        pytest.approx(4 * 3600 / (2 + 180 / 37.5))
+    assert bench.llm_bound_per_hour(4000, 180, None, 1) is None
+    assert bench.paced_tokens("x" * 10) == 2.5

@@ -21,6 +21,7 @@ from orchestrator.analysis import paper, stats
 from orchestrator.search.failures import FAILURE_CLASSES
 from orchestrator.store.records import (
     accuracy_of,
+    edit_figures,
     iteration_of,
     ordered,
     record_chain,
@@ -147,6 +148,7 @@ def run_metrics(run: Run, window: int = 50, threshold: float | None = None,
         "failures": stats.failure_breakdown(run.records),
         "failure_examples": _examples(run.records),
         "times": stats.time_breakdown(run.records),
+        "edit_formats": edit_figures(run.records),
         "prompts": stats.prompt_lengths(run.records, run.config.get("num_ctx_per_model") or {}),
         "warnings": list(run.warnings),
     }
@@ -290,6 +292,20 @@ def failure_table(ms: list[dict], labels: list[str]) -> Table:
     rows += [[f"{cls}: lost, tried again (not counted)",
               *[str(m["table2"]["lost"].get(cls, 0)) for m in ms]] for cls in lost]
     return Table("Failures", ["Class", *labels], rows)
+
+
+def edit_table(ms: list[dict], labels: list[str]) -> Table:
+    """Per run and edit format (store.records.edit_figures): replies, generated tokens per
+    reply, the edits that applied, the whole files, and the valid share of the code that came
+    out (edits applied and whole files)."""
+    rows = [[label, fmt, str(f["replies"]),
+             "n/a" if f["tokens_per_reply"] is None else f"{f['tokens_per_reply']:,.0f}",
+             f"{pct(f['edit_apply_rate'])} ({f['edits_applied']} of {f['edits']})",
+             str(f["whole"]), f"{pct(f['valid_rate'])} ({f['valid']} of {f['applied']})"]
+            for m, label in zip(ms, labels, strict=True)
+            for fmt, f in m["edit_formats"].items()]
+    return Table("Edit formats", ["Run", "Format", "Replies", "Generated tokens per reply",
+                                  "Edits applied", "Whole files", "Valid among applied"], rows)
 
 
 def error_table(ms: list[dict], labels: list[str]) -> Table:
@@ -505,7 +521,8 @@ def build_report(runs: list[Run], window: int = 50, threshold: float | None = No
     tables = [summary_table(ms, labels)]
     tables += [t for m, label in zip(ms, labels, strict=True) if (t := paper_table(m, label))]
     tables += [windows_table(m, label, window) for m, label in zip(ms, labels, strict=True)]
-    tables += [failure_table(ms, labels), error_table(ms, labels), time_table(ms, labels),
+    tables += [failure_table(ms, labels), edit_table(ms, labels), error_table(ms, labels),
+               time_table(ms, labels),
                context_table(ms, labels)]
     notes = time_notes(ms, labels)
     warnings = [f"{label}: {w}" for m, label in zip(ms, labels, strict=True) for w in m["warnings"]]

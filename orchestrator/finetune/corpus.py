@@ -16,6 +16,15 @@ Entries are appended one fsynced line at a time; a torn last line (a kill mid-wr
 when the corpus is loaded again, and a selection repeated after a crash skips the candidates
 already in (counted as `already`), so the outer loop can simply run it again.
 
+With an edit format (`search-replace` or `udiff`, as `--edit-format` of `run`), a candidate
+with a base (the code its iteration edited, or in a whole-file run the best of its chain
+before it: the reference its prompt showed) becomes an edit example: the prompt of that
+format (the one the run sent, or one rendered from prompts/ with the base and the suggestions
+the iteration got) and, as the answer, the edit that turns the base into the candidate
+(`search.edits.render_edit`, checked to apply). Such an entry keeps the candidate's code in
+`code` for the novelty filter; a candidate without a base stays a whole-file example, as the
+search writes a first architecture whole.
+
 `export_corpus` (`orchestrator export --corpus`) builds a fresh corpus from finished runs.
 """
 
@@ -30,10 +39,17 @@ import orjson
 from datasketch import MinHash
 
 from orchestrator.analysis import stats
+from orchestrator.config import RunConfig
+from orchestrator.data.datasets import SPECS
 from orchestrator.resources import PROMPTS_DIR
+from orchestrator.search.edits import WHOLE, render_edit
+from orchestrator.search.evaluation import Outcome
+from orchestrator.search.failures import OK
+from orchestrator.search.loop import describe
 from orchestrator.search.novelty import TAU, NoveltyIndex
+from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
 from orchestrator.store.files import append_line, cut_torn_tail, fsync_dir, write_atomic
-from orchestrator.store.records import accuracy_of, record_chain
+from orchestrator.store.records import accuracy_of, best_record, lost, record_chain
 from orchestrator.store.run import Run, read_records
 
 DEFAULT_TAU = TAU  # 0.90, NNGPT's near-duplicate threshold
@@ -103,7 +119,10 @@ def prompt_messages(run: Run, rec: dict) -> list[dict]:
 
 
 def entry_code(entry: dict) -> str | None:
-    """The code of a corpus entry: its last assistant message."""
+    """The code of a corpus entry: its `code` (an edit example's candidate), else its last
+    assistant message."""
+    if isinstance(entry.get("code"), str):
+        return entry["code"]
     messages = entry.get("messages")
     for msg in reversed(messages if isinstance(messages, list) else []):
         if isinstance(msg, dict) and msg.get("role") == "assistant":
@@ -172,9 +191,10 @@ def seed_pairs(jsonl: Path) -> list[tuple[int, list[dict], str]]:
 class Corpus:
     """`corpus.jsonl`, loaded and indexed for novelty; grown by `seed` and `select`."""
 
-    def __init__(self, path: Path, tau: float = DEFAULT_TAU) -> None:
+    def __init__(self, path: Path, tau: float = DEFAULT_TAU, edit_format: str = WHOLE) -> None:
         self.path = Path(path)
         self.tau = tau
+        self.edit_format = edit_format
         self.warnings: list[str] = []
         self._entries: list[dict] = []
         self._sources: set[tuple] = set()
@@ -242,6 +262,8 @@ class Corpus:
                                   {"role": "assistant", "content": code}],
                      "source": {"run": run.name, "dataset": run.dataset, "iteration": iteration,
                                 "chain": chain, "accuracy": acc, "cycle": cycle}}
+            if self.edit_format != WHOLE:
+                entry = edit_entry(run, rec, entry, code, self.edit_format)
             self._consider(got, seen, key, entry, code, below=thr is not None and acc < thr)
         return got
 
@@ -272,29 +294,83 @@ class Corpus:
         self._sources.add(key)
 
 
+def edit_entry(run: Run, rec: dict, entry: dict, code: str, edit_format: str) -> dict:
+    """`entry` as an edit example in `edit_format` (see the module docstring); as it is when
+    the candidate has no base or no edit turns the base into it."""
+    base = edit_base_record(run, rec)
+    base_code = run.code(base) if base else None
+    answer = render_edit(base_code, code, edit_format) if base_code else None
+    if answer is None:
+        return entry
+    stored = rec.get("edit") or {}
+    if stored.get("kind") == "edit" and stored.get("format") == edit_format:
+        prompt = prompt_messages(run, rec)
+    elif run.dataset in SPECS:
+        prompt = edit_prompt(run, rec, base, base_code, edit_format)
+    else:  # no task to describe in an edit prompt
+        return entry
+    source = {**entry["source"], "edit_format": edit_format, "base_iteration": base["iteration"]}
+    return {"messages": [*prompt, {"role": "assistant", "content": answer}], "code": code,
+            "source": source}
+
+
+def edit_base_record(run: Run, rec: dict) -> dict | None:
+    """The record whose code `rec`'s iteration edited (its `edit.base_iteration`), else the
+    best of its chain before it (the reference of a whole-file prompt); None for neither."""
+    chain = record_chain(rec)
+    before = [r for r in run.records[:run.records.index(rec)]
+              if record_chain(r) == chain and not lost(r)]
+    wanted = (rec.get("edit") or {}).get("base_iteration")
+    if wanted is not None:
+        return next((r for r in reversed(before) if r.get("iteration") == wanted), None)
+    return best_record(before)
+
+
+def edit_prompt(run: Run, rec: dict, base: dict, base_code: str, edit_format: str
+                ) -> list[dict]:
+    """The Generator's prompt in `edit_format` (from the default prompts/) with `base` as the
+    reference to edit and the suggestions `rec`'s iteration got."""
+    cfg, spec = run.config, SPECS[run.dataset]
+    protocol = {k: cfg.get(k, getattr(RunConfig, k))
+                for k in ("epochs", "lr", "momentum", "weight_decay", "batch_size")}
+    task = Task(run.dataset, tuple(spec.input_shape), spec.num_classes, protocol,
+                cfg.get("max_params"))
+    before = run.records[:run.records.index(rec)]
+    advice = next((r["suggestions"] for r in reversed(before)
+                   if record_chain(r) == record_chain(rec) and r.get("suggestions")), None)
+    reference = Attempt(base["iteration"], base_code,
+                        describe(Outcome(OK, accuracy_of(base))), accuracy_of(base))
+    given = GeneratorInput(reference=reference, edit=reference,
+                           suggestions=advice.get("suggestions") if advice else None)
+    return PromptBook(edit_format=edit_format).generator(task, given)
+
+
 def export_line(entry: dict) -> dict:
     """An exported example: the entry, with its run, dataset, iteration and accuracy also at
     the top level (the export format before provenance was added)."""
     source = entry.get("source") if isinstance(entry.get("source"), dict) else {}
-    return {"messages": entry["messages"], "accuracy": source.get("accuracy"),
+    return {"messages": entry["messages"], **({"code": entry["code"]} if "code" in entry else {}),
+            "accuracy": source.get("accuracy"),
             "run": source.get("run"), "dataset": source.get("dataset"),
             "iteration": source.get("iteration"), "source": source}
 
 
 def export_corpus(runs: Iterable[Run], out_path: str | Path, threshold: float | None = None,
-                  tau: float = DEFAULT_TAU, reference: Iterable[str | Path] = ()) -> int:
+                  tau: float = DEFAULT_TAU, reference: Iterable[str | Path] = (),
+                  edit_format: str = WHOLE) -> int:
     """Write a fresh corpus of `runs` (selected one run after another, see the module
     docstring) as JSONL; returns the number of examples written.
 
     `threshold` None uses each run's dataset default (stats.DEFAULT_THRESHOLDS); a dataset
     without a default then accepts every success. `reference` code counts as already in.
+    `edit_format` other than whole writes edit examples where a candidate has a base.
     """
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
     building = out.with_name(f".{out.name}.building")
     building.unlink(missing_ok=True)
     try:
-        corpus = Corpus(building, tau)
+        corpus = Corpus(building, tau, edit_format)
         corpus.reference(reference)
         for run in runs:
             corpus.select(run, threshold=threshold)

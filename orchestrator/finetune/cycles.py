@@ -34,6 +34,7 @@ from pathlib import Path
 
 import orjson
 
+from orchestrator.config import EDIT_FORMATS
 from orchestrator.finetune.corpus import Corpus, seed_pairs
 from orchestrator.finetune.publish import Published
 from orchestrator.finetune.train import CHECKPOINT_DIR, LoraSettings, check_base, last_checkpoint
@@ -69,6 +70,8 @@ class CycleSettings:
     quantize: str | None = "q4_K_M"
     ollama_host: str | None = None
     delete_superseded: bool = False  # delete cycle N-1's tag once cycle N has published
+    # What the searches ask for and the corpus teaches: whole files, or edits (corpus.py).
+    edit_format: str = "whole"
     lora: LoraSettings = field(default_factory=LoraSettings)
 
     def validate(self) -> CycleSettings:
@@ -78,6 +81,8 @@ class CycleSettings:
             (self.mode in MODES, f"mode must be one of {', '.join(MODES)}"),
             (0 < self.tau <= 1, "tau must be in (0, 1]"),
             (self.threshold is None or 0 <= self.threshold <= 1, "threshold must be in [0, 1]"),
+            (self.edit_format in EDIT_FORMATS,
+             f"edit format must be one of {', '.join(EDIT_FORMATS)}"),
         ]
         for ok, message in problems:
             if not ok:
@@ -145,7 +150,8 @@ class Cycles:
                  say: Callable[[str], None] = print) -> None:
         self.root, self.settings, self.search_toml, self.say = root, settings, search_toml, say
         self.log = CycleLog(root / LOG_FILE)
-        self.corpus = Corpus(root / CORPUS_FILE, tau=settings.tau)
+        self.corpus = Corpus(root / CORPUS_FILE, tau=settings.tau,
+                             edit_format=settings.edit_format)
 
     @classmethod
     def create(cls, root: Path, settings: CycleSettings, search_toml: Path,
@@ -254,7 +260,8 @@ class Cycles:
             command.append("--resume")
         else:
             command += ["--config", str(self.search_toml), "--generator-model", tag,
-                        "--iterations", str(self.settings.candidates)]
+                        "--iterations", str(self.settings.candidates),
+                        "--edit-format", self.settings.edit_format]
             if self.settings.mode == "fixed":
                 command += list(FIXED_PROMPT_FLAGS)
         if self.settings.ollama_host:

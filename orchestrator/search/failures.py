@@ -15,12 +15,13 @@ OUTPUT_LIMIT = "output_limit"
 SANDBOX_ERROR = "sandbox_error"
 LLM_ERROR = "llm_error"
 DUPLICATE = "duplicate"  # a near-copy of an earlier candidate, not evaluated (--novelty reject)
+EDIT_ERROR = "edit_error"  # an edit (--edit-format) that cannot be applied to its base code
 
 FAILURE_CLASSES = frozenset(
     {
         EXTRACT_ERROR, SYNTAX_ERROR, CONTRACT_ERROR, INSTANTIATE_ERROR, SHAPE_ERROR,
         RUNTIME_ERROR, NAN_LOSS, TIMEOUT, OOM, CUDA_OOM, OUTPUT_LIMIT, SANDBOX_ERROR, LLM_ERROR,
-        DUPLICATE,
+        DUPLICATE, EDIT_ERROR,
     }
 )
 # Classes a runner may report in result.json; anything else there is not trusted. The runner

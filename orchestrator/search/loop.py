@@ -17,8 +17,8 @@ from orchestrator.gpu.residency import Watch
 from orchestrator.sandbox.base import Execution, Sandbox
 from orchestrator.search import failures as fc
 from orchestrator.search.diagnosis import Diagnosis
+from orchestrator.search.edits import Applied, apply_reply
 from orchestrator.search.evaluation import Outcome, failure, key_traceback_line, score
-from orchestrator.search.extract import extract_code
 from orchestrator.search.memory import FeedbackMemory, Triple, remembered
 from orchestrator.search.progress import Reporter
 from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
@@ -184,14 +184,15 @@ class Search:
     def step(self, i: int) -> dict:
         """One iteration, committed (fsynced) before it returns."""
         timings: dict[str, float] = {}
-        generation, code, outcome, novelty = self._generate(i, timings)
+        generation, edit, outcome, novelty = self._generate(i, timings)
+        code = edit.code if edit else None
         if outcome is None:
             outcome = self._evaluate(i, code, timings)
         if outcome.ok:  # only working code makes a later one a duplicate: repairs stay open
             self.novelty.add(self.chain, i, code)
         triple = self._triple(outcome)
         improve_call, diagnosis = self._improve(i, code, generation.text, outcome, triple, timings)
-        record = self._record(i, generation, improve_call, diagnosis, code, outcome, triple,
+        record = self._record(i, generation, improve_call, diagnosis, edit, outcome, triple,
                               timings, novelty)
         summary = self.journal.commit(record, code)
         self.state.add(record, code, diagnosis)
@@ -199,8 +200,9 @@ class Search:
         return record
 
     def _generate(self, i: int, timings: dict
-                  ) -> tuple[RoleCall, str | None, Outcome | None, dict | None]:
-        """Ask for code; with --novelty reject, ask again (hotter) while it is a duplicate."""
+                  ) -> tuple[RoleCall, Applied | None, Outcome | None, dict | None]:
+        """Ask for code (or an edit of given.edit, applied); with --novelty reject, ask again
+        (hotter) while the resulting code is a duplicate."""
         given = self._generator_input()
         messages, dropped = self._fitted("generator", lambda: self.prompts.generator(
             self.task, given), generator_parts(given))
@@ -211,7 +213,7 @@ class Search:
                 temperature = (self.config.temperature + TEMPERATURE_NUDGE * attempt
                                if attempt else None)
                 call = self.roles.generate(messages, temperature=temperature)
-                code, outcome, novelty = self._check(call)
+                edit, outcome, novelty = self._check(call, given.edit)
                 if novelty is None or novelty["max_similarity"] < self.config.novelty_tau \
                         or self.config.novelty != "reject":
                     break
@@ -225,19 +227,24 @@ class Search:
             call.info["prompt_dropped"] = dropped
         if novelty is not None:
             novelty["rejected"] = rejected
-        return call, code, outcome, novelty
+        if edit is not None:
+            edit.base = given.edit.iteration if given.edit and edit.kind == "edit" else None
+        return call, edit, outcome, novelty
 
     def _regenerations(self) -> int:
         return self.config.novelty_retries if self.config.novelty == "reject" else 0
 
-    def _check(self, call: RoleCall) -> tuple[str | None, Outcome | None, dict | None]:
-        """Extraction and static checks, then the novelty measurement of valid code."""
+    def _check(self, call: RoleCall, base: Attempt | None
+               ) -> tuple[Applied | None, Outcome | None, dict | None]:
+        """Extraction (the edit applied to `base`'s code) and static checks, then the novelty
+        measurement of the valid code that results."""
         if call.error:
             return None, failure(fc.LLM_ERROR, call.error), None
-        extraction = extract_code(call.text)
-        if extraction.status != fc.OK:
-            return extraction.code, failure(extraction.status, extraction.message), None
-        return extraction.code, None, self.novelty.check(extraction.code)
+        edit = apply_reply(call.text, base.code if base else None, self.config.edit_format,
+                           self.config.edit_match_threshold)
+        if edit.status != fc.OK:
+            return edit, failure(edit.status, edit.message), None
+        return edit, None, self.novelty.check(edit.code)
 
     def _evaluate(self, i: int, code: str, timings: dict) -> Outcome:
         """The candidate trained with `repeats` seeds (seed, seed + 1, ...), each in a fresh
@@ -336,6 +343,8 @@ class Search:
             current=self._attempt(last) if last and last.get("code_file") else None,
             suggestions=state.diagnosis.suggestions if state.diagnosis else None,
         )
+        if config.edit_format != "whole":
+            given.edit = edit_base(given, last)
         if config.extended_prompt:
             ranked = sorted((r for r in state.records if r["status"] == fc.OK),
                             key=lambda r: -r["accuracy"])
@@ -352,13 +361,16 @@ class Search:
                        describe(outcome), record.get("accuracy"))
 
     def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,
-                diagnosis: Diagnosis | None, code: str | None, outcome: Outcome,
+                diagnosis: Diagnosis | None, edit: Applied | None, outcome: Outcome,
                 triple: Triple, timings: dict, novelty: dict | None) -> dict:
         attempt = self.state.attempt(i)
         name = f"{self.prefix}iter_{i:04d}" + (f"_attempt{attempt}" if attempt > 1 else "")
         reply_file = self.journal.write_file(f"{name}.reply.md",
                                              generation.text or generation.error or "")
+        code = edit.code if edit else None
         code_file = self.journal.write_file(f"{name}.py", code) if code is not None else None
+        edit_file = (self.journal.write_file(f"{name}.edit.txt", edit.edit)
+                     if edit and edit.edit else None)
         best = self.state.best()
         is_best = outcome.ok and (best is None or outcome.accuracy > best["accuracy"])
         return {
@@ -379,6 +391,7 @@ class Search:
             "suggestions": diagnosis.to_dict() if diagnosis else None,
             "improver_error": improve_call.error if improve_call else None,
             "novelty": novelty,
+            "edit": edit_info(self.config.edit_format, edit, edit_file),
             "llm": {"generator": generation.info,
                     "improver": improve_call.info if improve_call else None},
             "llm_calls": self.roles.calls,
@@ -470,16 +483,41 @@ def run_chains(searches: list[Search]) -> None:
         raise errors[0]
 
 
+def edit_base(given: GeneratorInput, last: dict | None) -> Attempt | None:
+    """The code an edit changes: the last attempt's after it failed (not as a duplicate or
+    by an infrastructure fault), else the reference, else the last attempt's; None before
+    there is any code (a first architecture is written whole)."""
+    failed = last is not None and last["status"] not in (
+        {fc.OK, fc.DUPLICATE} | fc.INFRASTRUCTURE_CLASSES)
+    if failed and given.current is not None:
+        return given.current
+    return given.reference or given.current
+
+
+def edit_info(edit_format: str, edit: Applied | None, edit_file: str | None) -> dict:
+    """What the record keeps of the edit: the format, how the reply was read ("edit" or
+    "whole"; None without a reply), the iteration it edited, its blocks, whether it applied,
+    its size in lines (the edit's, or the whole code's), and the file of its raw blocks.
+    The reply's tokens are the generator's completion_tokens."""
+    if edit is None:
+        return {"format": edit_format, "kind": None}
+    text = edit.edit if edit.kind == "edit" else (edit.code or "")
+    return {"format": edit_format, "kind": edit.kind, "base_iteration": edit.base,
+            "blocks": edit.blocks, "applied": edit.applied,
+            "lines": text.count("\n") + 1 if text else 0, "file": edit_file}
+
+
 def generator_parts(given: GeneratorInput) -> list[tuple[str, Callable[[], object]]]:
     """What a Generator prompt can do without, least important first: the extended prompt's
     top architectures (lowest-ranked first) and recent attempts (oldest first), then the last
-    attempt's code. The reference and the suggestions always stay."""
+    attempt's code (unless an edit changes it). The reference and the suggestions always
+    stay."""
     parts: list[tuple[str, Callable[[], object]]] = [
         (f"top architecture (iteration {a.iteration})", lambda a=a: given.top.remove(a))
         for a in reversed(given.top)]
     parts += [(f"recent attempt (iteration {a.iteration})",
                lambda a=a: given.previous.remove(a)) for a in given.previous]
-    if given.current is not None:
+    if given.current is not None and given.current is not given.edit:
         parts.append((f"the last attempt's code (iteration {given.current.iteration})",
                       lambda: setattr(given, "current", None)))
     return parts

@@ -20,6 +20,9 @@ from orchestrator.search.diagnosis import field_chars
 from orchestrator.search.memory import Triple
 
 TEMPLATES = ("generator_system", "generator", "improver_system", "improver")
+# The Generator's template per edit format, used once there is code to edit (before, the
+# whole-file template asks for a first architecture).
+EDIT_TEMPLATES = {"search-replace": "generator_search_replace", "udiff": "generator_udiff"}
 
 
 @dataclass
@@ -55,6 +58,15 @@ class GeneratorInput:
     suggestions: str | None = None  # the Prompt Improver's advice
     top: list[Attempt] = field(default_factory=list)  # extended prompt: top-k
     previous: list[Attempt] = field(default_factory=list)  # extended prompt: recent attempts
+    edit: Attempt | None = None  # edit formats: the code to edit (the reference or current)
+
+    def target(self) -> str:
+        """What the edit template tells the model to edit."""
+        assert self.edit is not None
+        if self.edit is self.reference:
+            return f"the best architecture so far (iteration {self.edit.iteration})"
+        failed = ", which failed" if self.edit.accuracy is None else ""
+        return f"the architecture of the last iteration (iteration {self.edit.iteration}){failed}"
 
 
 @dataclass
@@ -72,12 +84,14 @@ class PromptBounds:
 class PromptBook:
     """Loads the templates once; renders chat messages for both roles."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(self, directory: Path | None = None, edit_format: str = "whole") -> None:
         self.directory = Path(directory or PROMPTS_DIR)
-        missing = [n for n in TEMPLATES if not (self.directory / f"{n}.txt").is_file()]
+        self.edit_template = EDIT_TEMPLATES.get(edit_format)
+        names = (*TEMPLATES, *([self.edit_template] if self.edit_template else []))
+        missing = [n for n in names if not (self.directory / f"{n}.txt").is_file()]
         if missing:
             raise FileNotFoundError(f"prompt templates missing in {self.directory}: {missing}")
-        self.templates = {n: (self.directory / f"{n}.txt").read_text() for n in TEMPLATES}
+        self.templates = {n: (self.directory / f"{n}.txt").read_text() for n in names}
 
     def generator(self, task: Task, given: GeneratorInput) -> list[dict]:
         sections = {
@@ -88,7 +102,10 @@ class PromptBook:
                             f"{given.suggestions.strip()}\n" if given.suggestions else ""),
             "extended": _extended(given.top, given.previous),
         }
-        user = self._render("generator", task.fields(), sections)
+        template = "generator"
+        if self.edit_template and given.edit is not None:
+            template, sections["target"] = self.edit_template, given.target()
+        user = self._render(template, task.fields(), sections)
         return _messages(self.templates["generator_system"], user)
 
     def improver(self, task: Task, best: Attempt | None, current: Attempt,
@@ -105,16 +122,18 @@ class PromptBook:
                 ) -> dict[str, list[dict]]:
         """Both roles' messages with every variable part at its bound; with `least`, after the
         drop rules took all they can (the Generator keeps the reference and the suggestions,
-        the Improver the current architecture and its triple)."""
+        and under an edit format the failed code it edits; the Improver the current
+        architecture and its triple)."""
         attempt = Attempt(10**6, "x" * bounds.code, "o" * bounds.outcome)
         half = "x" * (bounds.diagnosis // 2)
         triple = Triple(half, half, "o" * bounds.outcome)
         if least:
-            given = GeneratorInput(attempt, None, "x" * bounds.diagnosis)
+            kept = attempt if self.edit_template else None  # an edited failed code stays
+            given = GeneratorInput(attempt, kept, "x" * bounds.diagnosis, edit=attempt)
             return {"generator": self.generator(task, given),
                     "improver": self.improver(task, None, attempt, [triple])}
         given = GeneratorInput(attempt, attempt, "x" * bounds.diagnosis,
-                               [attempt] * bounds.top, [attempt] * bounds.recent)
+                               [attempt] * bounds.top, [attempt] * bounds.recent, edit=attempt)
         return {"generator": self.generator(task, given),
                 "improver": self.improver(task, attempt, attempt, [triple] * bounds.history)}
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from orchestrator.search.failures import INFRASTRUCTURE_CLASSES
+from orchestrator.search.failures import EDIT_ERROR, INFRASTRUCTURE_CLASSES
 
 
 def record_chain(rec: dict) -> int:
@@ -216,3 +216,47 @@ def summarize(records: Sequence[dict]) -> dict:
         **correlations([p[0] for p in pairs], [p[1] for p in pairs]),
         **seed_noise(records),
     }
+
+
+def edit_format_of(rec: dict) -> str:
+    """The edit format a record's code was asked in ("whole" for records before the setting)."""
+    edit = rec.get("edit") if isinstance(rec.get("edit"), dict) else {}
+    fmt = edit.get("format")
+    return fmt if isinstance(fmt, str) else "whole"
+
+
+def _applied(rec: dict) -> bool:
+    """Whether a reply's code came out of it: its edit applied, or a whole file was read."""
+    edit = rec.get("edit") if isinstance(rec.get("edit"), dict) else {}
+    applied = edit.get("applied")
+    return applied if isinstance(applied, bool) else rec.get("status") != EDIT_ERROR
+
+
+def edit_figures(records: Iterable[dict]) -> dict[str, dict]:
+    """Per edit format, over the attempts that got a reply (the lost ones lack it): replies;
+    generated tokens per reply (the generator's completion_tokens, mean over the replies that
+    report them); the replies read as edits, how many of those applied and the edit-apply rate
+    (None without edits); the replies read as whole files; the replies whose code came out
+    (an edit applied, or a whole file), and the valid (ok) rate among those. The report shows
+    these; the UI should too."""
+    groups: dict[str, list[dict]] = {}
+    for rec in records:
+        if not lost(rec):
+            groups.setdefault(edit_format_of(rec), []).append(rec)
+    out = {}
+    for fmt, recs in sorted(groups.items()):
+        edits = [r for r in recs if (r.get("edit") or {}).get("kind") == "edit"]
+        edits_applied = sum(_applied(r) for r in edits)
+        tokens = [t for r in recs if (t := number(((r.get("llm") or {}).get("generator") or {})
+                                                  .get("completion_tokens"))) is not None]
+        applied = [r for r in recs if _applied(r)]
+        valid = sum(accuracy_of(r) is not None for r in applied)
+        out[fmt] = {
+            "replies": len(recs),
+            "tokens_per_reply": sum(tokens) / len(tokens) if tokens else None,
+            "edits": len(edits), "edits_applied": edits_applied,
+            "edit_apply_rate": edits_applied / len(edits) if edits else None,
+            "whole": len(recs) - len(edits), "applied": len(applied), "valid": valid,
+            "valid_rate": valid / len(applied) if applied else None,
+        }
+    return out

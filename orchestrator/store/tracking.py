@@ -40,7 +40,7 @@ INSTALL_HINT = "pip install 'orchestrator[mlflow]'"
 STATUS_CODES = {name: code for code, name in enumerate((
     "ok", "extract_error", "syntax_error", "contract_error", "instantiate_error", "shape_error",
     "runtime_error", "nan_loss", "timeout", "oom", "cuda_oom", "output_limit", "sandbox_error",
-    "llm_error", "duplicate"))}
+    "llm_error", "duplicate", "edit_error"))}
 # MLflow retries an unreachable server for minutes by default; the journal keeps every record
 # and the tracker retries later, so it fails fast instead (a user's own settings win).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
