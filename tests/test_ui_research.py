@@ -327,3 +327,35 @@ def test_the_iteration_page_reads_as_a_researcher_wants(site, browser):  # noqa:
     assert page.locator("pre.diff").count() == 2
     assert "Generator was given: iteration 4" in page.inner_text("#diff-reference")
     assert "previous iteration: iteration 5" in page.inner_text("#diff-previous")
+
+
+def test_a_udiff_run_shows_its_edit_figures_and_each_edit(tmp_path, browser, serve):  # noqa: F811
+    """Under --edit-format udiff: the run page gives tokens per reply, the edit-apply rate and
+    the valid rate of what was applied (`edit_figures`, as the report), and an iteration page
+    says what its reply was."""
+    t0 = time.time() - 3600
+    edits = [("whole", None, None, True, 30, "ok", 0.6), ("edit", 1, 2, True, 12, "ok", 0.7),
+             ("edit", 2, 1, False, 5, "edit_error", None), ("edit", 2, 3, True, 9, "shape_error",
+                                                            None)]
+    recs, best = [], (None, None)
+    for i, (kind, base, blocks, applied, lines, status, acc) in enumerate(edits, start=1):
+        if acc is not None and (best[0] is None or acc > best[0]):
+            best = (acc, i)
+        rec = record(i, status, acc, best, t0=t0)
+        rec["llm"]["generator"]["completion_tokens"] = 100 * i
+        rec["edit"] = {"format": "udiff", "kind": kind, "base_iteration": base,
+                       "blocks": blocks, "applied": applied, "lines": lines, "file": None}
+        recs.append(rec)
+    write_run(tmp_path, "udiff", recs, {r["code_file"]: replies.VALID_NET for r in recs})
+    base = serve(tmp_path)
+    page = Watched(browser, base).page
+    page.goto(base + "/runs/udiff")
+    page.wait_for_selector("#edit-formats tbody tr")
+    assert page.locator("#edit-formats tbody tr td").all_inner_texts() == [
+        "udiff", "4", "250", "2 of 3 (67%)", "1", "2 of 3 (67%)"]
+    page.goto(base + "/runs/udiff/iterations/3?chain=0")
+    assert page.inner_text("#edit") == "udiff: 1 block (5 lines) on iteration 2, " \
+                                       "not applied (edit_error)"
+    page.goto(base + "/runs/udiff/iterations/1?chain=0")
+    assert page.inner_text("#edit") == "udiff: the reply was a whole file (30 lines), " \
+                                       "taken as it is"

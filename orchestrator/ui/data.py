@@ -29,6 +29,7 @@ from orchestrator.store.records import (
     accuracy_of,
     best_record,
     designs,
+    edit_figures,
     iteration_of,
     lost,
     number,
@@ -344,5 +345,6 @@ def run_detail(run: Run, name: str, window: int | None = None, since: int = 0) -
         "rows": [_table_row(name, r) for r in run.records[since:]],
         "failures": failures_over_time(run.records, size),
         "windows": stats.windows(run.records, size, threshold),
+        "edit_formats": edit_figures(run.records),
         "warnings": list(run.warnings),
     }

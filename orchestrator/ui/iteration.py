@@ -159,6 +159,20 @@ def _neighbour(name: str, run: Run, rec: dict, step: int) -> str | None:
     return iteration_url(name, mine[index]) if 0 <= index < len(mine) else None
 
 
+def edit_text(edit: dict) -> str | None:
+    """What the Generator's reply was under an edit format: edit blocks on which iteration,
+    applied or not, or a whole file; None under `whole` (every reply is a whole file)."""
+    fmt, kind, lines = edit.get("format"), edit.get("kind"), edit.get("lines")
+    if fmt in (None, "whole") or kind is None:
+        return None
+    if kind != "edit":
+        return f"{fmt}: the reply was a whole file ({lines} lines), taken as it is"
+    blocks = edit.get("blocks")
+    outcome = "applied" if edit.get("applied") else "not applied (edit_error)"
+    return (f"{fmt}: {blocks} block{'' if blocks == 1 else 's'} ({lines} lines) on iteration "
+            f"{edit.get('base_iteration')}, {outcome}")
+
+
 def iteration_view(run: Run, name: str, rec: dict) -> dict:
     """Everything the iteration view shows."""
     code = run.code(rec)
@@ -191,5 +205,6 @@ def iteration_view(run: Run, name: str, rec: dict) -> dict:
         "metrics": metric_rows(_dict(rec.get("metrics"))), "timings": _dict(rec.get("timings")),
         "llm": {role: _dict(llm.get(role)) for role in ROLES if llm.get(role)},
         "novelty": _dict(rec.get("novelty")) or None,
+        "edit": edit_text(_dict(rec.get("edit"))),
         "prev_url": _neighbour(name, run, rec, -1), "next_url": _neighbour(name, run, rec, 1),
     }

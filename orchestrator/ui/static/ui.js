@@ -507,6 +507,15 @@ function renderWindows(data) {
   patchRows(document.querySelector("#windows tbody"), data.windows, windowRow);
 }
 
+// Per edit format: tokens per reply, the edit-apply rate, the valid rate of the applied code.
+function renderEdits(data) {
+  patchRows(document.querySelector("#edit-formats tbody"), Object.entries(data.edit_formats),
+    ([format, f]) => row([format, f.replies,
+      typeof f.tokens_per_reply === "number" ? f.tokens_per_reply.toFixed(0) : "n/a",
+      f.edits ? `${f.edits_applied} of ${f.edits} (${pct(f.edit_apply_rate, 0)})` : "none",
+      f.whole, f.applied ? `${f.valid} of ${f.applied} (${pct(f.valid_rate, 0)})` : "n/a"]));
+}
+
 function windowRow(w) {
   return row([`${w.start}-${w.end}`, w.n,
     `${pct(w.valid_rate, 0)} ${w.valid_ci ? `[${pct(w.valid_ci[0], 0)}, ${pct(w.valid_ci[1], 0)}]` : ""}`,
@@ -537,6 +546,7 @@ function renderRun(data) {
   options(document.getElementById("filter-chain"), [...new Set(run.rows.map((r) => r.chain))].sort((a, b) => a - b), view.chain);
   redraw();
   renderWindows(data);
+  renderEdits(data);
   fill(document.getElementById("warnings"), data.warnings.map((w) => el("li", w)));
   document.body.dataset.iterations = String(data.iterations);
 }
