@@ -137,6 +137,45 @@ def test_the_server_keeps_at_most_a_few_runs_parsed(tmp_path):
     assert runs.cached() == before  # the list, unchanged, read no journal again
 
 
+def test_an_update_summarises_again_only_the_windows_whose_designs_changed(tmp_path):
+    from orchestrator.analysis import stats
+    from orchestrator.store.run import read_run
+
+    run = synthetic_run(tmp_path, "long", 30)
+    ui = client(tmp_path)
+    memo = lambda: ui.app.state.runs.memo("long")  # noqa: E731
+    first = ui.get("/api/runs/long?window=10").json()
+    assert memo().computed == 3
+    append(run, synthetic_record(31))
+    grown = ui.get("/api/runs/long?window=10&since=30").json()
+    assert memo().computed == 4  # the new window only: the three before are kept
+    assert grown["windows"][:3] == first["windows"]
+    append(run, synthetic_record(32))
+    grown = ui.get("/api/runs/long?window=10&since=31").json()
+    assert memo().computed == 5  # the last window again
+    whole = stats.windows(read_run(run).records, 10, grown["threshold"])
+    assert grown["windows"] == json.loads(json.dumps(whole))  # as a whole reading gives
+    ui.get("/api/runs/long?window=16")
+    assert memo().computed == 5 + 2  # another size: every window anew
+
+
+def test_the_server_keeps_a_bounded_number_of_records_parsed(tmp_path):
+    from orchestrator.ui.data import Runs
+
+    for k in range(3):
+        synthetic_run(tmp_path, f"run{k}", 40)
+    runs = Runs(tmp_path, max_records=100)
+    runs.get("run0")
+    runs.get("run1")
+    assert runs.cached() == ["run0", "run1"]  # 80 records
+    runs.get("run2")
+    assert runs.cached() == ["run1", "run2"]  # 120 would be too many: the oldest went
+    small = Runs(tmp_path, max_records=10)
+    small.get("run0")
+    small.get("run1")
+    assert small.cached() == ["run1"]  # the run just shown is kept, however long
+
+
 # ---------------------------------------------------------------- in a browser
 
 

@@ -113,6 +113,13 @@ def windows(
 ) -> list[dict]:
     """Summaries of iterations 1..size, size+1..2*size, ... (windows without records skipped;
     lost attempts left out)."""
+    return [{"start": start, "end": end, **window_summary(group, threshold, tau)}
+            for start, end, group in window_groups(records, size)]
+
+
+def window_groups(records: Sequence[dict], size: int) -> list[tuple[int, int, list[dict]]]:
+    """(first iteration, last iteration present, designs) of each window of `size` iterations
+    that holds designs, in order: what `windows` summarises."""
     if size < 1:
         raise ValueError("window size must be >= 1")
     groups: dict[int, list[dict]] = {}
@@ -121,8 +128,7 @@ def windows(
     out = []
     for idx in sorted(groups):
         start = idx * size + 1
-        end = max(iteration_of(r, start) for r in groups[idx])
-        out.append({"start": start, "end": end, **window_summary(groups[idx], threshold, tau)})
+        out.append((start, max(iteration_of(r, start) for r in groups[idx]), groups[idx]))
     return out
 
 

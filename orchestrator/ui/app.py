@@ -167,7 +167,8 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
     async def api_run(request: Request) -> Response:
         size = whole(request, "window") or None
         since = whole(request, "since", 0) or 0
-        return _json(run_detail(get_run(request), request.path_params["name"], size, since))
+        name = request.path_params["name"]
+        return _json(run_detail(get_run(request), name, size, since, runs.memo(name)))
 
     async def events(request: Request) -> Response:
         # Looked at before the stream opens: a page that loads after its `open` misses nothing.
@@ -209,6 +210,8 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_HOSTS),
                   Middleware(GZipMiddleware, minimum_size=1000)]
-    return App(routes=routes, middleware=middleware,
-               exception_handlers={HTTPException: client_error})
+    app = App(routes=routes, middleware=middleware,
+              exception_handlers={HTTPException: client_error})
+    app.state.runs = runs  # what the server holds parsed
+    return app
 

@@ -71,27 +71,59 @@ def _slim(rec: dict) -> dict:
     return slim
 
 
+class WindowMemo:
+    """The window statistics of one run, each window summarised again only when its designs
+    changed (a growing journal changes its last window only). Kept for one window size and
+    threshold at a time: another drops what was kept. `computed` counts the summaries worked
+    out."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, float | None] | None = None
+        self._kept: dict[int, tuple[list[dict], dict]] = {}
+        self.computed = 0
+
+    def windows(self, records: list[dict], size: int, threshold: float | None) -> list[dict]:
+        """`stats.windows(records, size, threshold)`."""
+        if self._key != (size, threshold):
+            self._key, self._kept = (size, threshold), {}
+        out, kept = [], {}
+        for start, end, group in stats.window_groups(records, size):
+            before = self._kept.get(start)
+            same = before is not None and len(before[0]) == len(group) and all(
+                a is b for a, b in zip(before[0], group, strict=True))
+            if not same:
+                before = (group, stats.window_summary(group, threshold))
+                self.computed += 1
+            kept[start] = before
+            out.append({"start": start, "end": end, **before[1]})
+        self._kept = kept
+        return out
+
+
 @dataclass
 class _Parsed:
-    """A cached run (its records slimmed), where each record's line starts, and how far its
-    journal was read: (inode, bytes, whole lines)."""
+    """A cached run (its records slimmed), where each record's line starts, how far its
+    journal was read: (inode, bytes, whole lines), and its window statistics."""
 
     signature: tuple
     run: Run
     starts: list[int]
     read: tuple[int, int, int]
     record_warnings: list[str]
+    memo: WindowMemo
 
 
 @dataclass
 class Runs:
     """The run directories directly under `root`. Each is read again only when its files
-    change, and then only its journal's new lines; at most `max_cached` runs are kept parsed
-    (the least recently shown is dropped), without their records' long texts, which `full`
-    reads back for one record."""
+    change, and then only its journal's new lines; at most `max_cached` runs and
+    `max_records` records in all are kept parsed (the least recently shown runs are dropped,
+    never the one just shown), without their records' long texts, which `full` reads back for
+    one record."""
 
     root: Path
     max_cached: int = 8  # the most runs a comparison shows (compare.MAX_RUNS) fit
+    max_records: int = 100_000  # slimmed, about 2.4 KB each (measured): some 240 MB
 
     def __post_init__(self) -> None:
         self._cache: OrderedDict[str, _Parsed] = OrderedDict()
@@ -127,9 +159,15 @@ class Runs:
         if cached is None or cached.signature != sig:
             cached = self._read(self.root / name, sig, cached)
         self._cache[name] = cached
-        while len(self._cache) > self.max_cached:
+        while len(self._cache) > 1 and (len(self._cache) > self.max_cached or sum(
+                len(p.run.records) for p in self._cache.values()) > self.max_records):
             self._cache.popitem(last=False)
         return cached.run
+
+    def memo(self, name: str) -> WindowMemo | None:
+        """The window statistics kept for run `name`, while it is parsed."""
+        parsed = self._cache.get(name)
+        return parsed.memo if parsed else None
 
     def rows(self) -> list[dict]:
         """The runs list: each run's line is kept while its files do not change, so that the
@@ -187,7 +225,7 @@ class Runs:
                   records=[*records, *chunk.records],
                   warnings=[*warnings, *record_warnings, *torn])
         return _Parsed(sig, run, [*starts, *chunk.starts], (inode, chunk.offset, chunk.lines),
-                       record_warnings)
+                       record_warnings, before.memo if before else WindowMemo())
 
 
 # ---------------------------------------------------------------- facts about a run
@@ -329,10 +367,11 @@ def failures_over_time(records: list[dict], size: int) -> dict:
             "classes": {c: [groups[k].get(c, 0) for k in keys] for c in classes}}
 
 
-def run_detail(run: Run, name: str, window: int | None = None, since: int = 0) -> dict:
+def run_detail(run: Run, name: str, window: int | None = None, since: int = 0,
+               memo: WindowMemo | None = None) -> dict:
     """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
     journal's records from the `since`-th on (all of them when the journal holds fewer: it was
-    rewritten)."""
+    rewritten). The window statistics come through `memo` when given."""
     size = window or default_window(len(run.records))
     threshold = stats.default_threshold(run.dataset)
     since = since if since <= len(run.records) else 0
@@ -344,7 +383,7 @@ def run_detail(run: Run, name: str, window: int | None = None, since: int = 0) -
         "total": len(run.records), "since": since,
         "rows": [_table_row(name, r) for r in run.records[since:]],
         "failures": failures_over_time(run.records, size),
-        "windows": stats.windows(run.records, size, threshold),
+        "windows": (memo or WindowMemo()).windows(run.records, size, threshold),
         "edit_formats": edit_figures(run.records),
         "warnings": list(run.warnings),
     }
