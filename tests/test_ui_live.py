@@ -279,6 +279,17 @@ def test_the_trajectory_reads_at_scale(browser, serve, tmp_path):
         return chart.data.datasets.map((d) => label({raw: d.data[0], dataset: d}));""")
     assert all(tip.startswith(("chain 0,", "chain 1,")) for tip in tips), tips
     assert trajectory(page, "return chart.data.datasets.some((d) => d._decimated);")
+    best = trajectory(page, """return chart.data.datasets
+        .filter((d) => d.label.endsWith("best so far"))
+        .map((d) => [d.chain, d.stepped, d.data.map((p) => [p.x, p.y])]);""")
+    assert [(chain, stepped) for chain, stepped, _ in best] == [(0, "after"), (1, "after")]
+    for chain, _, points in best:  # where the best rose, held to the last iteration
+        rose, top = [], None
+        for i in range(1, 1501):
+            acc = synthetic_record(i, chain)["accuracy"]
+            if acc is not None and (top is None or acc > top):
+                rose.append([i, top := acc])
+        assert points == [*rose, [1500, top]]
 
 
 
