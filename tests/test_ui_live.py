@@ -157,6 +157,13 @@ def test_an_update_summarises_again_only_the_windows_whose_designs_changed(tmp_p
     assert grown["windows"] == json.loads(json.dumps(whole))  # as a whole reading gives
     ui.get("/api/runs/long?window=16")
     assert memo().computed == 5 + 2  # another size: every window anew
+    (run / "iterations.jsonl").write_text("".join(
+        json.dumps({**synthetic_record(i), "status": "timeout"}) + "\n" for i in (1, 2)))
+    rewritten = ui.get("/api/runs/long?window=10").json()
+    fresh = client(tmp_path).get("/api/runs/long?window=10").json()
+    assert memo().computed == 5 + 2 + 1  # rewritten: its one window anew
+    assert (rewritten["rows"], rewritten["windows"]) == (fresh["rows"], fresh["windows"])
+    assert [r["status"] for r in rewritten["rows"]] == ["timeout", "timeout"]
 
 
 def test_the_server_keeps_a_bounded_number_of_records_parsed(tmp_path):

@@ -103,7 +103,8 @@ class WindowMemo:
 @dataclass
 class _Parsed:
     """A cached run (its records slimmed), where each record's line starts, how far its
-    journal was read: (inode, bytes, whole lines), and its window statistics."""
+    journal was read: (inode, bytes, whole lines), its window statistics, and the table rows
+    of its first records (made when first asked for)."""
 
     signature: tuple
     run: Run
@@ -111,6 +112,7 @@ class _Parsed:
     read: tuple[int, int, int]
     record_warnings: list[str]
     memo: WindowMemo
+    table: list[dict]
 
 
 @dataclass
@@ -169,6 +171,13 @@ class Runs:
         parsed = self._cache.get(name)
         return parsed.memo if parsed else None
 
+    def detail(self, name: str, window: int | None = None, since: int = 0) -> dict:
+        """`run_detail` of run `name`, with what is kept of it: its window statistics and
+        table rows are not worked out again."""
+        run = self.get(name)
+        parsed = self._cache[name]
+        return run_detail(run, name, window, since, parsed.memo, parsed.table)
+
     def rows(self) -> list[dict]:
         """The runs list: each run's line is kept while its files do not change, so that the
         list does not read the journals that dropped out of the cache again; the status is
@@ -225,7 +234,8 @@ class Runs:
                   records=[*records, *chunk.records],
                   warnings=[*warnings, *record_warnings, *torn])
         return _Parsed(sig, run, [*starts, *chunk.starts], (inode, chunk.offset, chunk.lines),
-                       record_warnings, before.memo if before else WindowMemo())
+                       record_warnings, before.memo if before else WindowMemo(),
+                       before.table if grew else [])
 
 
 # ---------------------------------------------------------------- facts about a run
@@ -350,6 +360,12 @@ def _table_row(name: str, rec: dict) -> dict:
     }
 
 
+def table_rows(name: str, records: list[dict], table: list[dict]) -> list[dict]:
+    """`table`, the rows of the first of `records`, extended to all of them."""
+    table.extend(_table_row(name, r) for r in records[len(table):])
+    return table
+
+
 def failures_over_time(records: list[dict], size: int) -> dict:
     """Counts of each failure class of the designs per window of `size` iterations."""
     groups: dict[int, dict[str, int]] = {}
@@ -368,10 +384,11 @@ def failures_over_time(records: list[dict], size: int) -> dict:
 
 
 def run_detail(run: Run, name: str, window: int | None = None, since: int = 0,
-               memo: WindowMemo | None = None) -> dict:
+               memo: WindowMemo | None = None, table: list[dict] | None = None) -> dict:
     """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
     journal's records from the `since`-th on (all of them when the journal holds fewer: it was
-    rewritten). The window statistics come through `memo` when given."""
+    rewritten). The window statistics come through `memo` when given; `table`, when given,
+    holds the rows of the first records, and gets those of the others."""
     size = window or default_window(len(run.records))
     threshold = stats.default_threshold(run.dataset)
     since = since if since <= len(run.records) else 0
@@ -381,7 +398,7 @@ def run_detail(run: Run, name: str, window: int | None = None, since: int = 0,
         "per_chain": run.config.get("iterations") if isinstance(
             run.config.get("iterations"), int) else None,
         "total": len(run.records), "since": since,
-        "rows": [_table_row(name, r) for r in run.records[since:]],
+        "rows": table_rows(name, run.records, table if table is not None else [])[since:],
         "failures": failures_over_time(run.records, size),
         "windows": (memo or WindowMemo()).windows(run.records, size, threshold),
         "edit_formats": edit_figures(run.records),
