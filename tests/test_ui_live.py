@@ -166,6 +166,26 @@ def test_an_update_summarises_again_only_the_windows_whose_designs_changed(tmp_p
     assert [r["status"] for r in rewritten["rows"]] == ["timeout", "timeout"]
 
 
+def test_a_reload_of_an_unchanged_run_works_out_no_aggregate_again(tmp_path, monkeypatch):
+    from orchestrator.ui import data
+
+    calls: list[int] = []
+    counted = data.failures_over_time
+    monkeypatch.setattr(data, "failures_over_time", lambda r, size: (
+        calls.append(size), counted(r, size))[1])
+    run = synthetic_run(tmp_path, "long", 30, planned=40)
+    ui = client(tmp_path)
+    first = ui.get("/api/runs/long").json()
+    again = ui.get("/api/runs/long").json()
+    assert calls == [10] and again == first
+    ui.get("/api/runs/long?window=5")
+    ui.get("/api/runs/long?window=5")
+    assert calls == [10, 5]  # another window size: worked out once
+    append(run, synthetic_record(31))
+    grown = ui.get("/api/runs/long?window=5&since=30").json()
+    assert calls == [10, 5, 5] and grown["iterations"] == 31  # the journal grew: anew
+
+
 def test_the_server_keeps_a_bounded_number_of_records_parsed(tmp_path):
     from orchestrator.ui.data import Runs
 

@@ -17,7 +17,7 @@ import itertools
 import statistics
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -103,8 +103,9 @@ class WindowMemo:
 @dataclass
 class _Parsed:
     """A cached run (its records slimmed), where each record's line starts, how far its
-    journal was read: (inode, bytes, whole lines), its window statistics, and the table rows
-    of its first records (made when first asked for)."""
+    journal was read: (inode, bytes, whole lines), its window statistics, the table rows of
+    its first records (made when first asked for), and its aggregates over the last window
+    size asked for (while its files do not change)."""
 
     signature: tuple
     run: Run
@@ -113,6 +114,7 @@ class _Parsed:
     record_warnings: list[str]
     memo: WindowMemo
     table: list[dict]
+    aggregates: dict[int, dict] = field(default_factory=dict)
 
 
 @dataclass
@@ -172,11 +174,11 @@ class Runs:
         return parsed.memo if parsed else None
 
     def detail(self, name: str, window: int | None = None, since: int = 0) -> dict:
-        """`run_detail` of run `name`, with what is kept of it: its window statistics and
-        table rows are not worked out again."""
+        """`run_detail` of run `name`, with what is kept of it: its window statistics, table
+        rows and (while its files do not change) aggregates are not worked out again."""
         run = self.get(name)
         parsed = self._cache[name]
-        return run_detail(run, name, window, since, parsed.memo, parsed.table)
+        return run_detail(run, name, window, since, parsed.memo, parsed.table, parsed.aggregates)
 
     def rows(self) -> list[dict]:
         """The runs list: each run's line is kept while its files do not change, so that the
@@ -383,24 +385,37 @@ def failures_over_time(records: list[dict], size: int) -> dict:
             "classes": {c: [groups[k].get(c, 0) for k in keys] for c in classes}}
 
 
-def run_detail(run: Run, name: str, window: int | None = None, since: int = 0,
-               memo: WindowMemo | None = None, table: list[dict] | None = None) -> dict:
-    """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
-    journal's records from the `since`-th on (all of them when the journal holds fewer: it was
-    rewritten). The window statistics come through `memo` when given; `table`, when given,
-    holds the rows of the first records, and gets those of the others."""
-    size = window or default_window(len(run.records))
+def run_aggregates(run: Run, name: str, size: int, memo: WindowMemo) -> dict:
+    """What the run view shows of the run as a whole, over windows of `size` iterations."""
     threshold = stats.default_threshold(run.dataset)
-    since = since if since <= len(run.records) else 0
     return {
         **run_row(run, name), "window": size, "threshold": threshold,
         "select_on": run.config.get("select_on", "test"),
         "per_chain": run.config.get("iterations") if isinstance(
             run.config.get("iterations"), int) else None,
-        "total": len(run.records), "since": since,
-        "rows": table_rows(name, run.records, table if table is not None else [])[since:],
         "failures": failures_over_time(run.records, size),
-        "windows": (memo or WindowMemo()).windows(run.records, size, threshold),
+        "windows": memo.windows(run.records, size, threshold),
         "edit_formats": edit_figures(run.records),
         "warnings": list(run.warnings),
+    }
+
+
+def run_detail(run: Run, name: str, window: int | None = None, since: int = 0,
+               memo: WindowMemo | None = None, table: list[dict] | None = None,
+               kept: dict[int, dict] | None = None) -> dict:
+    """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
+    journal's records from the `since`-th on (all of them when the journal holds fewer: it was
+    rewritten). The window statistics come through `memo` when given; `table`, when given,
+    holds the rows of the first records, and gets those of the others; `kept`, when given,
+    holds the aggregates of this very run for one window size (the status is worked out
+    afresh: it turns to stopped with time alone)."""
+    size = window or default_window(len(run.records))
+    kept = kept if kept is not None else {}
+    if size not in kept:
+        kept.clear()
+        kept[size] = run_aggregates(run, name, size, memo or WindowMemo())
+    since = since if since <= len(run.records) else 0
+    return {
+        **kept[size], "status": run_status(run), "total": len(run.records), "since": since,
+        "rows": table_rows(name, run.records, table if table is not None else [])[since:],
     }
