@@ -175,6 +175,14 @@ def test_ok_without_accuracy_is_not_a_success() -> None:
     assert t["successful"] == 1 and t["first_accuracy"] == 0.2
 
 
+def test_wilson_interval_is_scipys_to_the_last_bit() -> None:
+    for n in range(1, 41):
+        for k in range(n + 1):
+            for conf in (0.95, 0.8):
+                ci = sps.binomtest(k, n).proportion_ci(confidence_level=conf, method="wilson")
+                assert stats.wilson_interval(k, n, conf) == (ci.low, ci.high), (k, n, conf)
+
+
 def test_wilson_interval_by_hand() -> None:
     k, n, z = 7, 10, sps.norm.ppf(0.975)
     p = k / n

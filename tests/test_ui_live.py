@@ -137,6 +137,72 @@ def test_the_server_keeps_at_most_a_few_runs_parsed(tmp_path):
     assert runs.cached() == before  # the list, unchanged, read no journal again
 
 
+def test_an_update_summarises_again_only_the_windows_whose_designs_changed(tmp_path):
+    from orchestrator.analysis import stats
+    from orchestrator.store.run import read_run
+
+    run = synthetic_run(tmp_path, "long", 30)
+    ui = client(tmp_path)
+    memo = lambda: ui.app.state.runs.memo("long")  # noqa: E731
+    first = ui.get("/api/runs/long?window=10").json()
+    assert memo().computed == 3
+    append(run, synthetic_record(31))
+    grown = ui.get("/api/runs/long?window=10&since=30").json()
+    assert memo().computed == 4  # the new window only: the three before are kept
+    assert grown["windows"][:3] == first["windows"]
+    append(run, synthetic_record(32))
+    grown = ui.get("/api/runs/long?window=10&since=31").json()
+    assert memo().computed == 5  # the last window again
+    whole = stats.windows(read_run(run).records, 10, grown["threshold"])
+    assert grown["windows"] == json.loads(json.dumps(whole))  # as a whole reading gives
+    ui.get("/api/runs/long?window=16")
+    assert memo().computed == 5 + 2  # another size: every window anew
+    (run / "iterations.jsonl").write_text("".join(
+        json.dumps({**synthetic_record(i), "status": "timeout"}) + "\n" for i in (1, 2)))
+    rewritten = ui.get("/api/runs/long?window=10").json()
+    fresh = client(tmp_path).get("/api/runs/long?window=10").json()
+    assert memo().computed == 5 + 2 + 1  # rewritten: its one window anew
+    assert (rewritten["rows"], rewritten["windows"]) == (fresh["rows"], fresh["windows"])
+    assert [r["status"] for r in rewritten["rows"]] == ["timeout", "timeout"]
+
+
+def test_a_reload_of_an_unchanged_run_works_out_no_aggregate_again(tmp_path, monkeypatch):
+    from orchestrator.ui import data
+
+    calls: list[int] = []
+    counted = data.failures_over_time
+    monkeypatch.setattr(data, "failures_over_time", lambda r, size: (
+        calls.append(size), counted(r, size))[1])
+    run = synthetic_run(tmp_path, "long", 30, planned=40)
+    ui = client(tmp_path)
+    first = ui.get("/api/runs/long").json()
+    again = ui.get("/api/runs/long").json()
+    assert calls == [10] and again == first
+    ui.get("/api/runs/long?window=5")
+    ui.get("/api/runs/long?window=5")
+    assert calls == [10, 5]  # another window size: worked out once
+    append(run, synthetic_record(31))
+    grown = ui.get("/api/runs/long?window=5&since=30").json()
+    assert calls == [10, 5, 5] and grown["iterations"] == 31  # the journal grew: anew
+
+
+def test_the_server_keeps_a_bounded_number_of_records_parsed(tmp_path):
+    from orchestrator.ui.data import Runs
+
+    for k in range(3):
+        synthetic_run(tmp_path, f"run{k}", 40)
+    runs = Runs(tmp_path, max_records=100)
+    runs.get("run0")
+    runs.get("run1")
+    assert runs.cached() == ["run0", "run1"]  # 80 records
+    runs.get("run2")
+    assert runs.cached() == ["run1", "run2"]  # 120 would be too many: the oldest went
+    small = Runs(tmp_path, max_records=10)
+    small.get("run0")
+    small.get("run1")
+    assert small.cached() == ["run1"]  # the run just shown is kept, however long
+
+
 # ---------------------------------------------------------------- in a browser
 
 
@@ -240,6 +306,17 @@ def test_the_trajectory_reads_at_scale(browser, serve, tmp_path):
         return chart.data.datasets.map((d) => label({raw: d.data[0], dataset: d}));""")
     assert all(tip.startswith(("chain 0,", "chain 1,")) for tip in tips), tips
     assert trajectory(page, "return chart.data.datasets.some((d) => d._decimated);")
+    best = trajectory(page, """return chart.data.datasets
+        .filter((d) => d.label.endsWith("best so far"))
+        .map((d) => [d.chain, d.stepped, d.data.map((p) => [p.x, p.y])]);""")
+    assert [(chain, stepped) for chain, stepped, _ in best] == [(0, "after"), (1, "after")]
+    for chain, _, points in best:  # where the best rose, held to the last iteration
+        rose, top = [], None
+        for i in range(1, 1501):
+            acc = synthetic_record(i, chain)["accuracy"]
+            if acc is not None and (top is None or acc > top):
+                rose.append([i, top := acc])
+        assert points == [*rose, [1500, top]]
 
 
 

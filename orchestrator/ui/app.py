@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.analysis.stats import default_threshold
 from orchestrator.store.run import Run
 from orchestrator.ui.compare import MAX_RUNS, TooMany, compare_lines, compare_view, pick
-from orchestrator.ui.data import Runs, best_file, run_detail, run_url
+from orchestrator.ui.data import Runs, best_file, run_url
 from orchestrator.ui.iteration import highlight_css, iteration_view
 from orchestrator.ui.settings import key_settings
 
@@ -167,7 +167,8 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
     async def api_run(request: Request) -> Response:
         size = whole(request, "window") or None
         since = whole(request, "since", 0) or 0
-        return _json(run_detail(get_run(request), request.path_params["name"], size, since))
+        get_run(request)  # a 404 for no run
+        return _json(runs.detail(request.path_params["name"], size, since))
 
     async def events(request: Request) -> Response:
         # Looked at before the stream opens: a page that loads after its `open` misses nothing.
@@ -208,7 +209,9 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=hosts or LOCAL_HOSTS),
-                  Middleware(GZipMiddleware, minimum_size=1000)]
-    return App(routes=routes, middleware=middleware,
-               exception_handlers={HTTPException: client_error})
+                  Middleware(GZipMiddleware, minimum_size=1000, compresslevel=6)]
+    app = App(routes=routes, middleware=middleware,
+              exception_handlers={HTTPException: client_error})
+    app.state.runs = runs  # what the server holds parsed
+    return app
 

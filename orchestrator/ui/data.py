@@ -17,7 +17,7 @@ import itertools
 import statistics
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -71,27 +71,63 @@ def _slim(rec: dict) -> dict:
     return slim
 
 
+class WindowMemo:
+    """The window statistics of one run, each window summarised again only when its designs
+    changed (a growing journal changes its last window only). Kept for one window size and
+    threshold at a time: another drops what was kept. `computed` counts the summaries worked
+    out."""
+
+    def __init__(self) -> None:
+        self._key: tuple[int, float | None] | None = None
+        self._kept: dict[int, tuple[list[dict], dict]] = {}
+        self.computed = 0
+
+    def windows(self, records: list[dict], size: int, threshold: float | None) -> list[dict]:
+        """`stats.windows(records, size, threshold)`."""
+        if self._key != (size, threshold):
+            self._key, self._kept = (size, threshold), {}
+        out, kept = [], {}
+        for start, end, group in stats.window_groups(records, size):
+            before = self._kept.get(start)
+            same = before is not None and len(before[0]) == len(group) and all(
+                a is b for a, b in zip(before[0], group, strict=True))
+            if not same:
+                before = (group, stats.window_summary(group, threshold))
+                self.computed += 1
+            kept[start] = before
+            out.append({"start": start, "end": end, **before[1]})
+        self._kept = kept
+        return out
+
+
 @dataclass
 class _Parsed:
-    """A cached run (its records slimmed), where each record's line starts, and how far its
-    journal was read: (inode, bytes, whole lines)."""
+    """A cached run (its records slimmed), where each record's line starts, how far its
+    journal was read: (inode, bytes, whole lines), its window statistics, the table rows of
+    its first records (made when first asked for), and its aggregates over the last window
+    size asked for (while its files do not change)."""
 
     signature: tuple
     run: Run
     starts: list[int]
     read: tuple[int, int, int]
     record_warnings: list[str]
+    memo: WindowMemo
+    table: list[dict]
+    aggregates: dict[int, dict] = field(default_factory=dict)
 
 
 @dataclass
 class Runs:
     """The run directories directly under `root`. Each is read again only when its files
-    change, and then only its journal's new lines; at most `max_cached` runs are kept parsed
-    (the least recently shown is dropped), without their records' long texts, which `full`
-    reads back for one record."""
+    change, and then only its journal's new lines; at most `max_cached` runs and
+    `max_records` records in all are kept parsed (the least recently shown runs are dropped,
+    never the one just shown), without their records' long texts, which `full` reads back for
+    one record."""
 
     root: Path
     max_cached: int = 8  # the most runs a comparison shows (compare.MAX_RUNS) fit
+    max_records: int = 100_000  # slimmed, about 2.4 KB each (measured): some 240 MB
 
     def __post_init__(self) -> None:
         self._cache: OrderedDict[str, _Parsed] = OrderedDict()
@@ -127,9 +163,22 @@ class Runs:
         if cached is None or cached.signature != sig:
             cached = self._read(self.root / name, sig, cached)
         self._cache[name] = cached
-        while len(self._cache) > self.max_cached:
+        while len(self._cache) > 1 and (len(self._cache) > self.max_cached or sum(
+                len(p.run.records) for p in self._cache.values()) > self.max_records):
             self._cache.popitem(last=False)
         return cached.run
+
+    def memo(self, name: str) -> WindowMemo | None:
+        """The window statistics kept for run `name`, while it is parsed."""
+        parsed = self._cache.get(name)
+        return parsed.memo if parsed else None
+
+    def detail(self, name: str, window: int | None = None, since: int = 0) -> dict:
+        """`run_detail` of run `name`, with what is kept of it: its window statistics, table
+        rows and (while its files do not change) aggregates are not worked out again."""
+        run = self.get(name)
+        parsed = self._cache[name]
+        return run_detail(run, name, window, since, parsed.memo, parsed.table, parsed.aggregates)
 
     def rows(self) -> list[dict]:
         """The runs list: each run's line is kept while its files do not change, so that the
@@ -187,7 +236,8 @@ class Runs:
                   records=[*records, *chunk.records],
                   warnings=[*warnings, *record_warnings, *torn])
         return _Parsed(sig, run, [*starts, *chunk.starts], (inode, chunk.offset, chunk.lines),
-                       record_warnings)
+                       record_warnings, before.memo if before else WindowMemo(),
+                       before.table if grew else [])
 
 
 # ---------------------------------------------------------------- facts about a run
@@ -312,6 +362,12 @@ def _table_row(name: str, rec: dict) -> dict:
     }
 
 
+def table_rows(name: str, records: list[dict], table: list[dict]) -> list[dict]:
+    """`table`, the rows of the first of `records`, extended to all of them."""
+    table.extend(_table_row(name, r) for r in records[len(table):])
+    return table
+
+
 def failures_over_time(records: list[dict], size: int) -> dict:
     """Counts of each failure class of the designs per window of `size` iterations."""
     groups: dict[int, dict[str, int]] = {}
@@ -329,22 +385,37 @@ def failures_over_time(records: list[dict], size: int) -> dict:
             "classes": {c: [groups[k].get(c, 0) for k in keys] for c in classes}}
 
 
-def run_detail(run: Run, name: str, window: int | None = None, since: int = 0) -> dict:
-    """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
-    journal's records from the `since`-th on (all of them when the journal holds fewer: it was
-    rewritten)."""
-    size = window or default_window(len(run.records))
+def run_aggregates(run: Run, name: str, size: int, memo: WindowMemo) -> dict:
+    """What the run view shows of the run as a whole, over windows of `size` iterations."""
     threshold = stats.default_threshold(run.dataset)
-    since = since if since <= len(run.records) else 0
     return {
         **run_row(run, name), "window": size, "threshold": threshold,
         "select_on": run.config.get("select_on", "test"),
         "per_chain": run.config.get("iterations") if isinstance(
             run.config.get("iterations"), int) else None,
-        "total": len(run.records), "since": since,
-        "rows": [_table_row(name, r) for r in run.records[since:]],
         "failures": failures_over_time(run.records, size),
-        "windows": stats.windows(run.records, size, threshold),
+        "windows": memo.windows(run.records, size, threshold),
         "edit_formats": edit_figures(run.records),
         "warnings": list(run.warnings),
+    }
+
+
+def run_detail(run: Run, name: str, window: int | None = None, since: int = 0,
+               memo: WindowMemo | None = None, table: list[dict] | None = None,
+               kept: dict[int, dict] | None = None) -> dict:
+    """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
+    journal's records from the `since`-th on (all of them when the journal holds fewer: it was
+    rewritten). The window statistics come through `memo` when given; `table`, when given,
+    holds the rows of the first records, and gets those of the others; `kept`, when given,
+    holds the aggregates of this very run for one window size (the status is worked out
+    afresh: it turns to stopped with time alone)."""
+    size = window or default_window(len(run.records))
+    kept = kept if kept is not None else {}
+    if size not in kept:
+        kept.clear()
+        kept[size] = run_aggregates(run, name, size, memo or WindowMemo())
+    since = since if since <= len(run.records) else 0
+    return {
+        **kept[size], "status": run_status(run), "total": len(run.records), "since": since,
+        "rows": table_rows(name, run.records, table if table is not None else [])[since:],
     }

@@ -87,7 +87,7 @@ function loader(url, render) {
     busy = true;
     try {
       const response = await fetch(url(), {headers: {"Accept": "application/json"}});
-      if (response.ok) render(await response.json());
+      if (response.ok) await render(await response.json());
     } finally {
       busy = false;
       if (again) { again = false; load(); }
@@ -262,8 +262,9 @@ function setDatasets(chart, sets) {
   chart.update();
 }
 
-// The Figure-2 plot per chain: every evaluation, the best-so-far steps, failures by class;
-// attempts lost to faults are no designs and are left out.
+// The Figure-2 plot per chain: every evaluation, the best so far (the points where it rose,
+// and the last iteration: a step line), failures by class; attempts lost to faults are no
+// designs and are left out.
 function trajectory(sorted) {
   const chains = new Map();
   let last = 0;
@@ -274,8 +275,7 @@ function trajectory(sorted) {
     const c = chains.get(r.chain);
     if (typeof r.accuracy === "number") {
       c.points.push({x: r.iteration, y: r.accuracy, url: r.url});
-      const top = c.best.length ? Math.max(r.accuracy, c.best[c.best.length - 1].y) : r.accuracy;
-      c.best.push({x: r.iteration, y: top});
+      if (!c.best.length || r.accuracy > c.best[c.best.length - 1].y) c.best.push({x: r.iteration, y: r.accuracy});
     } else if (r.status !== "ok") {
       (c.failures[r.status] ??= []).push({x: r.iteration, url: r.url});
     }
@@ -302,7 +302,7 @@ function trajectoryDatasets() {
     const hue = many ? PALETTE[k % PALETTE.length] : PALETTE[0];
     const off = hidden.chains.has(c.chain);
     sets.push({label: `${name}: best so far`, chain: c.chain, data: c.best, type: "line",
-      stepped: "before", borderColor: hue, backgroundColor: hue, pointRadius: 0,
+      stepped: "after", borderColor: hue, backgroundColor: hue, pointRadius: 0,
       borderWidth: 2, hidden: off, order: 2});
     sets.push({label: `${name}: evaluations`, chain: c.chain, data: c.points, type: "line",
       showLine: false, borderColor: hue, backgroundColor: hue + "99", pointRadius: 4,
@@ -433,13 +433,17 @@ function options(select, values, wanted) {
 // The trajectory's x axis ends at the iterations planned per chain (or the last one run).
 function redraw() {
   if (!run.data) return;
+  drawTrajectory();
+  renderRows();
+}
+
+function drawTrajectory() {
   const chart = charts.trajectory;
   const last = run.sorted.length ? run.sorted[run.sorted.length - 1].iteration : 0;
   const end = Math.max(run.data.per_chain ?? 0, last);
   chart.options.scales.x.max = end > 0 ? end : undefined;
   chart.options.scales.y.min = laneY(run.lanes.length) + LANE / 2;
   setDatasets(chart, trajectoryDatasets());
-  renderRows();
 }
 
 function shownRows() {
@@ -538,13 +542,23 @@ function patchRows(tbody, items, render) {
   while (rows.length > items.length) rows[rows.length - 1].remove();
 }
 
-function renderRun(data) {
+// A macrotask boundary: the browser may paint and handle input before the next part.
+function nextTask() {
+  return new Promise((resolve) => setTimeout(resolve, 0));
+}
+
+// In three tasks (the facts and table, the trajectory, the window statistics), none long
+// enough to hold up the page, even over 10,000 iterations.
+async function renderRun(data) {
   take(data);
   renderFacts(data);
   chainBoxes(run.chains.map((c) => c.chain));
   options(document.getElementById("filter-status"), [...new Set(run.rows.map((r) => r.status))].sort(), view.status);
   options(document.getElementById("filter-chain"), [...new Set(run.rows.map((r) => r.chain))].sort((a, b) => a - b), view.chain);
-  redraw();
+  renderRows();
+  await nextTask();
+  drawTrajectory();
+  await nextTask();
   renderWindows(data);
   renderEdits(data);
   fill(document.getElementById("warnings"), data.warnings.map((w) => el("li", w)));
