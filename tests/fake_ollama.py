@@ -349,6 +349,7 @@ class FakeOllama:
         self._creates: list[dict[str, Any]] = []  # /api/create bodies, in order
         self._created: dict[str, dict[str, Any]] = {}  # created model -> its create body
         self.on_created: Callable[[str], None] | None = None  # told each model created
+        self.on_blob_check: Callable[[str], None] | None = None  # told each HEAD of a blob
         self.version = version
         # Models without a spec are qwen2.5-coder:7b with this context length and thinking.
         self.default_spec = replace(QWEN25_CODER_7B, context_length=context_length,
@@ -604,6 +605,8 @@ class FakeOllama:
         return self.blobs_dir / digest.replace(":", "-")
 
     def _has_blob(self, h: _Handler, digest: str, body: Any) -> None:
+        if self.on_blob_check is not None:  # before the client hears (a test's kill point)
+            self.on_blob_check(digest)
         h.send_empty(200 if self._blob_path(digest).is_file() else 404)
 
     def _put_blob(self, h: _Handler, digest: str, data: bytes) -> None:
