@@ -70,6 +70,8 @@ def fake_ollama():
     yield start
     for server in servers:
         server.close()
+    for server in servers:
+        server.check_script()
 
 
 @pytest.fixture(scope="session")

@@ -25,8 +25,10 @@ and the "thinking" capability by version; options type-checked (`Options.FromMap
 stopped at num_predict with done_reason "length"; a prompt cut to num_ctx, and
 prompt_eval_count the tokens kept; `format` "json" or a valid schema; models unloaded when
 keep_alive runs out (on a clock `advance` moves); /api/create refusing bad file names, file
-sets, quantizations and `from`s. A scripted reply that breaks the request's `format` schema is
-still sent as scripted (the grammar that would prevent it is not simulated).
+sets, quantizations and `from`s. Under a `format`, a scripted reply must be what the grammar
+allows (a JSON object, conforming to the schema; `_breaks_format`): one that is not is answered
+500 and fails the test as the server closes (`check_script`); num_predict then cuts it. A plain
+`default` reply (one for every request) is answered there as an instance of the grammar.
 """
 
 from __future__ import annotations
@@ -349,6 +351,10 @@ class FakeOllama:
         self._creates: list[dict[str, Any]] = []  # /api/create bodies, in order
         self._created: dict[str, dict[str, Any]] = {}  # created model -> its create body
         self.on_created: Callable[[str], None] | None = None  # told each model created
+        self.on_blob_check: Callable[[str], None] | None = None  # told each HEAD of a blob
+        # Scripted replies the request's `format` grammar could not have produced (_breaks_format):
+        # each answered 500, and the test fails as the server closes (check_script).
+        self.script_errors: list[str] = []
         self.version = version
         # Models without a spec are qwen2.5-coder:7b with this context length and thinking.
         self.default_spec = replace(QWEN25_CODER_7B, context_length=context_length,
@@ -374,6 +380,13 @@ class FakeOllama:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+        if exc[0] is None:
+            self.check_script()
+
+    def check_script(self) -> None:
+        """Fail (AssertionError) when the test scripted a reply no Ollama could send."""
+        assert not self.script_errors, \
+            f"the test scripted replies no Ollama could send: {self.script_errors}"
 
     def close(self) -> None:
         """Wake delayed handlers, stop accepting, drop open connections. Idempotent."""
@@ -604,6 +617,8 @@ class FakeOllama:
         return self.blobs_dir / digest.replace(":", "-")
 
     def _has_blob(self, h: _Handler, digest: str, body: Any) -> None:
+        if self.on_blob_check is not None:  # before the client hears (a test's kill point)
+            self.on_blob_check(digest)
         h.send_empty(200 if self._blob_path(digest).is_file() else 404)
 
     def _put_blob(self, h: _Handler, digest: str, data: bytes) -> None:
@@ -847,7 +862,17 @@ class FakeOllama:
             else:
                 h.send_json(500, {"error": problem})
             return
-        reply = self._as_thought(self._next_reply(body), model, body.get("think"))
+        scripted, fmt = self._next_reply(body), body.get("format")
+        if scripted is self._default and _breaks_format(scripted, fmt):
+            # A plain default stands for whatever the model writes; under a grammar, that is
+            # an instance of it (a test that cares scripts the reply).
+            scripted = replace(scripted, content=json.dumps(_grammar_instance(fmt)))
+        if problem := _breaks_format(scripted, fmt):
+            with self._lock:
+                self.script_errors.append(problem)
+            h.send_json(500, {"error": f"FakeOllama: {problem}"})
+            return
+        reply = self._as_thought(scripted, model, body.get("think"))
         if not reply.ignores_num_predict:
             reply = _at_num_predict(reply, options.get("num_predict"), runner.num_ctx)
         if reply.prompt_eval_count is None:
@@ -928,6 +953,55 @@ def _format_problem(fmt: Any) -> str | None:
     except jsonschema.SchemaError:
         return "invalid JSON schema in format"
     return None
+
+
+def _breaks_format(reply: Reply, fmt: Any) -> str | None:
+    """Why the server could not have generated the scripted reply under `format`, or None.
+    llm/server.go, `Completion`: "json" sets the grammar `grammarJSON` (`root ::= object`), a
+    schema the grammar `llama.SchemaToGrammar` makes of it; llama.cpp samples only tokens the
+    grammar allows, so every finished reply is a JSON object, conforming to the schema. A
+    reply is cut short only by num_predict (done_reason "length", _at_num_predict, applied
+    after this check): script the whole reply the model would write, and num_predict cuts it.
+    Error replies are not checked."""
+    if fmt in (None, "") or reply.status >= 400 or reply.error:
+        return None
+    if reply.done_reason != "stop":
+        return (f"a reply scripted with done_reason {reply.done_reason!r} under a format: "
+                "script the whole reply and let num_predict cut it")
+    try:
+        value = json.loads(reply.content)
+    except ValueError:
+        return f"scripted reply is not the JSON the format's grammar allows: {reply.content!r:.80}"
+    if not isinstance(value, dict):
+        return f"scripted reply is JSON but not an object (grammarJSON's root): {value!r:.80}"
+    if isinstance(fmt, dict):
+        try:
+            jsonschema.validate(value, fmt)
+        except jsonschema.ValidationError as exc:
+            return f"scripted reply breaks the format schema: {exc.message:.120}"
+    return None
+
+
+def _grammar_instance(fmt: Any) -> Any:
+    """A small value the grammar of `fmt` allows: "json" an empty object; a schema its
+    required properties (all when none are), each a value of its own schema, strings their
+    property's name cut to maxLength."""
+    if not isinstance(fmt, dict):
+        return {}
+    return _instance(fmt, "value")
+
+
+def _instance(schema: dict[str, Any], name: str) -> Any:
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type", "object")
+    if kind == "object":
+        properties = schema.get("properties") or {}
+        keys = schema.get("required") or list(properties)
+        return {key: _instance(properties.get(key) or {"type": "string"}, key) for key in keys}
+    defaults = {"string": name[:schema.get("maxLength", len(name))], "integer": 0,
+                "number": 0, "boolean": False, "array": [], "null": None}
+    return defaults.get(kind, {})
 
 
 def _valid_path(name: str) -> bool:

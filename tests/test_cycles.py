@@ -1,6 +1,7 @@
 """`orchestrator cycles` end to end: real searches (local sandbox, Fashion-MNIST subset) against
 the scripted Ollama server, real LoRA fine-tuning of a tiny random-weight Qwen2, real merges,
-and the blob uploads and creates checked on the server; a kill -9 mid-cycle, then --resume."""
+and the blob uploads and creates checked on the server; kill -9 in cycle 1's search, its
+fine-tuning, its merge and its model's creation, each followed by --resume."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,7 +50,25 @@ def cycles(*args: str, results: Path) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator", "cycles", "--results-dir", str(results), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "TMPDIR": str(results)})
+        env={**os.environ, "TMPDIR": str(results), "PYTHONUNBUFFERED": "1"})
+
+
+def output_until(proc: subprocess.Popen, marker: str | None = None,
+                 timeout: float = 1800) -> str:
+    """The process's output to its end; SIGKILL as soon as it prints a line holding `marker`
+    (the line comes after what it announces is done: the kill lands in the step after it)."""
+    watchdog = threading.Timer(timeout, proc.kill)
+    watchdog.start()
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if marker is not None and marker in line:
+                proc.kill()
+    finally:
+        watchdog.cancel()
+    proc.wait()
+    return "".join(lines)
 
 
 def log(root: Path) -> list[dict]:
@@ -68,13 +88,20 @@ def test_two_cycles_survive_kills_and_publish_each_model_once(fake_ollama, fashi
         return Reply(content=script.pop(0))
 
     def created(name: str) -> None:
-        """The second cycles process is killed as the server finishes creating cycle 1's
+        """The fourth cycles process is killed as the server finishes creating cycle 1's
         model, before it can journal the publish."""
-        if name == "coder-nas:c1" and len(driver) == 2:
-            driver[1].kill()
+        if name == "coder-nas:c1" and len(driver) == 4:
+            driver[3].kill()
+
+    def blob_checked(digest: str) -> None:
+        """The third cycles process is killed as it checks its first merged file on the
+        server: the merge is done, nothing uploaded or created yet."""
+        if len(driver) == 3:
+            driver[2].kill()
 
     server = fake_ollama(default=generate)
     server.on_created = created
+    server.on_blob_check = blob_checked
     config = search_toml(tmp_path / "search.toml", server, fashion_data_dir)
     results = tmp_path / "results"
     args = ["--name", "nas", "--config", str(config), "--base-model", str(tiny_lm),
@@ -88,14 +115,36 @@ def test_two_cycles_survive_kills_and_publish_each_model_once(fake_ollama, fashi
     root = results / "nas"
     assert not (root / "cycles.jsonl").exists() or not log(root)  # killed inside the search
 
+    # Killed during cycle 1's fine-tuning, once its first checkpoint is saved.
+    lora = root / "cycle_01.lora"
     again = cycles("--name", "nas", "--resume", results=results)
     driver.append(again)
-    output, _ = again.communicate(timeout=1800)
+    output = output_until(again, "fine-tuning: checkpoint at step 1/")
+    assert again.returncode == -signal.SIGKILL, output
+    assert [r["step"] for r in log(root)] == ["search", "select"]
+    assert list((lora / "checkpoints").glob("checkpoint-*")), output
+
+    # Killed after cycle 1's merge, before its upload: fine-tuning is journaled, the publish
+    # only begun.
+    again = cycles("--name", "nas", "--resume", results=results)
+    driver.append(again)
+    output = output_until(again)
+    assert again.returncode == -signal.SIGKILL, output
+    assert "fine-tuning: resuming from checkpoint-" in output
+    assert "cycle 1: merging the adapter into" in output
+    assert [r["step"] for r in log(root)] == ["search", "select", "train", "publishing"]
+    assert (root / "cycle_01.merged" / ".merged.json").is_file()
+    assert server.creates() == [] and server.uploads() == []
+
+    # Killed as the server creates cycle 1's model.
+    again = cycles("--name", "nas", "--resume", results=results)
+    driver.append(again)
+    output = output_until(again)
     assert again.returncode == -signal.SIGKILL, output
     assert "coder-nas:c1" in server.models and not any(r["step"] == "publish" for r in log(root))
 
     last = cycles("--name", "nas", "--resume", results=results)
-    output, _ = last.communicate(timeout=1800)
+    output = output_until(last)
     assert last.returncode == 0, output
     assert "cycle 1: coder-nas:c1 (" in output
     assert "was published before the run stopped; not publishing it again" in " ".join(
@@ -108,6 +157,11 @@ def test_two_cycles_survive_kills_and_publish_each_model_once(fake_ollama, fashi
     assert [r["tag"] for r in done] == ["coder-nas:c1", "coder-nas:c2"]
     steps = [(r["cycle"], r["step"]) for r in records]
     assert len(steps) == len(set(steps)), "a step was journaled twice"
+    # Cycle 1's fine-tuning went on from its checkpoint: every step of the run trained once
+    # (2 examples x 2 epochs), none twice; no merge is left behind.
+    trained = json.loads((lora / "train_result.json").read_text())
+    assert trained["resumed"] and len(trained["losses"]) == 4, trained
+    assert not list(root.glob("cycle_*.merged*"))
 
     # Each cycle's search: three iterations, nothing lost or duplicated by the kill.
     for cycle in (1, 2):

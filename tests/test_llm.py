@@ -186,7 +186,7 @@ def test_auto_num_ctx_rule() -> None:
 
 @pytest.mark.parametrize("stream", [True, False])
 def test_keep_alive_is_in_every_chat_request(server: FakeOllama, stream: bool) -> None:
-    server.add_script(Reply(status=503), Reply(content="ok"), Reply(content="ok"))
+    server.add_script(Reply(status=503), Reply(content="ok"), Reply(content='{"reason": "ok"}'))
     client = make_client(server, keep_alive="1h")
     client.chat(CODER, "go", stream=stream)
     client.chat(IMPROVER, "diagnose", format="json", stream=stream)
@@ -284,6 +284,41 @@ def test_a_format_that_is_neither_json_nor_a_schema_fails(server: FakeOllama,
         "stream": stream}).text.strip()
     assert json.loads(raw.splitlines()[-1]) == {"error": 'invalid format: "\\"yaml\\""; '
                                                 'expected "json" or a valid JSON Schema object'}
+
+
+def test_under_a_format_only_what_its_grammar_allows_is_sent() -> None:
+    """llm/server.go, Completion: a format becomes a grammar (grammarJSON, an object; or the
+    schema's), so a finished reply is a JSON object of the schema. A scripted reply that is not
+    is refused (500, and the test fails as the server closes); a conforming one is cut at
+    num_predict as the runner cuts it; a plain default is answered as an instance of the
+    grammar."""
+    bounded = {**DIAGNOSIS_SCHEMA, "properties": {
+        k: {**v, "maxLength": 4} for k, v in DIAGNOSIS_SCHEMA["properties"].items()}}
+    fake = FakeOllama(models=[IMPROVER], default=Reply(content=VALID_NET))
+    chat = ollama.Client(host=fake.url).chat
+    message = [{"role": "user", "content": "diagnose"}]
+    try:
+        fake.add_script(Reply(content="The net is too small."), Reply(content='{"reason": 1}'),
+                        Reply(content="[1]"), Reply(content=diagnosis_json("r", "i", "s")),
+                        Reply(content=diagnosis_json("a long reason", "i", "s")))
+        for fmt in (DIAGNOSIS_SCHEMA, DIAGNOSIS_SCHEMA, "json"):
+            with pytest.raises(ollama.ResponseError) as refused:
+                chat(IMPROVER, message, format=fmt, stream=False)
+            assert refused.value.status_code == 500
+        assert len(fake.script_errors) == 3, fake.script_errors
+        cut = chat(IMPROVER, message, format=DIAGNOSIS_SCHEMA, options={"num_predict": 3})
+        assert cut.done_reason == "length" and cut.message.content
+        assert diagnosis_json("r", "i", "s").startswith(cut.message.content)
+        with pytest.raises(ollama.ResponseError):  # over the schema's maxLength
+            chat(IMPROVER, message, format=bounded, stream=False)
+        default = json.loads(chat(IMPROVER, message, format=bounded).message.content)
+        assert set(default) == {"reason", "inspiration", "suggestions"}
+        assert all(isinstance(v, str) and len(v) <= 4 for v in default.values())
+        assert chat(IMPROVER, message).message.content == VALID_NET  # no format: as scripted
+    finally:
+        fake.close()
+    with pytest.raises(AssertionError, match="scripted replies no Ollama could send"):
+        fake.check_script()
 
 
 def test_each_model_is_judged_by_its_own_show() -> None:

@@ -17,12 +17,22 @@ import pytest
 from orchestrator.search import failures as fc
 from orchestrator.store.records import summarize
 from tests import replies
-from tests.fake_ollama import FAKE_VERSION, Reply
+from tests.fake_ollama import FAKE_VERSION, ModelSpec, Reply
 from tests.helpers import flat
 
 pytestmark = pytest.mark.slow
 DIAGNOSIS = [replies.diagnosis_json(f"problem {i}", f"idea {i}", f"suggestion number {i}")
              for i in range(20)]
+# The schema's grammar keeps every finished diagnosis JSON of the schema (llm/server.go,
+# Completion), so a real server's unusable diagnosis is one cut short: a thinking Improver whose
+# trace runs past num_predict (think_tokens included: 6,144 tokens) is stopped there with
+# done_reason "length" before it writes any of it.
+THINKING_IMPROVER = {"improver:test": ModelSpec(thinking=True)}
+
+
+def cut_diagnosis(i: int) -> Reply:
+    """DIAGNOSIS[i] after a 10,000-token trace: the Improver's reply is cut in the trace."""
+    return Reply(content=DIAGNOSIS[i], thinking="Let me weigh the options. " * 2000)
 
 
 def by_role(generator: list, improver: list) -> Callable[[dict], Reply]:
@@ -90,9 +100,8 @@ GENERATED = [
 def test_full_run_journals_every_outcome(fake_ollama, fashion_data_dir, tmp_path):
     generator = [code for code, _ in GENERATED]
     generator[7:7] = [Reply(status=503, error="overloaded")] * 2  # a 5xx burst, retried
-    improver = [DIAGNOSIS[0], replies.DIAGNOSIS_PROSE_WRAPPED, replies.DIAGNOSIS_LIST_SUGGESTIONS,
-                DIAGNOSIS[3], replies.DIAGNOSIS_GARBAGE, *DIAGNOSIS[5:9]]
-    server = fake_ollama(default=by_role(generator, improver))
+    improver = [*DIAGNOSIS[:4], cut_diagnosis(4), *DIAGNOSIS[5:9]]
+    server = fake_ollama(specs=THINKING_IMPROVER, default=by_role(generator, improver))
     proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "e2e", len(GENERATED)))
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 0, output
@@ -115,8 +124,10 @@ def test_full_run_journals_every_outcome(fake_ollama, fashion_data_dir, tmp_path
         assert set(r["timings"]) == {"generate", "evaluate", "improve"}
         assert r["llm"]["generator"]["completion_tokens"] > 0
 
-    # The unusable diagnosis (iteration 5) is an llm_error of the improver, not a crash.
+    # The unusable diagnosis (iteration 5, cut at num_predict) is an llm_error of the
+    # improver, not a crash.
     assert "unusable diagnosis" in records[4]["improver_error"]
+    assert "improver:test: the reply stopped at num_predict" in flat(output)
     assert records[4]["suggestions"] is None
     assert records[5]["triple"]["problem"] == "no diagnosis available"
 
@@ -347,7 +358,9 @@ def test_a_broken_sandbox_stops_the_run_after_a_streak_of_faults(fake_ollama, fa
 
 def test_an_ollama_before_0_5_gets_json_mode_for_the_diagnosis(fake_ollama, fashion_data_dir,
                                                               tmp_path):
-    server = fake_ollama(version="0.4.7", default=by_role([replies.VALID_NET], DIAGNOSIS))
+    # JSON mode's grammar (grammarJSON) allows any object: other keys, a list of suggestions.
+    server = fake_ollama(version="0.4.7", default=by_role([replies.VALID_NET],
+                                                          [replies.DIAGNOSIS_LIST_SUGGESTIONS]))
     # As on a terminal (rich's TTY_COMPATIBLE): each slow phase shows a spinner while it runs.
     proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "old", 1),
                         env={"TTY_COMPATIBLE": "1"})
@@ -359,7 +372,9 @@ def test_an_ollama_before_0_5_gets_json_mode_for_the_diagnosis(fake_ollama, fash
     improver = [b for b in server.chat_requests() if b.get("format")]
     assert [b["format"] for b in improver] == ["json"]
     (record,) = read_records(tmp_path / "old")
-    assert record["suggestions"]["suggestions"] == "suggestion number 0"
+    assert record["suggestions"]["suggestions"].split("\n") == [
+        "1. Add a third conv stage with 128 channels.", "2. Use two 3x3 convolutions per stage.",
+        "3. Add dropout 0.3 before the classifier."]
     config = json.loads((tmp_path / "old" / "config.json").read_text())
     assert config["ollama_version"] == "0.4.7"
 
@@ -459,9 +474,11 @@ def test_data_torn_mid_run_stops_it_and_resume_completes(fake_ollama, fashion_da
 
 def test_a_prompt_improver_that_keeps_failing_stops_the_run(fake_ollama, fashion_data_dir,
                                                             tmp_path):
-    """Unparseable diagnoses, iteration after iteration: without the Improver the run would
-    silently be the --no-improver ablation. They are counted, shown and stop it (exit 3)."""
-    server = fake_ollama(default=by_role([replies.VALID_NET] * 8, [replies.DIAGNOSIS_GARBAGE] * 8))
+    """Unusable diagnoses (each cut at num_predict), iteration after iteration: without the
+    Improver the run would silently be the --no-improver ablation. They are counted, shown and
+    stop it (exit 3)."""
+    server = fake_ollama(specs=THINKING_IMPROVER, default=by_role(
+        [replies.VALID_NET] * 8, [cut_diagnosis(i) for i in range(8)]))
     proc = orchestrator(*run_args(server, fashion_data_dir, tmp_path, "mute", 8))
     output, _ = proc.communicate(timeout=900)
     assert proc.returncode == 3, output

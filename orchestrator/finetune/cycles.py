@@ -312,11 +312,13 @@ class Cycles:
         )
 
         settings, tag = self.settings, self.settings.tag(cycle)
+        merged_dir = self.root / f"cycle_{cycle:02d}.merged"
         begun = self.log.done(cycle, "publishing")
         if begun and (digest := listed_digest(settings.ollama_host, tag)) != begun["before"] \
                 and digest is not None:
             self.say(f"cycle {cycle}: {tag} ({digest[:19]}) was published before the run "
                      "stopped; not publishing it again")
+            shutil.rmtree(merged_dir, ignore_errors=True)  # its merge, had it one, is done with
             return {"cycle": cycle, "step": "publish", "tag": tag, "digest": digest,
                     "route": None, "left_bytes": None, "deleted": self.delete_superseded(cycle)}
         if not begun:
@@ -326,7 +328,8 @@ class Cycles:
         if adapter_supported(settings.ollama_host, settings.base_tag):
             done = publish_adapter(settings.ollama_host, adapter, tag, settings.base_tag)
         else:
-            merged = merge(settings.base_model, adapter, self.root / f"cycle_{cycle:02d}.merged")
+            self.say(f"cycle {cycle}: merging the adapter into {settings.base_model}")
+            merged = merge(settings.base_model, adapter, merged_dir)
             done = publish(settings.ollama_host, merged, tag, settings.base_tag,
                            quantize=settings.quantize)
             shutil.rmtree(merged)  # Ollama holds the model now; a 7B merge is 15 GB

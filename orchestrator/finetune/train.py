@@ -408,8 +408,15 @@ def _train(base: str, examples: list[dict], out_dir: Path, settings: LoraSetting
         def on_train_begin(self, args, state, control, **kwargs):  # after a checkpoint loads
             start_tokens.append(state.num_input_tokens_seen)
 
+        def on_save(self, args, state, control, **kwargs):  # the checkpoint is whole now
+            if progress:
+                print(f"fine-tuning: checkpoint at step {state.global_step}/{state.max_steps}",
+                      flush=True)
+
     trainer.add_callback(_Session())
     resume = last_checkpoint(checkpoints)
+    if resume and progress:
+        print(f"fine-tuning: resuming from {resume.name}", flush=True)
     start = time.monotonic()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.monotonic() - start
