@@ -215,6 +215,7 @@ PAPER = {  # "Resource-Efficient Iterative LLM-Based NAS with Feedback Memory", 
     "num_predict": 2048, "timeout": 1800.0, "seed": 42, "select_on": "test", "repeats": 1,
     "precision": "fp32", "train_samples": None, "test_samples": None,
     "extended_prompt": False, "no_history": False, "no_reference": False, "no_improver": False,
+    "edit_format": "whole",  # the paper generates whole files
 }
 
 
