@@ -334,6 +334,7 @@ class FakeOllama:
         throughput: Throughput | None = None,
     ) -> None:
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # told when a request ends
         self._closing = threading.Event()
         self._models = _as_digests(models)
         self._pullable = _as_digests(pullable)
@@ -462,8 +463,13 @@ class FakeOllama:
         return datetime.now(UTC) + self.skew
 
     def advance(self, seconds: float) -> None:
-        """Move the server's clock on (a test's wait for keep_alive to run out)."""
-        with self._lock:
+        """Move the server's clock on (a test's wait for keep_alive to run out), once every
+        request has ended: a client has its reply before the server counts the request as
+        ended, and time that passes before that end does not count against keep_alive."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: not any(r.busy for r in self._runners.values()),
+                                       timeout=60):
+                raise AssertionError("a request did not end within 60 s")
             self.skew += timedelta(seconds=seconds)
 
     def _expire(self) -> None:
@@ -846,9 +852,10 @@ class FakeOllama:
         try:
             self._serve(h, body, model, runner)
         finally:
-            with self._lock:  # its keep_alive counts from the end of its last request
+            with self._idle:  # its keep_alive counts from the end of its last request
                 runner.busy -= 1
                 runner.expires_at = _expiry(runner.keep_alive, self.now())
+                self._idle.notify_all()
 
     def _serve(self, h: _Handler, body: dict[str, Any], model: str, runner: _Runner) -> None:
         """A loaded model's answer to a chat request."""
