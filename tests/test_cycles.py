@@ -333,7 +333,7 @@ def test_resume_takes_a_corrected_base_model_until_a_cycle_fine_tunes(
     assert result.exit_code == 0, result.output
     assert f"base model: {moved} (was {base})" in result.flat
     assert json.loads((root / "cycles.json").read_text())["base_model"] == str(moved)
-    assert [r["step"] for r in log(root)][-3:] == ["train", "publish", "cycle"]
+    assert [r["step"] for r in log(root)][-4:] == ["train", "publishing", "publish", "cycle"]
 
     result = invoke(*resume, "--base-model", str(tiny_lm))
     assert result.exit_code == 2, result.output
