@@ -186,6 +186,19 @@ def resolve_settings(args: argparse.Namespace, cuda: bool) -> SimpleNamespace:
 # ---------------------------------------------------------------------------- reply cycle
 
 
+def within_schema(text: str, fmt: object) -> str:
+    """The diagnosis as a model under the format's grammar writes it: each string field cut to
+    its property's maxLength (Ollama's schema grammar allows no more)."""
+    if not isinstance(fmt, dict):
+        return text
+    value = json.loads(text)
+    for key, prop in (fmt.get("properties") or {}).items():
+        bound = prop.get("maxLength") if isinstance(prop, dict) else None
+        if isinstance(value.get(key), str) and isinstance(bound, int):
+            value[key] = value[key][:bound]
+    return json.dumps(value)
+
+
 @dataclass(frozen=True)
 class Entry:
     """One generator reply of the cycle and the status its iteration must end with."""
@@ -238,8 +251,9 @@ class Responder:
             with self._lock:
                 self.diagnoses += 1
                 k = self.diagnoses
-            text = replies.diagnosis_json(f"problem {k}: {REASON}", f"idea {k}: {IDEA}",
-                                          f"suggestion {k}: {SUGGESTION}")
+            text = within_schema(replies.diagnosis_json(
+                f"problem {k}: {REASON}", f"idea {k}: {IDEA}", f"suggestion {k}: {SUGGESTION}"),
+                body["format"])
             with self._lock:
                 self.diagnosis_tokens.append(paced_tokens(text))
             return Reply(content=text, delay=self.diag_latency)
