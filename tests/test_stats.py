@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from scipy import stats as sps
 
@@ -208,6 +209,16 @@ def test_accuracy_interval_is_the_t_interval_inside_0_1() -> None:
         sps.t.interval(0.9, n - 1, loc=mean, scale=sd / math.sqrt(n)))
     assert stats.accuracy_interval([0.5]) is None and stats.accuracy_interval([]) is None
     assert stats.accuracy_interval([0.5, 0.5]) == (0.5, 0.5)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_accuracy_interval_is_scipys_one_sample_t_interval(seed) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.uniform(0.2, 0.9, size=int(rng.integers(2, 60)))
+    for conf in (0.8, 0.95, 0.99):
+        ci = sps.ttest_1samp(values, 0.0).confidence_interval(confidence_level=conf)
+        assert stats.accuracy_interval(values, conf) == pytest.approx(
+            (max(0.0, ci.low), min(1.0, ci.high)), rel=1e-12, abs=1e-12)
 
 
 @pytest.mark.parametrize("values", [[0.177, 0.227], [0.0, 0.02, 0.01], [0.98, 1.0, 0.99],
