@@ -49,9 +49,12 @@ def lost_counts(records: Iterable[dict]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+NUMBERS = (int, float)  # a tuple: `int | float` would build a union on every call
+
+
 def number(value: object) -> float | None:
     """A journal value as a finite float, else None (journals are read, not trusted)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    ok = isinstance(value, NUMBERS) and not isinstance(value, bool) and math.isfinite(value)
     return float(value) if ok else None
 
 
