@@ -26,7 +26,7 @@ from tests import replies
 from tests.fake_ollama import Reply
 from tests.helpers import eventually
 from tests.test_search_e2e import DIAGNOSIS, by_role, orchestrator
-from tests.ui_runs import HOSTILE, HOSTILE_NAME, hostile_run, parallel_run
+from tests.ui_runs import HOSTILE, HOSTILE_NAME, hostile_run, parallel_run, table
 
 starlette = pytest.importorskip(
     "starlette", reason="NOT TESTED: the [ui] extra is not installed (pip install '.[ui]')")
@@ -151,7 +151,7 @@ def test_an_attempt_lost_to_a_fault_is_not_an_iteration_of_the_run(tmp_path):
     data = client(tmp_path).get("/api/runs/parallel").json()
     assert data["status"] != "finished"
     assert (data["iterations"], data["planned"], data["lost"]) == (7, 8, 1)
-    assert [r["lost"] for r in data["rows"]] == [False] * 7 + [True]  # the page plots no lost
+    assert [r["lost"] for r in table(data)] == [False] * 7 + [True]  # the page plots no lost
     assert "llm_error" not in data["failures"]["classes"]
 
 
@@ -243,8 +243,8 @@ def test_the_event_stream_names_a_run_when_its_journal_grows(tmp_path, serve):
 def listening(port: int) -> set[str]:
     """The addresses with a socket listening on `port`, from /proc/net/tcp and tcp6."""
     found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
+    for listing in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(listing).read_text().splitlines()[1:]:
             local, state = line.split()[1], line.split()[3]
             address, hex_port = local.split(":")
             if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN

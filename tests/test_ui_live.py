@@ -14,7 +14,7 @@ import pytest
 
 from tests import test_ui
 from tests.test_ui import WAIT_MS, Watched, client
-from tests.ui_runs import parallel_run, synthetic_record, synthetic_run
+from tests.ui_runs import parallel_run, synthetic_record, synthetic_run, table
 
 starlette = pytest.importorskip(
     "starlette", reason="NOT TESTED: the [ui] extra is not installed (pip install '.[ui]')")
@@ -80,7 +80,7 @@ def test_the_run_api_sends_only_the_records_after_those_the_page_has(tmp_path):
     assert (full["total"], full["since"], len(full["rows"])) == (8, 0, 8)
     tail = ui.get("/api/runs/parallel?since=6")
     assert tail.headers["content-encoding"] == "gzip"
-    assert [(r["chain"], r["iteration"]) for r in tail.json()["rows"]] == [(1, 3), (1, 4)]
+    assert [(r["chain"], r["iteration"]) for r in table(tail.json())] == [(1, 3), (1, 4)]
     assert tail.json()["windows"] == full["windows"]  # the aggregates are whole
     rewritten = ui.get("/api/runs/parallel?since=9").json()  # more than the journal holds
     assert (rewritten["since"], len(rewritten["rows"])) == (0, 8)
@@ -163,7 +163,7 @@ def test_an_update_summarises_again_only_the_windows_whose_designs_changed(tmp_p
     fresh = client(tmp_path).get("/api/runs/long?window=10").json()
     assert memo().computed == 5 + 2 + 1  # rewritten: its one window anew
     assert (rewritten["rows"], rewritten["windows"]) == (fresh["rows"], fresh["windows"])
-    assert [r["status"] for r in rewritten["rows"]] == ["timeout", "timeout"]
+    assert [r["status"] for r in table(rewritten)] == ["timeout", "timeout"]
 
 
 def test_a_reload_of_an_unchanged_run_works_out_no_aggregate_again(tmp_path, monkeypatch):
@@ -184,6 +184,37 @@ def test_a_reload_of_an_unchanged_run_works_out_no_aggregate_again(tmp_path, mon
     append(run, synthetic_record(31))
     grown = ui.get("/api/runs/long?window=5&since=30").json()
     assert calls == [10, 5, 5] and grown["iterations"] == 31  # the journal grew: anew
+
+
+def test_the_run_page_needs_no_journal_and_has_it_read_for_its_own_request(
+        tmp_path, monkeypatch):
+    """The page names the run from its config; the records it asks for next are read and
+    worked out as soon as it is sent (while the browser loads it), so its request finds them."""
+    from orchestrator.ui import data
+
+    read: list[str] = []
+    reader = data.Runs._read
+
+    def counted(path, *rest):
+        read.append(path.name)
+        if path.name == "unreadable":
+            raise PermissionError(path)
+        return reader(path, *rest)
+
+    monkeypatch.setattr(data.Runs, "_read", staticmethod(counted))
+    synthetic_run(tmp_path, "long", 30)
+    synthetic_run(tmp_path, "unreadable", 3)
+    ui = client(tmp_path)
+    page = ui.get("/runs/unreadable")
+    assert page.status_code == 200 and "unreadable" in page.text  # sent without its journal
+    assert read == ["unreadable"]  # which was tried once the page was sent
+    page = ui.get("/runs/long?window=10")
+    assert page.status_code == 200 and read == ["unreadable", "long"]
+    assert ui.app.state.runs.memo("long").computed == 3  # its three windows are summarised
+    data_ = ui.get("/api/runs/long?window=10").json()  # the page's request: nothing anew
+    assert data_["iterations"] == 30 and read == ["unreadable", "long"]
+    assert ui.app.state.runs.memo("long").computed == 3
+    assert ui.get("/runs/nothing").status_code == 404
 
 
 def test_the_server_keeps_a_bounded_number_of_records_parsed(tmp_path):

@@ -121,3 +121,9 @@ def synthetic_run(root: Path, name: str, iterations: int, chains: int = 1, plann
                 f.write(json.dumps(synthetic_record(i, chain, pad, t0)) + "\n")
     (run / "summary.json").write_text("{}")
     return run
+
+
+def table(data: dict) -> list[dict]:
+    """The table rows of a run's JSON (`/api/runs/<name>`) as objects: it sends them as lists
+    of its `columns`."""
+    return [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]

@@ -6,12 +6,14 @@ Only GET routes exist. Every response, errors included, carries a strict Content
 (scripts and styles from this origin only, no inline code, no eval, no other origin) and the
 usual hardening headers; requests must name an allowed Host (no DNS rebinding from a web page).
 A malformed request gets a 4xx and one line on the console; responses but the event stream are
-gzip-compressed.
+gzip-compressed. The routes that read journals are plain functions, which Starlette runs in its
+thread pool: a long read holds up no other page and no event stream.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -23,6 +25,7 @@ import orjson
 from jinja2 import Environment, FileSystemLoader
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -104,9 +107,10 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
     templates = Jinja2Templates(env=Environment(
         loader=FileSystemLoader(HERE / "templates"), autoescape=True))
 
-    def get_run(request: Request):
+    def get_run(request: Request, records: bool = True) -> Run:
         try:
-            return runs.get(request.path_params["name"])
+            name = request.path_params["name"]
+            return runs.get(name) if records else runs.meta(name)
         except KeyError:
             raise HTTPException(404, "no such run") from None
 
@@ -114,16 +118,25 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
         return templates.TemplateResponse(request, "runs.html", {"root": str(runs.root),
                                                                    "max_compare": MAX_RUNS})
 
-    async def run_page(request: Request) -> Response:
-        run = get_run(request)
+    def prefetch_detail(name: str, window: int | None) -> None:
+        with contextlib.suppress(KeyError, OSError):  # gone since: the page's request says so
+            runs.detail(name, window)
+
+    def run_page(request: Request) -> Response:
+        """The page names the run from its config alone; its records, which the page asks for
+        next, are read and worked out once the page is sent, while the browser loads it."""
+        run = get_run(request, records=False)
         name = request.path_params["name"]
+        window = request.query_params.get("window")
+        prefetch = BackgroundTask(prefetch_detail, name,
+                                  int(window) if window and WHOLE.fullmatch(window) else None)
         return templates.TemplateResponse(request, "run.html", {
             "name": name, "api": f"/api{run_url(name)}", "dataset": run.dataset,
             "config": run.config, "settings": key_settings(run.config),
             "threshold": default_threshold(run.dataset),
-            "parallel": run.config.get("parallel") or 1})
+            "parallel": run.config.get("parallel") or 1}, background=prefetch)
 
-    async def best_code(request: Request) -> Response:
+    def best_code(request: Request) -> Response:
         path = best_file(get_run(request))
         if path is None:
             raise HTTPException(404, "no best.py in this run")
@@ -138,16 +151,16 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
         except KeyError:
             raise HTTPException(404, "no such run") from None
 
-    async def compare_page(request: Request) -> Response:
+    def compare_page(request: Request) -> Response:
         chosen = picked(request)
         return templates.TemplateResponse(request, "compare.html", {
             **compare_view(chosen),
             "api": "/api/compare?" + urlencode([("run", name) for name, _ in chosen])})
 
-    async def api_compare(request: Request) -> Response:
+    def api_compare(request: Request) -> Response:
         return _json(compare_lines(picked(request)))
 
-    async def iteration_page(request: Request) -> Response:
+    def iteration_page(request: Request) -> Response:
         run = get_run(request)
         iteration = request.path_params["iteration"]
         try:
@@ -161,10 +174,10 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
         view = iteration_view(run, request.path_params["name"], full)
         return templates.TemplateResponse(request, "iteration.html", {"it": view})
 
-    async def api_runs(request: Request) -> Response:
+    def api_runs(request: Request) -> Response:
         return _json(runs.rows())
 
-    async def api_run(request: Request) -> Response:
+    def api_run(request: Request) -> Response:
         size = whole(request, "window") or None
         since = whole(request, "since", 0) or 0
         get_run(request)  # a 404 for no run

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import statistics
+import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -63,12 +64,14 @@ HEAVY = ("prompts", "triple", "suggestions")  # the long texts only an iteration
 
 
 def _slim(rec: dict) -> dict:
-    """A record without its long texts (prompts as sent, the triple, the diagnosis, the
-    traceback): what the run view needs, a fraction of the journal's size."""
-    slim = {k: v for k, v in rec.items() if k not in HEAVY}
+    """`rec`, a record just parsed, without its long texts (prompts as sent, the triple, the
+    diagnosis, the traceback): what the run view needs, a fraction of the journal's size.
+    Changes `rec` itself (its error is replaced, not changed)."""
+    for key in HEAVY:
+        rec.pop(key, None)
     if isinstance(rec.get("error"), dict):
-        slim["error"] = {k: v for k, v in rec["error"].items() if k != "traceback"}
-    return slim
+        rec["error"] = {k: v for k, v in rec["error"].items() if k != "traceback"}
+    return rec
 
 
 class WindowMemo:
@@ -82,12 +85,12 @@ class WindowMemo:
         self._kept: dict[int, tuple[list[dict], dict]] = {}
         self.computed = 0
 
-    def windows(self, records: list[dict], size: int, threshold: float | None) -> list[dict]:
-        """`stats.windows(records, size, threshold)`."""
+    def windows(self, in_order: list[dict], size: int, threshold: float | None) -> list[dict]:
+        """`stats.windows(in_order, size, threshold)` of designs in (iteration, chain) order."""
         if self._key != (size, threshold):
             self._key, self._kept = (size, threshold), {}
         out, kept = [], {}
-        for start, end, group in stats.window_groups(records, size):
+        for start, end, group in stats.groups_in_order(in_order, size):
             before = self._kept.get(start)
             same = before is not None and len(before[0]) == len(group) and all(
                 a is b for a, b in zip(before[0], group, strict=True))
@@ -113,7 +116,7 @@ class _Parsed:
     read: tuple[int, int, int]
     record_warnings: list[str]
     memo: WindowMemo
-    table: list[dict]
+    table: list[list]
     aggregates: dict[int, dict] = field(default_factory=dict)
 
 
@@ -123,7 +126,7 @@ class Runs:
     change, and then only its journal's new lines; at most `max_cached` runs and
     `max_records` records in all are kept parsed (the least recently shown runs are dropped,
     never the one just shown), without their records' long texts, which `full` reads back for
-    one record."""
+    one record. Safe to use from several threads: one reads or works out a run at a time."""
 
     root: Path
     max_cached: int = 8  # the most runs a comparison shows (compare.MAX_RUNS) fit
@@ -132,6 +135,7 @@ class Runs:
     def __post_init__(self) -> None:
         self._cache: OrderedDict[str, _Parsed] = OrderedDict()
         self._rows: dict[str, tuple[tuple, dict, tuple]] = {}
+        self._lock = threading.RLock()
 
     def names(self) -> list[str]:
         if not self.root.is_dir():
@@ -153,9 +157,23 @@ class Runs:
     def _files_signature(path: Path) -> tuple:
         return tuple(_signature(path / f) for f in (CONFIG_FILE, ITERATIONS_FILE, SUMMARY_FILE))
 
+    def meta(self, name: str) -> Run:
+        """The run called `name` without its records (its config and summary: what a page
+        names before it asks for the records); KeyError as `get`."""
+        if name not in self.names():
+            raise KeyError(name)
+        warnings: list[str] = []
+        config, summary = read_meta(self.root / name, warnings)
+        return Run(path=self.root / name, config=config, summary=summary, records=[],
+                   warnings=warnings)
+
     def get(self, name: str) -> Run:
         """The run called `name`; KeyError for anything that is not a run directory's name
         (so no path can be smuggled through it)."""
+        with self._lock:
+            return self._get(name)
+
+    def _get(self, name: str) -> Run:
         if name not in self.names():
             raise KeyError(name)
         sig = self._files_signature(self.root / name)
@@ -176,14 +194,20 @@ class Runs:
     def detail(self, name: str, window: int | None = None, since: int = 0) -> dict:
         """`run_detail` of run `name`, with what is kept of it: its window statistics, table
         rows and (while its files do not change) aggregates are not worked out again."""
-        run = self.get(name)
-        parsed = self._cache[name]
-        return run_detail(run, name, window, since, parsed.memo, parsed.table, parsed.aggregates)
+        with self._lock:
+            run = self._get(name)
+            parsed = self._cache[name]
+            return run_detail(run, name, window, since, parsed.memo, parsed.table,
+                              parsed.aggregates)
 
     def rows(self) -> list[dict]:
         """The runs list: each run's line is kept while its files do not change, so that the
         list does not read the journals that dropped out of the cache again; the status is
         worked out afresh (it turns to stopped with time alone)."""
+        with self._lock:
+            return self._list()
+
+    def _list(self) -> list[dict]:
         names = self.names()
         self._rows = {n: kept for n, kept in self._rows.items() if n in names}
         out = []
@@ -191,7 +215,7 @@ class Runs:
             sig = self._files_signature(self.root / name)
             kept = self._rows.get(name)
             if kept is None or kept[0] != sig:
-                run = self.get(name)
+                run = self._get(name)
                 kept = self._rows[name] = (sig, run_row(run, name), status_inputs(run))
             out.append({**kept[1], "status": status_from(kept[2])})
         return out
@@ -199,7 +223,8 @@ class Runs:
     def full(self, name: str, rec: dict) -> dict:
         """`rec`, a record of `get(name)`, whole: read back from its line of the journal (as
         it is when that line changed since)."""
-        parsed = self._cache.get(name)
+        with self._lock:
+            parsed = self._cache.get(name)
         records = parsed.run.records if parsed else []
         index = next((i for i, r in enumerate(records) if r is rec), None)
         if parsed is None or index is None:
@@ -211,7 +236,7 @@ class Runs:
             whole = orjson.loads(line)
         except orjson.JSONDecodeError:
             return rec
-        return whole if isinstance(whole, dict) and _slim(whole) == rec else rec
+        return whole if isinstance(whole, dict) and _slim(dict(whole)) == rec else rec
 
     @staticmethod
     def _read(path: Path, sig: tuple, before: _Parsed | None) -> _Parsed:
@@ -346,33 +371,38 @@ def default_window(n: int) -> int:
     return 10 if n <= 200 else 50
 
 
-def _table_row(name: str, rec: dict) -> dict:
+# A table row's fields: the JSON sends each row as a list of them, in this order (a 10,000-row
+# run is then half the bytes it is as objects).
+COLUMNS = ("iteration", "chain", "status", "accuracy", "test_accuracy", "best_accuracy",
+           "params", "flops", "seconds", "error", "url", "lost")
+
+
+def _table_row(name: str, rec: dict) -> list:
     metrics = rec.get("metrics") if isinstance(rec.get("metrics"), dict) else {}
     timings = rec.get("timings") if isinstance(rec.get("timings"), dict) else {}
     error = rec.get("error") if isinstance(rec.get("error"), dict) else {}
-    return {
-        "iteration": iteration_of(rec), "chain": record_chain(rec),
-        "status": str(rec.get("status") or "unknown"), "accuracy": accuracy_of(rec),
-        "test_accuracy": number(rec.get("test_accuracy")),
-        "best_accuracy": number(rec.get("best_accuracy")),
-        "params": number(metrics.get("params")), "flops": number(metrics.get("flops")),
-        "seconds": sum(v for v in map(number, timings.values()) if v is not None),
-        "error": f"{error.get('type') or ''}: {error.get('message') or ''}".strip(": ")[:160],
-        "url": iteration_url(name, rec), "lost": lost(rec),
-    }
+    return [
+        iteration_of(rec), record_chain(rec), str(rec.get("status") or "unknown"),
+        accuracy_of(rec), number(rec.get("test_accuracy")), number(rec.get("best_accuracy")),
+        number(metrics.get("params")), number(metrics.get("flops")),
+        sum(v for v in map(number, timings.values()) if v is not None),
+        f"{error.get('type') or ''}: {error.get('message') or ''}".strip(": ")[:160],
+        iteration_url(name, rec), lost(rec),
+    ]
 
 
-def table_rows(name: str, records: list[dict], table: list[dict]) -> list[dict]:
-    """`table`, the rows of the first of `records`, extended to all of them."""
+def table_rows(name: str, records: list[dict], table: list[list]) -> list[list]:
+    """`table`, the rows (in COLUMNS) of the first of `records`, extended to all of them."""
     table.extend(_table_row(name, r) for r in records[len(table):])
     return table
 
 
-def failures_over_time(records: list[dict], size: int) -> dict:
-    """Counts of each failure class of the designs per window of `size` iterations."""
+def failures_over_time(in_order: list[dict], size: int) -> dict:
+    """Counts of each failure class per window of `size` iterations, of designs in
+    (iteration, chain) order."""
     groups: dict[int, dict[str, int]] = {}
     ends: dict[int, int] = {}
-    for rec in ordered(designs(records)):
+    for rec in in_order:
         key = (iteration_of(rec) - 1) // size
         window = groups.setdefault(key, {})
         ends[key] = max(ends.get(key, 0), iteration_of(rec))
@@ -388,27 +418,28 @@ def failures_over_time(records: list[dict], size: int) -> dict:
 def run_aggregates(run: Run, name: str, size: int, memo: WindowMemo) -> dict:
     """What the run view shows of the run as a whole, over windows of `size` iterations."""
     threshold = stats.default_threshold(run.dataset)
+    in_order = ordered(designs(run.records))
     return {
         **run_row(run, name), "window": size, "threshold": threshold,
         "select_on": run.config.get("select_on", "test"),
         "per_chain": run.config.get("iterations") if isinstance(
             run.config.get("iterations"), int) else None,
-        "failures": failures_over_time(run.records, size),
-        "windows": memo.windows(run.records, size, threshold),
+        "failures": failures_over_time(in_order, size),
+        "windows": memo.windows(in_order, size, threshold),
         "edit_formats": edit_figures(run.records),
         "warnings": list(run.warnings),
     }
 
 
 def run_detail(run: Run, name: str, window: int | None = None, since: int = 0,
-               memo: WindowMemo | None = None, table: list[dict] | None = None,
+               memo: WindowMemo | None = None, table: list[list] | None = None,
                kept: dict[int, dict] | None = None) -> dict:
     """Everything the run view shows, as JSON: the aggregates whole, and the table rows of the
     journal's records from the `since`-th on (all of them when the journal holds fewer: it was
-    rewritten). The window statistics come through `memo` when given; `table`, when given,
-    holds the rows of the first records, and gets those of the others; `kept`, when given,
-    holds the aggregates of this very run for one window size (the status is worked out
-    afresh: it turns to stopped with time alone)."""
+    rewritten), each a list of its COLUMNS. The window statistics come through `memo` when
+    given; `table`, when given, holds the rows of the first records, and gets those of the
+    others; `kept`, when given, holds the aggregates of this very run for one window size (the
+    status is worked out afresh: it turns to stopped with time alone)."""
     size = window or default_window(len(run.records))
     kept = kept if kept is not None else {}
     if size not in kept:
@@ -417,5 +448,6 @@ def run_detail(run: Run, name: str, window: int | None = None, since: int = 0,
     since = since if since <= len(run.records) else 0
     return {
         **kept[size], "status": run_status(run), "total": len(run.records), "since": since,
+        "columns": COLUMNS,
         "rows": table_rows(name, run.records, table if table is not None else [])[since:],
     }

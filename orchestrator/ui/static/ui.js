@@ -231,7 +231,11 @@ function byIteration(a, b) {
 
 // Add the records the server sent (all of them again when it says the journal was rewritten).
 function take(data) {
-  const fresh = data.rows.map((r, k) => ({...r, index: data.since + k}));
+  const fresh = data.rows.map((values, k) => {
+    const r = {index: data.since + k};
+    data.columns.forEach((column, i) => { r[column] = values[i]; });
+    return r;
+  });
   run.rows = data.since === 0 ? fresh : run.rows.concat(fresh);
   run.sorted = sortedAfter(data.since === 0 ? [] : run.sorted, fresh);
   run.total = data.total;
