@@ -1,7 +1,8 @@
 """`orchestrator cycles` end to end: real searches (local sandbox, Fashion-MNIST subset) against
 the scripted Ollama server, real LoRA fine-tuning of a tiny random-weight Qwen2, real merges,
 and the blob uploads and creates checked on the server; kill -9 in cycle 1's search, its
-fine-tuning, its merge and its model's creation, each followed by --resume."""
+fine-tuning, mid-way through writing its merge, after its merge and at its model's creation,
+each followed by --resume."""
 
 from __future__ import annotations
 
@@ -46,9 +47,29 @@ ollama_host = "{server.url}"
     return path
 
 
-def cycles(*args: str, results: Path) -> subprocess.Popen:
+# Runs the CLI with an audit hook that SIGKILLs the process as it opens a file for writing in
+# a merge's staging folder that already holds the merged weights: the folder is mid-write,
+# the tokenizer and the finished-merge marker not yet written (Python's `open` audit event).
+KILL_MID_MERGE = """
+import os, runpy, signal, sys
+from pathlib import Path
+
+def hook(event, args):
+    if event == "open" and isinstance(args[1], str) and set(args[1]) & set("wxa"):
+        folder = Path(os.fsdecode(args[0])).parent
+        if folder.name.endswith(".merged.tmp") and any(folder.glob("*.safetensors")):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+sys.addaudithook(hook)
+sys.argv[0] = "orchestrator"
+runpy.run_module("orchestrator", run_name="__main__", alter_sys=True)
+"""
+
+
+def cycles(*args: str, results: Path, kill_mid_merge: bool = False) -> subprocess.Popen:
+    entry = ["-c", KILL_MID_MERGE] if kill_mid_merge else ["-m", "orchestrator"]
     return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator", "cycles", "--results-dir", str(results), *args],
+        [sys.executable, *entry, "cycles", "--results-dir", str(results), *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "TMPDIR": str(results), "PYTHONUNBUFFERED": "1"})
 
@@ -88,16 +109,16 @@ def test_two_cycles_survive_kills_and_publish_each_model_once(fake_ollama, fashi
         return Reply(content=script.pop(0))
 
     def created(name: str) -> None:
-        """The fourth cycles process is killed as the server finishes creating cycle 1's
+        """The fifth cycles process is killed as the server finishes creating cycle 1's
         model, before it can journal the publish."""
-        if name == "coder-nas:c1" and len(driver) == 4:
-            driver[3].kill()
+        if name == "coder-nas:c1" and len(driver) == 5:
+            driver[4].kill()
 
     def blob_checked(digest: str) -> None:
-        """The third cycles process is killed as it checks its first merged file on the
+        """The fourth cycles process is killed as it checks its first merged file on the
         server: the merge is done, nothing uploaded or created yet."""
-        if len(driver) == 3:
-            driver[2].kill()
+        if len(driver) == 4:
+            driver[3].kill()
 
     server = fake_ollama(default=generate)
     server.on_created = created
@@ -124,13 +145,26 @@ def test_two_cycles_survive_kills_and_publish_each_model_once(fake_ollama, fashi
     assert [r["step"] for r in log(root)] == ["search", "select"]
     assert list((lora / "checkpoints").glob("checkpoint-*")), output
 
-    # Killed after cycle 1's merge, before its upload: fine-tuning is journaled, the publish
-    # only begun.
-    again = cycles("--name", "nas", "--resume", results=results)
+    # Killed mid-way through writing cycle 1's merge: its weights are in the staging folder,
+    # its tokenizer and marker are not, and nothing is in the merged folder yet.
+    again = cycles("--name", "nas", "--resume", results=results, kill_mid_merge=True)
     driver.append(again)
     output = output_until(again)
     assert again.returncode == -signal.SIGKILL, output
     assert "fine-tuning: resuming from checkpoint-" in output
+    assert "cycle 1: merging the adapter into" in output
+    assert [r["step"] for r in log(root)] == ["search", "select", "train", "publishing"]
+    staging = root / "cycle_01.merged.tmp"
+    assert list(staging.glob("*.safetensors")) and not (staging / ".merged.json").exists()
+    assert not list(staging.glob("tokenizer*")) and not (root / "cycle_01.merged").exists()
+    assert server.creates() == [] and server.uploads() == []
+
+    # Killed after cycle 1's merge, before its upload: the torn merge is made again whole;
+    # fine-tuning is journaled, the publish only begun.
+    again = cycles("--name", "nas", "--resume", results=results)
+    driver.append(again)
+    output = output_until(again)
+    assert again.returncode == -signal.SIGKILL, output
     assert "cycle 1: merging the adapter into" in output
     assert [r["step"] for r in log(root)] == ["search", "select", "train", "publishing"]
     assert (root / "cycle_01.merged" / ".merged.json").is_file()
@@ -186,8 +220,10 @@ def test_two_cycles_survive_kills_and_publish_each_model_once(fake_ollama, fashi
     creates = server.creates()  # each model created once, the killed publish included
     assert [c["model"] for c in creates] == ["coder-nas:c1", "coder-nas:c2"]
     blobs = server.blobs()
-    for create in creates:
-        assert create["files"] and all(d in blobs for d in create["files"].values())
+    for create in creates:  # whole merges: the torn one was never uploaded
+        assert {"config.json", "model.safetensors", "tokenizer.json",
+                "tokenizer_config.json"} <= set(create["files"]), create["files"]
+        assert all(d in blobs for d in create["files"].values())
         assert create.get("quantize") == "q4_K_M"
     assert {"coder-nas:c1", "coder-nas:c2"} <= set(server.models)
     assert done[1]["digest"] != done[0]["digest"]
