@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from orchestrator.search.loop import SearchState
 from orchestrator.search.memory import FeedbackMemory, Triple, remembered
 from orchestrator.store.files import write_atomic

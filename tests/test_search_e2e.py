@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from orchestrator.store.records import summarize
 from tests import replies
 from tests.fake_ollama import FAKE_VERSION, ModelSpec, Reply

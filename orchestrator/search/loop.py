@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from orchestrator import outcomes as fc
 from orchestrator.config import RunConfig
 from orchestrator.data.datasets import PreparedDataset
 from orchestrator.gpu.plan import CANDIDATES_GPU_SHARE
 from orchestrator.gpu.residency import Watch
 from orchestrator.sandbox.base import Execution, Sandbox
-from orchestrator.search import failures as fc
 from orchestrator.search.diagnosis import Diagnosis
 from orchestrator.search.edits import Applied, apply_reply
 from orchestrator.search.evaluation import Outcome, failure, key_traceback_line, score

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from orchestrator.search.failures import EDIT_ERROR, INFRASTRUCTURE_CLASSES
+from orchestrator.outcomes import EDIT_ERROR, INFRASTRUCTURE_CLASSES, OK
 
 
 def record_chain(rec: dict) -> int:
@@ -57,7 +57,7 @@ def number(value: object) -> float | None:
 
 def accuracy_of(rec: dict) -> float | None:
     """The accuracy (the selection metric) of a successful record as a float, else None."""
-    return number(rec.get("accuracy")) if rec.get("status") == "ok" else None
+    return number(rec.get("accuracy")) if rec.get("status") == OK else None
 
 
 def test_accuracy_of(rec: dict) -> float | None:
