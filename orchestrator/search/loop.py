@@ -24,6 +24,7 @@ from orchestrator.search.progress import Reporter
 from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
 from orchestrator.search.roles import RoleCall, Roles
 from orchestrator.store.journal import Journal
+from orchestrator.store.record import IterationRecord
 from orchestrator.store.records import best_record, lost
 
 OUTCOME_CHARS = 600
@@ -192,8 +193,9 @@ class Search:
             self.novelty.add(self.chain, i, code)
         triple = self._triple(outcome)
         improve_call, diagnosis = self._improve(i, code, generation.text, outcome, triple, timings)
+        files = self._write_files(i, generation, edit)  # before the record that points to them
         record = self._record(i, generation, improve_call, diagnosis, edit, outcome, triple,
-                              timings, novelty)
+                              timings, novelty, files)
         summary = self.journal.commit(record, code)
         self.state.add(record, code, diagnosis)
         self.reporter.iteration(record, summary)
@@ -360,9 +362,10 @@ class Search:
         return Attempt(record["iteration"], self.state.codes[record["iteration"]],
                        describe(outcome), record.get("accuracy"))
 
-    def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,
-                diagnosis: Diagnosis | None, edit: Applied | None, outcome: Outcome,
-                triple: Triple, timings: dict, novelty: dict | None) -> dict:
+    def _write_files(self, i: int, generation: RoleCall, edit: Applied | None
+                     ) -> tuple[str, str | None, str | None]:
+        """Store the attempt's reply, code and raw edit; returns their paths (reply, code,
+        edit; None for what it lacks)."""
         attempt = self.state.attempt(i)
         name = f"{self.prefix}iter_{i:04d}" + (f"_attempt{attempt}" if attempt > 1 else "")
         reply_file = self.journal.write_file(f"{name}.reply.md",
@@ -371,11 +374,19 @@ class Search:
         code_file = self.journal.write_file(f"{name}.py", code) if code is not None else None
         edit_file = (self.journal.write_file(f"{name}.edit.txt", edit.edit)
                      if edit and edit.edit else None)
+        return reply_file, code_file, edit_file
+
+    def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,
+                diagnosis: Diagnosis | None, edit: Applied | None, outcome: Outcome,
+                triple: Triple, timings: dict, novelty: dict | None,
+                files: tuple[str, str | None, str | None]) -> IterationRecord:
+        """The iteration's record (no side effects); `files` as _write_files stored them."""
+        reply_file, code_file, edit_file = files
         best = self.state.best()
         is_best = outcome.ok and (best is None or outcome.accuracy > best["accuracy"])
         return {
             "iteration": i,
-            "attempt": attempt,
+            "attempt": self.state.attempt(i),
             "chain": self.chain,
             "status": outcome.status,
             "accuracy": outcome.accuracy,
