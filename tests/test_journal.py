@@ -327,6 +327,40 @@ def test_the_journal_and_the_reader_agree_on_an_unterminated_last_record(journal
     assert [r["iteration"] for r in journal.records()] == [1]
 
 
+# -- the best, kept as records are added -------------------------------------------------------
+
+def test_the_best_kept_as_records_are_added_is_best_record_of_them_all(tmp_path: Path) -> None:
+    records = [
+        record(1, fc.SYNTAX_ERROR),
+        record(2, fc.OK, float("nan")),
+        record(3, fc.OK, 0.4, metric="val", test_accuracy=0.9),
+        record(4, fc.SHAPE_ERROR, 0.99),  # a failure's accuracy never counts
+        record(5, fc.OK, 0.4, metric="val"),  # a tie: the first committed stays
+        record(6, fc.OK, float("inf")),
+        record(7, fc.LLM_ERROR),
+        record(8, fc.OK, None),
+        record(9, fc.OK, True),  # not a number
+        record(10, fc.OK, 0.55, metric="test", test_accuracy=0.55),
+        record(11, fc.OK, 0.55),
+        record(12, fc.OK, 0.3),
+    ]
+    state = SearchState(memory=FeedbackMemory(2))
+    journal = Journal(tmp_path / "run")
+    journal.create({})
+    for n, rec in enumerate(records, start=1):
+        code_file = journal.write_file(f"iter_{n:04d}.py", f"# {n}")
+        rec = {**rec, "code_file": code_file}
+        state.add(rec, f"# {n}", None)
+        summary = journal.commit(rec, f"# {n}")
+        expected = best_record(state.records)
+        assert state.best() is expected
+        assert summary == summarize(state.records)
+        best_py = (journal.root / "best.py")
+        assert best_py.read_text() == f"# {expected['iteration']}" if expected \
+            else not best_py.exists()
+    assert state.best()["iteration"] == 10 and summary["best_iteration"] == 10
+
+
 # -- the record's type, its documentation and a real record ------------------------------------
 
 def typed_part(annotation: object) -> type | None:

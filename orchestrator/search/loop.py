@@ -25,7 +25,7 @@ from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Tas
 from orchestrator.search.roles import RoleCall, Roles
 from orchestrator.store.journal import Journal
 from orchestrator.store.record import IterationRecord
-from orchestrator.store.records import best_record, lost
+from orchestrator.store.records import best_of, lost
 
 OUTCOME_CHARS = 600
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")
@@ -60,6 +60,7 @@ class SearchState:
     records: list[dict] = field(default_factory=list)
     codes: dict[int, str] = field(default_factory=dict)  # iteration -> code
     diagnosis: Diagnosis | None = None  # the Improver's advice for the next iteration
+    _best: dict | None = field(default=None, init=False, repr=False)  # kept by add()
 
     @property
     def iteration(self) -> int:
@@ -86,10 +87,12 @@ class SearchState:
         return self.records[-1]["llm_calls"] if self.records else 0
 
     def best(self) -> dict | None:
-        return best_record(self.records)
+        """The chain's best record: best_record of its records, kept as they are added."""
+        return self._best
 
     def add(self, record: dict, code: str | None, diagnosis: Diagnosis | None) -> None:
         self.records.append(record)
+        self._best = best_of(self._best, record)
         if code is not None:
             self.codes[record["iteration"]] = code
         if remembered(record):
