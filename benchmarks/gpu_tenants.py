@@ -32,8 +32,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks import search_throughput as st  # noqa: E402
+from orchestrator import outcomes as fc  # noqa: E402
 from orchestrator.gpu.memory import gpu_memory  # noqa: E402
-from orchestrator.search import failures as fc  # noqa: E402
 from orchestrator.store.journal import Journal  # noqa: E402
 from tests import replies  # noqa: E402
 from tests.fake_ollama import QWEN25_CODER_7B, FakeOllama  # noqa: E402

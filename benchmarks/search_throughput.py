@@ -56,9 +56,9 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from benchmarks import reference_nets  # noqa: E402
+from orchestrator import outcomes as fc  # noqa: E402
 from orchestrator.config import EDIT_FORMATS  # noqa: E402
 from orchestrator.data import datasets  # noqa: E402
-from orchestrator.search import failures as fc  # noqa: E402
 from orchestrator.search.edits import render_edit  # noqa: E402
 from orchestrator.search.loop import CHAIN_SEED_STRIDE  # noqa: E402
 from orchestrator.store.journal import Journal  # noqa: E402

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator import __version__
+from orchestrator import outcomes as fc
 from orchestrator.config import (
     EDIT_FORMATS,
     ConfigError,
@@ -42,7 +43,6 @@ from orchestrator.llm.servers import Servers
 from orchestrator.llm.text import printable
 from orchestrator.sandbox.base import READY_TIMEOUT, Limits, Sandbox, parse_size
 from orchestrator.sandbox.pool import PoolSize
-from orchestrator.search import failures as fc
 from orchestrator.search.diagnosis import bounded_schema
 from orchestrator.search.loop import (
     CHAIN_SEED_STRIDE,

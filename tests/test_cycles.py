@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from tests import replies
 from tests.fake_ollama import Reply
 

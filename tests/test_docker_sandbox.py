@@ -37,6 +37,7 @@ import pytest
 
 docker = pytest.importorskip("docker")
 
+from orchestrator import outcomes as fc  # noqa: E402
 from orchestrator.resources import RUNNER_PATH  # noqa: E402
 from orchestrator.sandbox.base import Limits  # noqa: E402
 from orchestrator.sandbox.docker import FSIZE_LIMIT, GVISOR_PIDS_EXTRA, DockerSandbox  # noqa: E402
@@ -51,7 +52,6 @@ from orchestrator.sandbox.orphans import (  # noqa: E402
     remove_orphans,
 )
 from orchestrator.sandbox.pool import PoolSize  # noqa: E402
-from orchestrator.search import failures as fc  # noqa: E402
 from orchestrator.search.evaluation import score  # noqa: E402
 from tests.helpers import tiny_job, write_tiny_cache  # noqa: E402
 

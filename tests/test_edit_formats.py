@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator import outcomes as fc
 from orchestrator.analysis.report import build_report
-from orchestrator.search import failures as fc
 from orchestrator.store.run import read_run
 from tests import replies
 from tests.fake_ollama import _tokens

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from orchestrator.search.edits import (
     FUZZY_MAX_BASE_LINES,
     MAX_BLOCKS,

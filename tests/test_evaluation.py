@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
+from orchestrator import outcomes as fc
 from orchestrator.sandbox.base import Execution
-from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import (
     MESSAGE_CHARS,
     TRACEBACK_CHARS,

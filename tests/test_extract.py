@@ -7,8 +7,8 @@ import random
 
 import pytest
 
+from orchestrator.outcomes import CONTRACT_ERROR, EXTRACT_ERROR, OK, SYNTAX_ERROR
 from orchestrator.search.extract import Extraction, extract_code, undefined_names
-from orchestrator.search.failures import CONTRACT_ERROR, EXTRACT_ERROR, OK, SYNTAX_ERROR
 from tests.replies import (
     NAN_NET,
     NO_CODE_REPLY,

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
+import types
+import typing
 from pathlib import Path
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from orchestrator.search.loop import SearchState
 from orchestrator.search.memory import FeedbackMemory, Triple, remembered
 from orchestrator.store.files import write_atomic
 from orchestrator.store.journal import Journal
+from orchestrator.store.record import IterationRecord
 from orchestrator.store.records import best_record, summarize
 from orchestrator.store.run import ITERATIONS_FILE as RECORDS
 
@@ -321,3 +325,109 @@ def test_the_journal_and_the_reader_agree_on_an_unterminated_last_record(journal
     assert [r["iteration"] for r in run.records] == [1]
     assert any("torn last line" in w for w in run.warnings)
     assert [r["iteration"] for r in journal.records()] == [1]
+
+
+# -- the best, kept as records are added -------------------------------------------------------
+
+def test_the_best_kept_as_records_are_added_is_best_record_of_them_all(tmp_path: Path) -> None:
+    records = [
+        record(1, fc.SYNTAX_ERROR),
+        record(2, fc.OK, float("nan")),
+        record(3, fc.OK, 0.4, metric="val", test_accuracy=0.9),
+        record(4, fc.SHAPE_ERROR, 0.99),  # a failure's accuracy never counts
+        record(5, fc.OK, 0.4, metric="val"),  # a tie: the first committed stays
+        record(6, fc.OK, float("inf")),
+        record(7, fc.LLM_ERROR),
+        record(8, fc.OK, None),
+        record(9, fc.OK, True),  # not a number
+        record(10, fc.OK, 0.55, metric="test", test_accuracy=0.55),
+        record(11, fc.OK, 0.55),
+        record(12, fc.OK, 0.3),
+    ]
+    state = SearchState(memory=FeedbackMemory(2))
+    journal = Journal(tmp_path / "run")
+    journal.create({})
+    for n, rec in enumerate(records, start=1):
+        code_file = journal.write_file(f"iter_{n:04d}.py", f"# {n}")
+        rec = {**rec, "code_file": code_file}
+        state.add(rec, f"# {n}", None)
+        summary = journal.commit(rec, f"# {n}")
+        expected = best_record(state.records)
+        assert state.best() is expected
+        assert summary == summarize(state.records)
+        best_py = (journal.root / "best.py")
+        assert best_py.read_text() == f"# {expected['iteration']}" if expected \
+            else not best_py.exists()
+    assert state.best()["iteration"] == 10 and summary["best_iteration"] == 10
+
+
+# -- the record's type, its documentation and a real record ------------------------------------
+
+def typed_part(annotation: object) -> type | None:
+    """The TypedDict an annotation names (itself, or within `X | None`), else None."""
+    if typing.is_typeddict(annotation):
+        return annotation
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next((a for a in typing.get_args(annotation) if typing.is_typeddict(a)), None)
+    return None
+
+
+def keys_of(part: type) -> set[str]:
+    return set(part.__required_keys__ | part.__optional_keys__)
+
+
+def value_part(part: type) -> type | None:
+    """The TypedDict that all of a part's values are (as `llm`'s generator and improver)."""
+    values = {typed_part(a) for a in typing.get_type_hints(part).values()}
+    return values.pop() if len(values) == 1 else None
+
+
+def documented_fields() -> dict[str, list[set[str]]]:
+    """The record fields of docs/contracts.md's table: name -> the key sets of its `{...}`."""
+    text = (Path(__file__).parent.parent / "docs" / "contracts.md").read_text()
+    section = text.split("## Journal", 1)[1].split("\n## ", 1)[0]
+    table = section.split("\nRecord fields", 1)[1].split("| --- | --- |\n", 1)[1]
+    fields = {}
+    for row in table.split("\n\n", 1)[0].splitlines():
+        cell = row.split(" | ", 1)[0].removeprefix("| ")
+        name = re.match(r"`(\w+)`", cell).group(1)
+        assert name not in fields, f"{name} documented twice"
+        fields[name] = [set(re.split(r",\s*", group))
+                        for group in re.findall(r"`\{([^}]*)\}`", cell)]
+    return fields
+
+
+def test_the_documented_record_fields_are_exactly_the_types_keys() -> None:
+    documented = documented_fields()
+    hints = typing.get_type_hints(IterationRecord)
+    assert set(documented) == set(hints)
+    for name, groups in documented.items():
+        levels, part = [], typed_part(hints[name])
+        while part is not None:
+            levels.append(keys_of(part))
+            part = value_part(part)
+        assert groups == levels, name
+
+
+def record_shape_errors(value: object, annotation: object, path: str = "record") -> list[str]:
+    """Where a journal record departs from its type: a missing or an unknown key, in it or in
+    any typed part of it."""
+    part = typed_part(annotation)
+    if part is None or value is None:
+        return []
+    if not isinstance(value, dict):
+        return [f"{path} is not an object"]
+    errors = [f"{path} lacks {key}" for key in sorted(part.__required_keys__ - set(value))]
+    errors += [f"{path} has an unknown {key}" for key in sorted(set(value) - keys_of(part))]
+    for key, hint in typing.get_type_hints(part).items():
+        if key in value:
+            errors += record_shape_errors(value[key], hint, f"{path}.{key}")
+    return errors
+
+
+def test_a_record_shape_check_names_what_is_missing_or_unknown() -> None:
+    assert record_shape_errors({"iteration": 1}, IterationRecord)[:1] == ["record lacks accuracy"]
+    hints = typing.get_type_hints(IterationRecord)
+    assert record_shape_errors({"format": "whole", "kind": None}, hints["edit"]) == []
+    assert record_shape_errors({"format": "whole", "kind": "edit", "size": 3}, hints["edit"]) \
+        == ["record has an unknown size"]

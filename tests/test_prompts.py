@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from orchestrator import outcomes as fc
 from orchestrator.config import RunConfig
 from orchestrator.data.datasets import SPECS, PreparedDataset
 from orchestrator.llm.client import OllamaClient
@@ -16,7 +17,6 @@ from orchestrator.resources import PROMPTS_DIR
 from orchestrator.sandbox.base import Limits
 from orchestrator.sandbox.local import LocalSandbox
 from orchestrator.sandbox.pool import PoolSize
-from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import Outcome
 from orchestrator.search.loop import NoveltyGate, Search, generator_parts
 from orchestrator.search.memory import Triple

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from orchestrator import outcomes as fc
 from orchestrator.analysis import paper
 from orchestrator.config import PRESETS, ConfigError, RunConfig, build, for_resume, load_toml
 from orchestrator.data import datasets
 from orchestrator.sandbox.base import Execution, Limits
 from orchestrator.sandbox.local import LocalSandbox
-from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import score
 from orchestrator.search.loop import job_for
 from orchestrator.store.records import summarize

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from orchestrator import outcomes as fc
 from orchestrator.sandbox.base import Limits
-from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import score
 from tests import replies
 from tests.fake_ollama import Reply

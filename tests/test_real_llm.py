@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from orchestrator.search.diagnosis import parse_diagnosis
 from tests.real_llm import CONTEXT, MODEL, LlamaResponder, model_path
 from tests.test_search_e2e import orchestrator, read_records, run_args

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from orchestrator.search.retrain import code_key, markdown
 from tests import replies
 from tests.conftest import MODELS

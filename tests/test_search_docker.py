@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from tests import replies
 from tests.test_search_e2e import DIAGNOSIS, by_role, orchestrator, read_records, run_args
 

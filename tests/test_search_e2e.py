@@ -14,11 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
+from orchestrator.store.record import IterationRecord
 from orchestrator.store.records import summarize
 from tests import replies
 from tests.fake_ollama import FAKE_VERSION, ModelSpec, Reply
 from tests.helpers import flat
+from tests.test_journal import record_shape_errors
 
 pytestmark = pytest.mark.slow
 DIAGNOSIS = [replies.diagnosis_json(f"problem {i}", f"idea {i}", f"suggestion number {i}")
@@ -123,6 +125,7 @@ def test_full_run_journals_every_outcome(fake_ollama, fashion_data_dir, tmp_path
     for r in records:
         assert set(r["timings"]) == {"generate", "evaluate", "improve"}
         assert r["llm"]["generator"]["completion_tokens"] > 0
+        assert record_shape_errors(r, IterationRecord) == [], r["status"]
 
     # The unusable diagnosis (iteration 5, cut at num_predict) is an llm_error of the
     # improver, not a crash.

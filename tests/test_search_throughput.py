@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import search_throughput as bench
+from orchestrator import outcomes as fc
 from orchestrator.llm.client import OllamaClient
-from orchestrator.search import failures as fc
 from tests import replies
 from tests.fake_ollama import FakeOllama, Reply, Throughput
 

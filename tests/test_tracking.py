@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from orchestrator.store.journal import Journal
 from orchestrator.store.tracking import STATUS_CODES, TRACKING_FILE, Tracker, record_metrics
 from tests import replies
@@ -286,3 +286,19 @@ def test_record_metrics_tolerate_missing_fields_and_name_every_failure_class():
         "ok": 1.0, "status": 0.0, "accuracy": 0.5, "test_accuracy": 0.4}
     assert set(STATUS_CODES) == fc.FAILURE_CLASSES | {fc.OK}
     assert sorted(STATUS_CODES.values()) == list(range(len(STATUS_CODES)))
+
+
+# The codes users' MLflow runs hold: a class keeps its number for good.
+LOGGED_CODES = {
+    "ok": 0, "extract_error": 1, "syntax_error": 2, "contract_error": 3, "instantiate_error": 4,
+    "shape_error": 5, "runtime_error": 6, "nan_loss": 7, "timeout": 8, "oom": 9, "cuda_oom": 10,
+    "output_limit": 11, "sandbox_error": 12, "llm_error": 13, "duplicate": 14, "edit_error": 15,
+}
+
+
+def test_every_outcome_class_has_its_own_status_code_and_logged_codes_never_change():
+    classes = set(fc.OUTCOMES) | fc.FAILURE_CLASSES | fc.RUNNER_CLASSES \
+        | fc.INFRASTRUCTURE_CLASSES | {fc.OK}
+    assert classes <= set(STATUS_CODES), "an outcome class without a status code for MLflow"
+    assert len(set(STATUS_CODES.values())) == len(STATUS_CODES)
+    assert {name: STATUS_CODES[name] for name in LOGGED_CODES} == LOGGED_CODES

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.search import failures as fc
+from orchestrator import outcomes as fc
 from tests import replies
 from tests.test_search_e2e import DIAGNOSIS, by_role, read_records, run_args, user_message
 

@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from orchestrator.analysis import paper, stats
-from orchestrator.search.failures import FAILURE_CLASSES
+from orchestrator.outcomes import FAILURE_CLASSES, OK
 from orchestrator.store.records import (
     accuracy_of,
     edit_figures,
@@ -116,7 +116,7 @@ def _examples(records: list[dict]) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for i, rec in enumerate(ordered(records)):
         status = str(rec.get("status") or "unknown")
-        if status == "ok":
+        if status == OK:
             continue
         it = iteration_of(rec, i + 1)
         entry = out.setdefault(status, {"count": 0, "first_iteration": it})
@@ -348,7 +348,7 @@ def context_table(ms: list[dict], labels: list[str]) -> Table:
 
 
 def _failed_eval(times: dict) -> float:
-    return sum(s for k, s in times["evaluate_by_status"].items() if k != "ok")
+    return sum(s for k, s in times["evaluate_by_status"].items() if k != OK)
 
 
 def time_notes(ms: list[dict], labels: list[str]) -> list[str]:
@@ -444,7 +444,7 @@ def _class_colours() -> dict[str, tuple]:
 def _failures_by_class(records: list[dict]) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {}
     for j, rec in enumerate(ordered(records)):
-        if rec.get("status") != "ok":
+        if rec.get("status") != OK:
             out.setdefault(str(rec.get("status") or "unknown"), []).append(
                 iteration_of(rec, j + 1))
     return out

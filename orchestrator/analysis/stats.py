@@ -21,6 +21,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from scipy.special import ndtri, stdtrit
 
+from orchestrator.outcomes import OK
 from orchestrator.store.records import accuracy_of, designs, iteration_of, ordered
 
 # First-epoch accuracy thresholds for "above threshold" (NNGPT uses 40/20/70 % for
@@ -150,7 +151,7 @@ def failure_breakdown(records: Iterable[dict]) -> dict[str, int]:
     """Count of each failure class of the designs (status other than "ok"), most frequent
     first; lost attempts are not counted (`records.lost_counts` counts them)."""
     counts = Counter(str(r.get("status") or "unknown") for r in designs(records))
-    counts.pop("ok", None)
+    counts.pop(OK, None)
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 

@@ -41,10 +41,10 @@ from datasketch import MinHash
 from orchestrator.analysis import stats
 from orchestrator.config import RunConfig
 from orchestrator.data.datasets import SPECS
+from orchestrator.outcomes import OK
 from orchestrator.resources import PROMPTS_DIR
 from orchestrator.search.edits import WHOLE, render_edit
 from orchestrator.search.evaluation import Outcome
-from orchestrator.search.failures import OK
 from orchestrator.search.loop import describe
 from orchestrator.search.novelty import TAU, NoveltyIndex
 from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task

@@ -39,6 +39,7 @@ from orchestrator.finetune.corpus import Corpus, seed_pairs
 from orchestrator.finetune.publish import Published
 from orchestrator.finetune.train import CHECKPOINT_DIR, LoraSettings, check_base, last_checkpoint
 from orchestrator.llm.client import default_host
+from orchestrator.outcomes import OK
 from orchestrator.store.files import append_line, cut_torn_tail, write_atomic
 from orchestrator.store.run import Run, read_records, read_run
 
@@ -273,7 +274,7 @@ class Cycles:
         records = read_run(run_dir).records
         return {"cycle": cycle, "step": "search", "run": run_dir.name, "generator": tag,
                 "iterations": len(records),
-                "successful": sum(r.get("status") == "ok" for r in records)}
+                "successful": sum(r.get("status") == OK for r in records)}
 
     def select(self, cycle: int) -> dict:
         got = self.corpus.select(read_run(self.run_dir(cycle)), cycle=cycle,

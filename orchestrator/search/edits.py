@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 
 from orchestrator.config import EDIT_FORMATS, RunConfig
+from orchestrator.outcomes import EDIT_ERROR, EXTRACT_ERROR
 from orchestrator.search.extract import check_code, extract_code, normalize_text
-from orchestrator.search.failures import EDIT_ERROR, EXTRACT_ERROR
 
 WHOLE, SEARCH_REPLACE, UDIFF = EDIT_FORMATS
 DEFAULT_THRESHOLD = RunConfig.edit_match_threshold  # difflib ratio, whitespace removed

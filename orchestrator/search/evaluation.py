@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from orchestrator import outcomes as fc
 from orchestrator.sandbox.base import Execution
-from orchestrator.search import failures as fc
 
 MESSAGE_CHARS = 2000
 TRACEBACK_CHARS = 4000

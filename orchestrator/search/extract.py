@@ -12,7 +12,7 @@ import textwrap
 from dataclasses import dataclass
 
 from orchestrator.llm.text import strip_thinking
-from orchestrator.search.failures import CONTRACT_ERROR, EXTRACT_ERROR, OK, SYNTAX_ERROR
+from orchestrator.outcomes import CONTRACT_ERROR, EXTRACT_ERROR, OK, SYNTAX_ERROR
 
 PYTHON_LANGS = frozenset({"", "python", "py", "python3", "py3", "pytorch", "torch", "ipython"})
 OPEN_FENCE = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})[ \t]*(?P<lang>[^\s`]*)[^`\n]*$")

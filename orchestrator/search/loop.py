@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from orchestrator import outcomes as fc
 from orchestrator.config import RunConfig
 from orchestrator.data.datasets import PreparedDataset
 from orchestrator.gpu.plan import CANDIDATES_GPU_SHARE
 from orchestrator.gpu.residency import Watch
 from orchestrator.sandbox.base import Execution, Sandbox
-from orchestrator.search import failures as fc
 from orchestrator.search.diagnosis import Diagnosis
 from orchestrator.search.edits import Applied, apply_reply
 from orchestrator.search.evaluation import Outcome, failure, key_traceback_line, score
@@ -24,7 +24,8 @@ from orchestrator.search.progress import Reporter
 from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
 from orchestrator.search.roles import RoleCall, Roles
 from orchestrator.store.journal import Journal
-from orchestrator.store.records import best_record, lost
+from orchestrator.store.record import IterationRecord
+from orchestrator.store.records import best_of, lost
 
 OUTCOME_CHARS = 600
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")
@@ -59,6 +60,7 @@ class SearchState:
     records: list[dict] = field(default_factory=list)
     codes: dict[int, str] = field(default_factory=dict)  # iteration -> code
     diagnosis: Diagnosis | None = None  # the Improver's advice for the next iteration
+    _best: dict | None = field(default=None, init=False, repr=False)  # kept by add()
 
     @property
     def iteration(self) -> int:
@@ -85,10 +87,12 @@ class SearchState:
         return self.records[-1]["llm_calls"] if self.records else 0
 
     def best(self) -> dict | None:
-        return best_record(self.records)
+        """The chain's best record: best_record of its records, kept as they are added."""
+        return self._best
 
     def add(self, record: dict, code: str | None, diagnosis: Diagnosis | None) -> None:
         self.records.append(record)
+        self._best = best_of(self._best, record)
         if code is not None:
             self.codes[record["iteration"]] = code
         if remembered(record):
@@ -192,8 +196,9 @@ class Search:
             self.novelty.add(self.chain, i, code)
         triple = self._triple(outcome)
         improve_call, diagnosis = self._improve(i, code, generation.text, outcome, triple, timings)
+        files = self._write_files(i, generation, edit)  # before the record that points to them
         record = self._record(i, generation, improve_call, diagnosis, edit, outcome, triple,
-                              timings, novelty)
+                              timings, novelty, files)
         summary = self.journal.commit(record, code)
         self.state.add(record, code, diagnosis)
         self.reporter.iteration(record, summary)
@@ -360,9 +365,10 @@ class Search:
         return Attempt(record["iteration"], self.state.codes[record["iteration"]],
                        describe(outcome), record.get("accuracy"))
 
-    def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,
-                diagnosis: Diagnosis | None, edit: Applied | None, outcome: Outcome,
-                triple: Triple, timings: dict, novelty: dict | None) -> dict:
+    def _write_files(self, i: int, generation: RoleCall, edit: Applied | None
+                     ) -> tuple[str, str | None, str | None]:
+        """Store the attempt's reply, code and raw edit; returns their paths (reply, code,
+        edit; None for what it lacks)."""
         attempt = self.state.attempt(i)
         name = f"{self.prefix}iter_{i:04d}" + (f"_attempt{attempt}" if attempt > 1 else "")
         reply_file = self.journal.write_file(f"{name}.reply.md",
@@ -371,11 +377,19 @@ class Search:
         code_file = self.journal.write_file(f"{name}.py", code) if code is not None else None
         edit_file = (self.journal.write_file(f"{name}.edit.txt", edit.edit)
                      if edit and edit.edit else None)
+        return reply_file, code_file, edit_file
+
+    def _record(self, i: int, generation: RoleCall, improve_call: RoleCall | None,
+                diagnosis: Diagnosis | None, edit: Applied | None, outcome: Outcome,
+                triple: Triple, timings: dict, novelty: dict | None,
+                files: tuple[str, str | None, str | None]) -> IterationRecord:
+        """The iteration's record (no side effects); `files` as _write_files stored them."""
+        reply_file, code_file, edit_file = files
         best = self.state.best()
         is_best = outcome.ok and (best is None or outcome.accuracy > best["accuracy"])
         return {
             "iteration": i,
-            "attempt": attempt,
+            "attempt": self.state.attempt(i),
             "chain": self.chain,
             "status": outcome.status,
             "accuracy": outcome.accuracy,

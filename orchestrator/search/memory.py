@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict, dataclass
 
-from orchestrator.search.failures import INFRASTRUCTURE_CLASSES
+from orchestrator.outcomes import INFRASTRUCTURE_CLASSES
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from orchestrator import outcomes as fc
 from orchestrator.llm.text import printable
-from orchestrator.search import failures as fc
 from orchestrator.store.records import lost
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 
+from orchestrator import outcomes as fc
 from orchestrator.analysis.report import num, pct, pval
 from orchestrator.config import RunConfig, for_resume
 from orchestrator.data.datasets import PreparedDataset
 from orchestrator.sandbox.base import Sandbox
-from orchestrator.search import failures as fc
 from orchestrator.search.evaluation import Outcome
 from orchestrator.search.loop import evaluate, job_for
 from orchestrator.store.files import append_line, cut_torn_tail, write_atomic

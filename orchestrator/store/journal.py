@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 
 from orchestrator.store.files import append_line, cut_torn_tail, fsync_dir, write_atomic
-from orchestrator.store.records import best_record, summarize
+from orchestrator.store.records import best_of, best_record, summarize
 from orchestrator.store.run import (
     BEST_FILE,
     CONFIG_FILE,
@@ -44,6 +44,7 @@ class Journal:
         self.candidates = self.root / "candidates"
         self._lock = threading.Lock()
         self._records: list[dict] | None = None
+        self._best: dict | None = None  # best_record(self._records), kept as records commit
         # Called with each record once it is durable, outside the lock, from the committing
         # thread (a mirror such as store/tracking.py); an observer must not raise or block.
         self.on_commit: list[Callable[[dict], None]] = []
@@ -77,10 +78,9 @@ class Journal:
 
         best.py is rewritten from the records: a crash may have left it ahead of them."""
         with self._lock:
-            self._records = self.records(repair=True)
-            best = best_record(self._records)
-            if best:
-                self.write_best((self.root / best["code_file"]).read_text())
+            self._load()
+            if self._best:
+                self.write_best((self.root / self._best["code_file"]).read_text())
             else:
                 (self.root / BEST_FILE).unlink(missing_ok=True)
             return list(self._records)
@@ -97,13 +97,13 @@ class Journal:
         returns the new summary."""
         with self._lock, _writing(self.root):
             if self._records is None:
-                self._records = self.records(repair=True)
-            before = best_record(self._records)
+                self._load()
             self._append(record)
             self._records.append(record)
-            if best_record([r for r in (before, record) if r]) is record:  # strictly better
+            if best_of(self._best, record) is record:  # strictly better
+                self._best = record
                 self.write_best(code)
-            summary = summarize(self._records)
+            summary = summarize(self._records, self._best)
             self.write_summary(summary)
         for observer in list(self.on_commit):
             observer(record)
@@ -111,7 +111,11 @@ class Journal:
 
     def summary(self) -> dict:
         with self._lock:
-            return summarize(self._records or [])
+            return summarize(self._records or [], self._best)
+
+    def _load(self) -> None:
+        self._records = self.records(repair=True)
+        self._best = best_record(self._records)
 
     def _append(self, record: dict) -> None:
         append_line(self.root / ITERATIONS_FILE,

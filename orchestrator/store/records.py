@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 from scipy import stats as sps
 
-from orchestrator.search.failures import EDIT_ERROR, INFRASTRUCTURE_CLASSES
+from orchestrator.outcomes import EDIT_ERROR, INFRASTRUCTURE_CLASSES, OK
 
 
 def record_chain(rec: dict) -> int:
@@ -60,7 +60,7 @@ def number(value: object) -> float | None:
 
 def accuracy_of(rec: dict) -> float | None:
     """The accuracy (the selection metric) of a successful record as a float, else None."""
-    return number(rec.get("accuracy")) if rec.get("status") == "ok" else None
+    return number(rec.get("accuracy")) if rec.get("status") == OK else None
 
 
 def test_accuracy_of(rec: dict) -> float | None:
@@ -87,15 +87,22 @@ def successes(records: Iterable[dict]) -> list[tuple[int, float]]:
     return pairs
 
 
+def best_of(best: dict | None, record: dict) -> dict | None:
+    """The best record once `record` is committed after those whose best is `best`: `record`
+    only when it is strictly more accurate, so on ties the one committed first stays (best.py
+    is replaced only then). Keeps the best incrementally."""
+    acc = accuracy_of(record)
+    if acc is not None and (best is None or acc > accuracy_of(best)):
+        return record
+    return best
+
+
 def best_record(records: Iterable[dict]) -> dict | None:
     """The most accurate successful record; on ties the one committed first, which is the one
     best.py holds (the journal replaces it only on a strictly better accuracy)."""
     best: dict | None = None
-    best_acc = -math.inf
     for rec in records:
-        acc = accuracy_of(rec)
-        if acc is not None and acc > best_acc:
-            best, best_acc = rec, acc
+        best = best_of(best, rec)
     return best
 
 
@@ -160,11 +167,11 @@ def repeat_accuracies(rec: dict) -> list[float]:
     return [x for v in values if (x := number(v)) is not None]
 
 
-def seed_noise(records: Sequence[dict]) -> dict:
+def seed_noise(records: Sequence[dict], best: dict | None) -> dict:
     """The proxy's seed noise: the pooled standard deviation of the selection metric over the
     successes evaluated with several seeds, and whether the best's lead over the runner-up
     exceeds it (Welch's t-test of their per-seed accuracies, p < 0.05). None where there are
-    no repeats."""
+    no repeats. `best` is the records' best_record."""
     spread = [np.var(a, ddof=1) for r in records
               if accuracy_of(r) is not None and len(a := repeat_accuracies(r)) >= 2]
     out: dict = {"seed_sd": math.sqrt(float(np.mean(spread))) if spread else None,
@@ -172,7 +179,6 @@ def seed_noise(records: Sequence[dict]) -> dict:
                  "lead_exceeds_noise": None}
     ranked = sorted((r for r in records if accuracy_of(r) is not None),
                     key=lambda r: -accuracy_of(r))
-    best = best_record(records)
     runner_up = next((r for r in ranked if r is not best), None)
     if best is None or runner_up is None:
         return out
@@ -185,20 +191,21 @@ def seed_noise(records: Sequence[dict]) -> dict:
     return out
 
 
-def summarize(records: Sequence[dict]) -> dict:
+def summarize(records: Sequence[dict], best: dict | None = None) -> dict:
     """summary.json, the paper's Table 2 for one run: iterations (evaluated designs, all chains
     together; `iterations_per_chain` splits them), successes, success rate, first/best
     accuracy, improvement, and Spearman/Kendall between iteration number and accuracy over the
     successes (None where undefined). Lost attempts count only in `lost`, by fault class.
     Accuracy is the selection metric (`metric`: val or test); the best's test accuracy and the
-    seed noise come with it."""
+    seed noise come with it. `best`, the records' best_record where the caller keeps it, spares
+    computing it again."""
     lost_by_class = lost_counts(records)
     records = designs(records)
     pairs = successes(records)
     total = len(records)
     first = pairs[0][1] if pairs else None
     first_rec = next((r for r in ordered(records) if accuracy_of(r) is not None), None)
-    best = best_record(records)
+    best = best or best_record(records)
     best_acc = accuracy_of(best) if best else None
     per_chain = Counter(record_chain(r) for r in records)
     return {
@@ -217,7 +224,7 @@ def summarize(records: Sequence[dict]) -> dict:
         "best_chain": record_chain(best) if best else None,
         "improvement": best_acc - first if best_acc is not None and first is not None else None,
         **correlations([p[0] for p in pairs], [p[1] for p in pairs]),
-        **seed_noise(records),
+        **seed_noise(records, best),
     }
 
 

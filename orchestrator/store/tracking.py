@@ -28,6 +28,7 @@ from urllib.parse import urlparse
 
 import orjson
 
+from orchestrator.outcomes import OK, OUTCOMES
 from orchestrator.store.files import write_atomic
 from orchestrator.store.journal import Journal
 from orchestrator.store.records import designs
@@ -35,12 +36,8 @@ from orchestrator.store.records import designs
 TRACKING_FILE = "mlflow.json"  # {tracking_uri, experiment_id, run_id} of the mirror
 DEFAULT_EXPERIMENT = "orchestrator"
 INSTALL_HINT = "pip install 'orchestrator[mlflow]'"
-# The failure classes as numbers (metric `status`); -1 for a class this table lacks. store/
-# does not import search/: the names are those of search/failures.py.
-STATUS_CODES = {name: code for code, name in enumerate((
-    "ok", "extract_error", "syntax_error", "contract_error", "instantiate_error", "shape_error",
-    "runtime_error", "nan_loss", "timeout", "oom", "cuda_oom", "output_limit", "sandbox_error",
-    "llm_error", "duplicate", "edit_error"))}
+# The outcome classes as numbers (metric `status`), by their stable position in OUTCOMES.
+STATUS_CODES = {name: code for code, name in enumerate(OUTCOMES)}
 # MLflow retries an unreachable server for minutes by default; the journal keeps every record
 # and the tracker retries later, so it fails fast instead (a user's own settings win).
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
@@ -88,7 +85,7 @@ def record_metrics(record: dict) -> dict[str, float]:
     status (STATUS_CODES), the chain's best accuracy, the role timings in seconds, and the
     candidate's parameters and FLOPs."""
     values: dict[str, object] = {
-        "ok": 1.0 if record.get("status") == "ok" else 0.0,
+        "ok": 1.0 if record.get("status") == OK else 0.0,
         "status": STATUS_CODES.get(record.get("status"), -1),
         "accuracy": record.get("accuracy"),
         "test_accuracy": record.get("test_accuracy"),

@@ -25,7 +25,7 @@ from urllib.parse import quote
 import orjson
 
 from orchestrator.analysis import stats
-from orchestrator.search.failures import OK
+from orchestrator.outcomes import OK
 from orchestrator.store.records import (
     accuracy_of,
     best_record,

@@ -1,4 +1,6 @@
-"""The closed set of outcome classes (see docs/contracts.md)."""
+"""The closed set of outcome classes of an iteration (see docs/contracts.md, "Failure classes").
+
+The ground floor: every layer may import it, and it imports nothing from orchestrator."""
 
 OK = "ok"
 EXTRACT_ERROR = "extract_error"
@@ -17,13 +19,13 @@ LLM_ERROR = "llm_error"
 DUPLICATE = "duplicate"  # a near-copy of an earlier candidate, not evaluated (--novelty reject)
 EDIT_ERROR = "edit_error"  # an edit (--edit-format) that cannot be applied to its base code
 
-FAILURE_CLASSES = frozenset(
-    {
-        EXTRACT_ERROR, SYNTAX_ERROR, CONTRACT_ERROR, INSTANTIATE_ERROR, SHAPE_ERROR,
-        RUNTIME_ERROR, NAN_LOSS, TIMEOUT, OOM, CUDA_OOM, OUTPUT_LIMIT, SANDBOX_ERROR, LLM_ERROR,
-        DUPLICATE, EDIT_ERROR,
-    }
+# Every outcome class, OK first. Append new classes at the end: store/tracking.py numbers them
+# by position for MLflow, and those numbers are in users' MLflow data.
+OUTCOMES = (
+    OK, EXTRACT_ERROR, SYNTAX_ERROR, CONTRACT_ERROR, INSTANTIATE_ERROR, SHAPE_ERROR, RUNTIME_ERROR,
+    NAN_LOSS, TIMEOUT, OOM, CUDA_OOM, OUTPUT_LIMIT, SANDBOX_ERROR, LLM_ERROR, DUPLICATE, EDIT_ERROR,
 )
+FAILURE_CLASSES = frozenset(OUTCOMES) - {OK}
 # Classes a runner may report in result.json; anything else there is not trusted. The runner
 # reports its own faults (before or around the candidate's calls) as SANDBOX_ERROR.
 RUNNER_CLASSES = frozenset({
