@@ -79,8 +79,12 @@ def ordered(records: Iterable[dict]) -> list[dict]:
 
 def successes(records: Iterable[dict]) -> list[tuple[int, float]]:
     """(iteration, accuracy) of the successful records, in iteration order."""
+    return _success_pairs(ordered(records))
+
+
+def _success_pairs(in_order: Sequence[dict]) -> list[tuple[int, float]]:
     pairs = []
-    for i, rec in enumerate(ordered(records)):
+    for i, rec in enumerate(in_order):
         acc = accuracy_of(rec)
         if acc is not None:
             pairs.append((iteration_of(rec, i + 1), acc))
@@ -201,10 +205,11 @@ def summarize(records: Sequence[dict], best: dict | None = None) -> dict:
     computing it again."""
     lost_by_class = lost_counts(records)
     records = designs(records)
-    pairs = successes(records)
+    in_order = ordered(records)
+    pairs = _success_pairs(in_order)
     total = len(records)
     first = pairs[0][1] if pairs else None
-    first_rec = next((r for r in ordered(records) if accuracy_of(r) is not None), None)
+    first_rec = next((r for r in in_order if accuracy_of(r) is not None), None)
     best = best or best_record(records)
     best_acc = accuracy_of(best) if best else None
     per_chain = Counter(record_chain(r) for r in records)

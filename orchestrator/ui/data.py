@@ -343,18 +343,18 @@ def best_file(run: Run) -> Path | None:
     return path if root in path.parents and path.is_file() else None
 
 
-def best_links(run: Run, name: str) -> dict:
-    """Where the run's best is: its iteration's page and the download of best.py."""
-    best = best_record(designs(run.records))
+def best_links(run: Run, name: str, best: dict | None) -> dict:
+    """Where the run's best (`best`) is: its iteration's page and the download of best.py."""
     return {"best_url": iteration_url(name, best) if best else None,
             "best_code_url": f"{run_url(name)}/best.py" if best_file(run) else None}
 
 
 def run_row(run: Run, name: str) -> dict:
     """One line of the runs list."""
-    table2 = summarize(run.records)
+    best = best_record(designs(run.records))
+    table2 = summarize(run.records, best)
     return {
-        "started": started(run), **best_links(run, name),
+        "started": started(run), **best_links(run, name, best),
         "name": name, "url": run_url(name), "dataset": run.dataset,
         "generator_model": run.config.get("generator_model"),
         "improver_model": run.config.get("improver_model"),
