@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from orchestrator import __version__
+from orchestrator.analysis.format import pct
 from orchestrator.config import (
     EDIT_FORMATS,
     ConfigError,
@@ -177,7 +178,7 @@ def run(
         raise fail(str(exc)) from None
     lost = sum(summary["lost"].values())
     console.print(f"done: {summary['successful']}/{summary['iterations']} successful, "
-                  f"best accuracy {_pct(summary['best_accuracy'])} "
+                  f"best accuracy {pct(summary['best_accuracy'], 2)} "
                   f"(iteration {summary['best_iteration']})"
                   + (f"; {lost} attempts lost to faults were tried again" if lost else ""),
                   highlight=False)
@@ -529,10 +530,6 @@ def _sandbox_errors() -> tuple[type[Exception], ...]:
     return SandboxUnavailable, ImageBuildError, ClusterUnavailable
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
-
-
 @data_app.command("prepare")
 def data_prepare(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
@@ -681,7 +678,7 @@ def show(
     results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
     """One iteration: code, outcome, triple, suggestions and prompts."""
-    from orchestrator.analysis.report import render_show
+    from orchestrator.analysis.show import render_show
     from orchestrator.store.records import best_record, iteration_of, record_chain
     from orchestrator.store.run import read_run
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from orchestrator.analysis.report import num, pct, pval
+from orchestrator.analysis.format import num, pct, pval
 from orchestrator.config import RunConfig, for_resume
 from orchestrator.data.datasets import PreparedDataset
 from orchestrator.sandbox.base import Sandbox
