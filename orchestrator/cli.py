@@ -19,6 +19,7 @@ from rich.markup import escape
 
 from orchestrator import __version__
 from orchestrator import outcomes as fc
+from orchestrator.analysis.format import pct
 from orchestrator.config import (
     EDIT_FORMATS,
     ConfigError,
@@ -177,7 +178,7 @@ def run(
         raise fail(str(exc)) from None
     lost = sum(summary["lost"].values())
     console.print(f"done: {summary['successful']}/{summary['iterations']} successful, "
-                  f"best accuracy {_pct(summary['best_accuracy'])} "
+                  f"best accuracy {pct(summary['best_accuracy'], 2)} "
                   f"(iteration {summary['best_iteration']})"
                   + (f"; {lost} attempts lost to faults were tried again" if lost else ""),
                   highlight=False)
@@ -359,7 +360,7 @@ def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: P
                           diagnosis_chars(cfg.num_predict, bounded), thinking)
     fitted = {} if set(needs) <= set(stored) else tenancy.fitted_num_ctx(needs)
     sizes = {model: stored.get(model) or fitted[model] for model in needs}
-    return [client.set_num_ctx(sizes) for client in tenancy.clients][0]
+    return [client.models.set_num_ctx(sizes) for client in tenancy.clients][0]
 
 
 def _ensure_models(cfg: RunConfig, servers: Servers, reporter: Reporter) -> dict[str, str]:
@@ -368,7 +369,7 @@ def _ensure_models(cfg: RunConfig, servers: Servers, reporter: Reporter) -> dict
     records name each call's server and its digest."""
     models = [cfg.generator_model, cfg.improver_model]
     for client in servers.clients:
-        servers.digests[client.host] = client.ensure_models(models, pull=not cfg.no_pull)
+        servers.digests[client.host] = client.models.ensure_models(models, pull=not cfg.no_pull)
     first, *others = servers.clients
     digests = servers.digests[first.host]
     for client in others:
@@ -388,7 +389,7 @@ def _think_per_role(cfg: RunConfig, clients: list[OllamaClient]) -> dict[str, bo
     think: dict[str, bool | None] = {}
     for role, model, wanted in (("generator", cfg.generator_model, cfg.generator_think),
                                 ("improver", cfg.improver_model, cfg.improver_think)):
-        if wanted and not all(client.thinks(model) for client in clients):
+        if wanted and not all(client.models.thinks(model) for client in clients):
             raise UserError(f"{role}-think = true, but {model} cannot think (it is not a "
                             f"reasoning model); drop the setting or choose one that is")
         think[role] = wanted
@@ -400,7 +401,7 @@ def _thinking_per_role(cfg: RunConfig, clients: list[OllamaClient],
     """Whether each role's model thinks with the think option sent (on any server: the num_ctx
     fixed for all of them must hold its trace)."""
     models = {"generator": cfg.generator_model, "improver": cfg.improver_model}
-    return {role: any(client.will_think(model, think[role]) for client in clients)
+    return {role: any(client.models.will_think(model, think[role]) for client in clients)
             for role, model in models.items()}
 
 
@@ -527,10 +528,6 @@ def _sandbox_errors() -> tuple[type[Exception], ...]:
     from orchestrator.sandbox.image import ImageBuildError
 
     return SandboxUnavailable, ImageBuildError, ClusterUnavailable
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2%}"
 
 
 @data_app.command("prepare")
@@ -681,7 +678,7 @@ def show(
     results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
 ) -> None:
     """One iteration: code, outcome, triple, suggestions and prompts."""
-    from orchestrator.analysis.report import render_show
+    from orchestrator.analysis.show import render_show
     from orchestrator.store.records import best_record, iteration_of, record_chain
     from orchestrator.store.run import read_run
 
@@ -921,7 +918,7 @@ def models(
         return
     try:
         cfg = build(load_toml(config) if config else {}, {})
-        rows = OllamaClient(ollama_host).describe_models()
+        rows = OllamaClient(ollama_host).models.describe_models()
     except (ConfigError, LLMError) as exc:
         raise fail(str(exc)) from None
     roles = {cfg.generator_model: "generator", cfg.improver_model: "improver"}
@@ -936,7 +933,7 @@ def models_pull(ctx: typer.Context,
                 name: Annotated[str, typer.Argument(help="Model to pull.")]) -> None:
     """Pull a model onto the server, with progress."""
     try:
-        OllamaClient(ctx.obj).pull(name)
+        OllamaClient(ctx.obj).models.pull(name)
     except LLMError as exc:
         raise fail(str(exc)) from None
 

@@ -102,7 +102,7 @@ class RunConfig:
     keep_alive: str = "30m"  # how long Ollama keeps a model loaded after a request
     # Ollama's think option for reasoning models, per role (None: not sent, and the server lets
     # a model that can think think); sent only to models that can think. think_tokens are added
-    # to num_predict (and num_ctx) wherever the model will think (OllamaClient.will_think).
+    # to num_predict (and num_ctx) wherever the model will think (llm/models.py).
     generator_think: bool | None = False
     improver_think: bool | None = None
     think_tokens: int = 4096

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from orchestrator.data import datasets as ds
+from orchestrator.data import formats
 from orchestrator.data.datasets import DatasetError
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -320,7 +321,7 @@ def test_truncated_idx(tmp_path: Path) -> None:
         ds.prepare("mnist", tmp_path / "data", tmp_path / "src", progress=False)
     path.write_bytes(b"\x08\x03\x00\x00garbage")
     with pytest.raises(DatasetError, match="magic"):
-        ds.read_idx(path)
+        formats.read_idx(path)
 
 
 def _hostile_tar(archive: Path, member: tarfile.TarInfo, payload: bytes = b"x") -> None:
@@ -421,7 +422,7 @@ def test_specs() -> None:
 
 
 def test_import_does_not_load_torch() -> None:
-    code = ("import sys, orchestrator.data.datasets; "
+    code = ("import sys, orchestrator.data.datasets, orchestrator.data.formats; "
             "print(sorted(m for m in ('torch', 'torchvision', 'PIL') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -111,18 +111,18 @@ def test_the_scripted_server_places_models_as_ollamas_scheduler(tmp_path) -> Non
     with FakeOllama(models=[DEEPSEEK, QWEN], specs=specs, num_parallel=4, gpu=gpu,
                     default=None) as server:
         client = OllamaClient(server.url, GenerationOptions(keep_alive="90m"))
-        client.load(DEEPSEEK, 16384)  # alone: what fits goes on the GPU, the rest on the CPU
-        (first,) = client.running()
+        client.models.load(DEEPSEEK, 16384)  # alone: what fits goes on the GPU, the rest on CPU
+        (first,) = client.models.running()
         held = DEEPSEEK_CODER_67B.file_size + 524_288 * 16384 * 4 + 400 * MIB
         assert (first.model, first.size, first.size_vram, first.context_length) == (
             DEEPSEEK + "", held, 24 * GIB, 16384)
         assert gpu.free() == 0
-        client.load(QWEN, 8192)  # beside another model it must fit wholly: that one goes
-        (second,) = client.running()
+        client.models.load(QWEN, 8192)  # beside another model it must fit wholly: that one goes
+        (second,) = client.models.running()
         assert second.model == QWEN and second.size == second.size_vram
         assert gpu.free() == 24 * GIB - second.size
-        client.unload(QWEN)  # no messages and keep_alive 0
-        assert client.running() == [] and gpu.free() == 24 * GIB
+        client.models.unload(QWEN)  # no messages and keep_alive 0
+        assert client.models.running() == [] and gpu.free() == 24 * GIB
         bodies = server.chat_requests(loads=True)
         assert server.chat_requests() == []  # nothing generated
         assert [b["keep_alive"] for b in bodies] == ["90m", "90m", 0]
@@ -155,7 +155,7 @@ def settle(server: FakeOllama, gpu: SimulatedGPU, generator: str, improver: str,
     needs = context_needs(PromptBook(), CIFAR, config, OUTCOME_CHARS, diagnosis_chars(2048, True))
     tenancy = Tenancy([client], [generator, improver],
                       Demand(0, chains, None, CIFAR_DATA, 2 * GIB), read=gpu.read)
-    num_ctx = client.set_num_ctx(tenancy.fitted_num_ctx(needs))
+    num_ctx = client.models.set_num_ctx(tenancy.fitted_num_ctx(needs))
     return num_ctx, tenancy.settle(num_ctx)
 
 

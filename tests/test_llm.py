@@ -18,12 +18,12 @@ from orchestrator.llm.client import (
     ModelMissing,
     OllamaClient,
     ServerUnreachable,
-    auto_num_ctx,
     default_host,
     full_model_name,
     normalize_host,
     takes_schema_format,
 )
+from orchestrator.llm.models import auto_num_ctx
 from orchestrator.llm.text import valid_unicode
 from orchestrator.search.diagnosis import DIAGNOSIS_SCHEMA
 from tests.fake_ollama import FakeOllama, Reply
@@ -92,7 +92,7 @@ def test_num_ctx_is_one_per_model_whatever_the_prompt_size(server: FakeOllama) -
     server.add_script(*[Reply(content="ok")] * 5)
     warnings: list[str] = []
     client = make_client(server, warnings, num_predict=2048)
-    assert client.set_num_ctx({CODER: 10240}) == {CODER: 10240}
+    assert client.models.set_num_ctx({CODER: 10240}) == {CODER: 10240}
     results = [client.chat(CODER, prompt) for prompt in ("short", "x" * 20_000, "y" * 900)]
     assert sent_num_ctx(server) == [r.num_ctx for r in results] == [10240] * 3
     # A model nobody sized starts from its first prompt (ceil(20000/3) + 2048 = 8715 -> 9216).
@@ -110,9 +110,9 @@ def test_num_ctx_never_changes_a_longer_prompt_is_cut_with_a_warning(server: Fak
     server.add_script(*[Reply(content="ok")] * 3)
     warnings: list[str] = []
     client = make_client(server, warnings, num_predict=2048)
-    client.set_num_ctx({CODER: 4096})
-    assert client.fits(CODER, [{"role": "user", "content": "x" * 6000}])
-    assert not client.fits(CODER, [{"role": "user", "content": "x" * 6200}])
+    client.models.set_num_ctx({CODER: 4096})
+    assert client.models.fits(CODER, [{"role": "user", "content": "x" * 6000}])
+    assert not client.models.fits(CODER, [{"role": "user", "content": "x" * 6200}])
     for prompt in ("short", "x" * 20_000, "short"):
         client.chat(CODER, prompt)
     assert sent_num_ctx(server) == [4096, 4096, 4096]
@@ -125,8 +125,8 @@ def test_num_ctx_is_capped_at_the_models_context_length() -> None:
                     default=Reply(content="ok")) as fake:
         warnings: list[str] = []
         client = make_client(fake, warnings, num_predict=2048)
-        assert client.context_length(CODER) == 8192
-        assert client.set_num_ctx({CODER: 20480}) == {CODER: 8192}
+        assert client.models.context_length(CODER) == 8192
+        assert client.models.set_num_ctx({CODER: 20480}) == {CODER: 8192}
         assert client.chat(CODER, "x" * 24_000).num_ctx == 8192  # needs 10240: no growth
         assert warnings == [] and fake.reloads() == 0
 
@@ -136,14 +136,15 @@ def test_a_given_num_ctx_is_used_for_every_model_capped_with_a_warning() -> None
                     default=Reply(content="ok")) as fake:
         warnings: list[str] = []
         client = make_client(fake, warnings, num_ctx=6144)
-        assert client.set_num_ctx({CODER: 20480, IMPROVER: 4096}) == {CODER: 6144, IMPROVER: 6144}
+        fixed = client.models.set_num_ctx({CODER: 20480, IMPROVER: 4096})
+        assert fixed == {CODER: 6144, IMPROVER: 6144}
         assert warnings == []
         client.chat(CODER, "short")
         client.chat(IMPROVER, "x " * 15_000)  # needs 12288: a given num_ctx does not grow
         assert sent_num_ctx(fake) == [6144, 6144]
         assert len(warnings) == 1 and "truncated" in warnings[0]
         big = make_client(fake, warnings, num_ctx=65536)
-        assert big.set_num_ctx({CODER: 4096}) == {CODER: 16384}
+        assert big.models.set_num_ctx({CODER: 4096}) == {CODER: 16384}
         assert len(warnings) == 2 and "65536" in warnings[1] and "16384" in warnings[1]
         assert big.chat(CODER, "short").num_ctx == 16384
 
@@ -152,8 +153,8 @@ def test_no_cap_when_the_server_does_not_state_the_context_length(server: FakeOl
     client = make_client(server)
     client.client.show = lambda model: ollama.ShowResponse(  # type: ignore[method-assign]
         model_info={"general.architecture": "llama"})
-    assert client.context_length(CODER) is None
-    assert client.set_num_ctx({CODER: 65536}) == {CODER: 65536}
+    assert client.models.context_length(CODER) is None
+    assert client.models.set_num_ctx({CODER: 65536}) == {CODER: 65536}
 
 
 def test_an_unsized_models_first_prompt_fixes_its_num_ctx_across_threads(
@@ -165,7 +166,7 @@ def test_an_unsized_models_first_prompt_fixes_its_num_ctx_across_threads(
 
     def ask(chars: int) -> None:
         start.wait()
-        got[chars] = client.num_ctx_for(CODER, chars)
+        got[chars] = client.models.num_ctx_for(CODER, chars)
 
     threads = [threading.Thread(target=ask, args=(chars,)) for chars in sizes]
     for thread in threads:
@@ -174,7 +175,7 @@ def test_an_unsized_models_first_prompt_fixes_its_num_ctx_across_threads(
         thread.join()
     (fixed,) = set(got.values())
     assert fixed in {auto_num_ctx(chars, 1024) for chars in sizes}
-    assert client.num_ctx_for(CODER, 10**6) == fixed
+    assert client.models.num_ctx_for(CODER, 10**6) == fixed
 
 
 def test_auto_num_ctx_rule() -> None:
@@ -330,8 +331,8 @@ def test_each_model_is_judged_by_its_own_show() -> None:
              IMPROVER: replace(QWEN25_CODER_7B, context_length=32768)}
     with FakeOllama(models=[CODER, IMPROVER], specs=specs, default=Reply(content="ok")) as fake:
         client = make_client(fake, num_ctx=16384, num_predict=512, think_tokens=1000)
-        assert client.set_num_ctx({IMPROVER: 1, CODER: 1}) == {IMPROVER: 16384, CODER: 8192}
-        assert (client.thinks(CODER), client.thinks(IMPROVER)) == (True, False)
+        assert client.models.set_num_ctx({IMPROVER: 1, CODER: 1}) == {IMPROVER: 16384, CODER: 8192}
+        assert (client.models.thinks(CODER), client.models.thinks(IMPROVER)) == (True, False)
         client.chat(IMPROVER, "x")
         client.chat(CODER, "x")
     sent = [(b["model"], b["options"]["num_ctx"], b["options"]["num_predict"])
@@ -355,7 +356,7 @@ def test_keep_alive_keeps_the_model_loaded_between_distant_calls() -> None:
         fake.advance(4 * 60)
         assert list(fake.running()) == [full_model_name(IMPROVER)]
         fake.advance(61)
-        assert fake.running() == {} and client.running() == []
+        assert fake.running() == {} and client.models.running() == []
 
 
 def test_options_of_the_wrong_type_fail_and_unknown_ones_are_ignored(server: FakeOllama) -> None:
@@ -516,7 +517,7 @@ def test_dead_server_is_unreachable() -> None:
 
 # -- models ----------------------------------------------------------------------------------
 def test_ensure_models_present_does_not_pull(server: FakeOllama) -> None:
-    digests = make_client(server).ensure_models([CODER, IMPROVER], pull=True, progress=False)
+    digests = make_client(server).models.ensure_models([CODER, IMPROVER], pull=True, progress=False)
     assert digests == {CODER: "a" * 64, IMPROVER: "b" * 64}
     assert "/api/pull" not in server.paths()
 
@@ -524,7 +525,8 @@ def test_ensure_models_present_does_not_pull(server: FakeOllama) -> None:
 @pytest.mark.parametrize("progress", [False, True])
 def test_missing_model_is_pulled(progress: bool) -> None:
     with FakeOllama(models=[IMPROVER], pullable={CODER: "c" * 64}) as fake:
-        digests = make_client(fake).ensure_models([CODER, IMPROVER], pull=True, progress=progress)
+        digests = make_client(fake).models.ensure_models([CODER, IMPROVER], pull=True,
+                                                         progress=progress)
         assert digests[CODER] == "c" * 64
         pulls = [body for path, body in fake.requests if path == "/api/pull"]
         assert [(b["model"], b["stream"]) for b in pulls] == [(CODER, True)]
@@ -533,14 +535,14 @@ def test_missing_model_is_pulled(progress: bool) -> None:
 
 def test_missing_model_without_pull(server: FakeOllama) -> None:
     with pytest.raises(ModelMissing, match="ollama pull mistral") as info:
-        make_client(server).ensure_models(["mistral"], pull=False)
+        make_client(server).models.ensure_models(["mistral"], pull=False)
     assert "--no-pull" in str(info.value) and server.url in str(info.value)
     assert "/api/pull" not in server.paths()
 
 
 def test_unpullable_model(server: FakeOllama) -> None:
     with pytest.raises(LLMError, match="file does not exist") as info:
-        make_client(server).ensure_models(["no-such-model:1b"], pull=True, progress=False)
+        make_client(server).models.ensure_models(["no-such-model:1b"], pull=True, progress=False)
     assert not isinstance(info.value, ModelMissing)
 
 
@@ -620,13 +622,14 @@ def test_a_model_that_can_think_gets_the_trace_allowance_unless_told_not_to() ->
         for think in (None, False, True):
             client.chat(CODER, "x", think=think)
         unset, off, on = server.chat_requests()
-        assert (client.fits(CODER, prompt), client.fits(CODER, prompt, False)) == (False, True)
+        fits = client.models.fits
+        assert (fits(CODER, prompt), fits(CODER, prompt, False)) == (False, True)
     assert "think" not in unset and off["think"] is False and on["think"] is True
     assert [b["options"]["num_predict"] for b in (unset, off, on)] == [1512, 512, 1512]
     assert {b["options"]["num_ctx"] for b in (unset, off, on)} == {auto_num_ctx(1, 1512)}
 
 
 def test_thinks_reads_the_capabilities(server: FakeOllama) -> None:
-    assert make_client(server).thinks(CODER) is False
+    assert make_client(server).models.thinks(CODER) is False
     with FakeOllama(models=[CODER], thinking=True) as reasoning:
-        assert make_client(reasoning).thinks(CODER) is True
+        assert make_client(reasoning).models.thinks(CODER) is True

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from orchestrator.config import RunConfig
-from orchestrator.llm.client import auto_num_ctx, prompt_chars
+from orchestrator.llm.client import prompt_chars
+from orchestrator.llm.models import auto_num_ctx
 from orchestrator.search.diagnosis import field_chars
 from orchestrator.search.loop import OUTCOME_CHARS
 from orchestrator.search.memory import Triple

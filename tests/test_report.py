@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from orchestrator.analysis import export, report
+from orchestrator.analysis import export, report, show
 from orchestrator.finetune import corpus
 from orchestrator.store.run import read_run
 from tests.helpers import rank_p_by_enumeration
@@ -225,15 +225,15 @@ def test_all_failures_and_empty_run(tmp_path: Path) -> None:
 
 
 def test_render_show(mixed) -> None:
-    text = report.render_show(mixed, 4)
+    text = show.render_show(mixed, 4)
     for part in ("iteration 4", "status: runtime_error", HOSTILE, "Traceback", "too shallow",
                  "add a block", "biology", "- widen", "nn.Conv2d(3, 16", "--- generator prompt",
                  "[system]\nYou are an architect.", "[user]\nDesign a CIFAR-10 net (4)",
                  "Improve it"):
         assert part in text, part
-    assert "accuracy: 52.00%" in report.render_show(mixed, 5, prompts=False)
+    assert "accuracy: 52.00%" in show.render_show(mixed, 5, prompts=False)
     with pytest.raises(KeyError):
-        report.render_show(mixed, 99)
+        show.render_show(mixed, 99)
 
 
 def test_render_show_sparse_record(tmp_path: Path) -> None:
@@ -243,7 +243,7 @@ def test_render_show_sparse_record(tmp_path: Path) -> None:
         {"iteration": 1, "status": "llm_error", "accuracy": None, "code_file": None,
          "error": "connection refused", "suggestions": None, "phase": "generate",
          "llm": {"generator": None, "improver": None}}) + "\n")
-    text = report.render_show(read_run(run_dir), 1)
+    text = show.render_show(read_run(run_dir), 1)
     assert "status: llm_error (phase generate)" in text and "connection refused" in text
     assert "(no candidate file)" in text
 

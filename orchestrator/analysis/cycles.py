@@ -11,11 +11,10 @@ fine-tuning loss. The statistics are `stats.window_summary` over the cycle's rec
 
 from __future__ import annotations
 
-import io
 import math
 
 from orchestrator.analysis import stats
-from orchestrator.analysis.report import FIG_DPI, FIG_SIZE, interval, num, pct
+from orchestrator.analysis.format import figure, interval, num, pct, png_bytes
 from orchestrator.llm.text import printable
 
 
@@ -84,11 +83,7 @@ def _nan(value: float | None) -> float:
 def cycles_plot(rows: list[dict]) -> bytes:
     """Valid rate (Wilson 95% band), mean accuracy (Student-t 95% band cut to [0, 1]), best
     accuracy and the share above the threshold against the cycle; PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=FIG_SIZE, dpi=FIG_DPI)
-    FigureCanvasAgg(fig)
+    fig = figure()
     ax = fig.add_subplot()
     xs = [r["cycle"] for r in rows]
 
@@ -118,6 +113,4 @@ def cycles_plot(rows: list[dict]) -> bytes:
     ax.set_title("Fine-tuning cycles")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIG_DPI)
-    return buf.getvalue()
+    return png_bytes(fig)

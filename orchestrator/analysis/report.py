@@ -2,46 +2,45 @@
 
 `build_report` writes `report.md`, `trajectory.png` and a self-contained `report.html` (the plot
 embedded as a data URI, all journal text escaped) and returns the same content plus a
-JSON-serialisable `metrics` dict. `render_show` renders one iteration as plain text.
+JSON-serialisable `metrics` dict. Numbers, tables and figures are written by `format`.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import itertools
-import json
 import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from orchestrator.analysis import paper, stats
+from orchestrator.analysis.format import (
+    Table,
+    error_text,
+    figure,
+    interval,
+    md_cell,
+    num,
+    pct,
+    plain,
+    png_bytes,
+    pp,
+    pval,
+    secs,
+    table_html,
+    table_markdown,
+)
 from orchestrator.outcomes import FAILURE_CLASSES, OK
 from orchestrator.store.records import (
-    accuracy_of,
     edit_figures,
     iteration_of,
     ordered,
-    record_chain,
     successes,
     summarize,
 )
 from orchestrator.store.run import Run
-
-FIG_SIZE = (10.0, 5.5)  # inches; at FIG_DPI the PNG is 1000 x 550 pixels
-FIG_DPI = 100
-MESSAGE_CHARS = 200
-
-
-@dataclass
-class Table:
-    """A titled table of already formatted cells."""
-
-    title: str
-    header: list[str]
-    rows: list[list[str]]
 
 
 @dataclass
@@ -52,49 +51,6 @@ class Report:
     markdown: str
     html: str
     files: dict[str, Path] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- formatting helpers
-
-
-def pct(x: float | None, digits: int = 1) -> str:
-    return "n/a" if x is None else f"{100 * x:.{digits}f}%"
-
-
-def pp(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:+.1f} pp"
-
-
-def num(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:.{digits}f}"
-
-
-def pval(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    if p == 0:
-        return "< 1e-300"  # below float range
-    return f"{p:.2e}" if p < 1e-3 else f"{p:.3f}"
-
-
-def interval(ci: tuple[float, float] | list[float] | None) -> str:
-    return "n/a" if ci is None else f"[{pct(ci[0])}, {pct(ci[1])}]"
-
-
-def secs(x: float, total: float | None = None) -> str:
-    share = f" ({100 * x / total:.0f}%)" if total else ""
-    return f"{x:,.1f} s{share}"
-
-
-def error_text(err: object, limit: int = MESSAGE_CHARS) -> str:
-    """A one-line `Type: message` summary of a record's error (dict or string)."""
-    if isinstance(err, dict):
-        kind, msg = err.get("type") or "", err.get("message") or ""
-        text = f"{kind}: {msg}" if kind and msg else str(kind or msg)
-    else:
-        text = "" if err is None else str(err)
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def run_labels(runs: list[Run]) -> list[str]:
@@ -371,27 +327,6 @@ def time_notes(ms: list[dict], labels: list[str]) -> list[str]:
 # ---------------------------------------------------------------- rendering
 
 
-def _md_cell(text: str) -> str:
-    text = " ".join(str(text).split())
-    return html.escape(text, quote=False).replace("|", "\\|")
-
-
-def table_markdown(table: Table) -> str:
-    lines = [f"## {table.title}", "", "| " + " | ".join(map(_md_cell, table.header)) + " |",
-             "|" + "|".join(" --- " for _ in table.header) + "|"]
-    lines += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in table.rows]
-    return "\n".join(lines) + "\n"
-
-
-def table_html(table: Table) -> str:
-    esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in table.header)
-    body = "".join("<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>"
-                   for row in table.rows)
-    return (f"<h2>{esc(table.title)}</h2>\n<table><thead><tr>{head}</tr></thead>"
-            f"<tbody>{body}</tbody></table>\n")
-
-
 CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:left;vertical-align:top}
@@ -401,13 +336,13 @@ img{max-width:100%;border:1px solid #ddd}.note{color:#555}"""
 
 def render_markdown(title: str, tables: list[Table], notes: list[str], warnings: list[str],
                     image: str | None) -> str:
-    parts = [f"# {_md_cell(title)}", ""]
+    parts = [f"# {md_cell(title)}", ""]
     if image:
         parts += [f"![accuracy trajectory]({image})", ""]
     parts += [table_markdown(t) for t in tables]
-    parts += ["## Where the time went", ""] + [f"- {_md_cell(n)}" for n in notes] + [""]
+    parts += ["## Where the time went", ""] + [f"- {md_cell(n)}" for n in notes] + [""]
     if warnings:
-        parts += ["## Journal warnings", ""] + [f"- {_md_cell(w)}" for w in warnings] + [""]
+        parts += ["## Journal warnings", ""] + [f"- {md_cell(w)}" for w in warnings] + [""]
     return "\n".join(parts)
 
 
@@ -450,23 +385,14 @@ def _failures_by_class(records: list[dict]) -> dict[str, list[int]]:
     return out
 
 
-def _plain(text: str) -> str:
-    """Journal text for matplotlib: `$` would start mathtext."""
-    return text.replace("$", r"\$")
-
-
 def plot_trajectory(runs: list[Run], labels: list[str], thresholds: list[float | None]) -> bytes:
     """Accuracy per iteration (points), best so far (steps), failures (x by class); PNG bytes."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=FIG_SIZE, dpi=FIG_DPI)
-    FigureCanvasAgg(fig)
+    fig = figure()
     ax = fig.add_subplot()
     colours, seen_classes = _class_colours(), set()
     top = 0.1
     for i, (run, label) in enumerate(zip(runs, labels, strict=True)):
-        colour, label = f"C{i % 10}", _plain(label)
+        colour, label = f"C{i % 10}", plain(label)
         pairs = successes(run.records)
         if pairs:
             its, accs = zip(*pairs, strict=True)
@@ -493,13 +419,11 @@ def plot_trajectory(runs: list[Run], labels: list[str], thresholds: list[float |
     ax.set_ylim(-0.06 - 0.03 * len(runs), min(1.02, top * 1.15 + 0.02))
     ax.set_xlabel("iteration")
     ax.set_ylabel("test accuracy after 1 epoch")
-    datasets = _plain(", ".join(dict.fromkeys(r.dataset for r in runs)))
+    datasets = plain(", ".join(dict.fromkeys(r.dataset for r in runs)))
     ax.set_title(f"Accuracy trajectory: {datasets}")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, ncol=2, framealpha=0.85)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=FIG_DPI)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 # ---------------------------------------------------------------- entry points
@@ -541,84 +465,3 @@ def build_report(runs: list[Run], window: int = 50, threshold: float | None = No
         _write(report.files["markdown"], report.markdown.encode("utf-8"))
         _write(report.files["html"], report.html.encode("utf-8"))
     return report
-
-
-def _block(title: str, body: object) -> list[str]:
-    if body is None or body == "" or body == {} or body == []:
-        return []
-    if isinstance(body, str):
-        text = body
-    elif isinstance(body, list):
-        text = "\n".join(f"- {item}" for item in body)
-    else:
-        text = json.dumps(body, indent=2, ensure_ascii=False, default=str)
-    return [f"--- {title} ---", text.rstrip(), ""]
-
-
-def _fields(d: object, keys: tuple[str, ...]) -> list[str]:
-    if not isinstance(d, dict):
-        return [] if d is None else [str(d)]
-    return [f"{k}: {_block_text(d.get(k))}" for k in keys if d.get(k) not in (None, "", [])]
-
-
-def _block_text(v: object) -> str:
-    if isinstance(v, list):
-        return "\n" + "\n".join(f"  - {item}" for item in v)
-    return str(v)
-
-
-def _prompt_text(prompt: object) -> object:
-    """Chat messages as `[role]` blocks; anything else unchanged."""
-    if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-        return "\n\n".join(f"[{m.get('role')}]\n{m.get('content')}" for m in prompt)
-    return prompt
-
-
-def render_show(run: Run, iteration: int, chain: int | None = None, prompts: bool = True) -> str:
-    """One iteration as plain text: outcome, error, triple, suggestions, code and prompts."""
-    rec = run.record(iteration, chain)
-    acc = accuracy_of(rec)
-    head = [
-        f"=== {run.name} · iteration {iteration} (chain {record_chain(rec)}) · {run.dataset} ===",
-        f"status: {rec.get('status')}"
-        + (f" (phase {rec['phase']})" if rec.get("phase") else "")
-        + f"   accuracy: {pct(acc, 2)}",
-    ]
-    if isinstance(rec.get("best_accuracy"), (int, float)):
-        head[-1] += (f"   best so far: {pct(rec['best_accuracy'], 2)} "
-                     f"(iteration {rec.get('best_iteration')})")
-    if isinstance(rec.get("novelty"), dict):
-        nov = rec["novelty"]
-        head.append(f"novelty: max similarity {nov.get('max_similarity')} "
-                    f"(nearest iteration {nov.get('nearest_iteration')})")
-    for name in ("metrics", "timings"):
-        if isinstance(rec.get(name), dict) and rec[name]:
-            head.append(f"{name}: " + ", ".join(f"{k}={v}" for k, v in rec[name].items()))
-    llm = rec.get("llm") if isinstance(rec.get("llm"), dict) else {}
-    for role, call in llm.items():
-        if isinstance(call, dict):
-            head.append(f"{role}: {call.get('model')} seed={call.get('seed')} "
-                        f"tokens={call.get('prompt_tokens')}+{call.get('completion_tokens')} "
-                        f"{call.get('seconds')} s")
-    lines = [*head, ""]
-    err = rec.get("error")
-    if isinstance(err, dict):
-        lines += _block("error", "\n".join(
-            [f"{err.get('type')}: {err.get('message')}", str(err.get("traceback") or "")]))
-    else:
-        lines += _block("error", err)
-    lines += _block("improver error", rec.get("improver_error"))
-    lines += _block("triple", "\n".join(_fields(rec.get("triple"),
-                                                ("problem", "suggestion", "outcome"))))
-    lines += _block("suggestions", "\n".join(
-        _fields(rec.get("suggestions"), ("reason", "inspiration", "suggestions"))))
-    code = run.code(rec)
-    lines += _block(f"code ({rec.get('code_file')})",
-                    code if code is not None else "(no candidate file)")
-    if rec.get("reply_file"):
-        lines += [f"raw LLM reply: {run.path / str(rec['reply_file'])}", ""]
-    ps = rec.get("prompts") if isinstance(rec.get("prompts"), dict) else {}
-    if prompts:
-        for role in stats.ROLES:
-            lines += _block(f"{role} prompt", _prompt_text(ps.get(role)))
-    return "\n".join(lines).rstrip() + "\n"

@@ -24,15 +24,13 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import ollama
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from orchestrator.finetune.train import FinetuneError, base_reference, require_extra
 from orchestrator.llm.client import (
@@ -43,6 +41,7 @@ from orchestrator.llm.client import (
     full_model_name,
     normalize_host,
 )
+from orchestrator.llm.models import show_progress, transfer_bars
 from orchestrator.store.files import sha256_file
 
 MERGED_MARKER = ".merged.json"  # written last into a finished merge; never uploaded
@@ -307,15 +306,9 @@ def _error_text(response: httpx.Response) -> str:
 def _create(client: ollama.Client, host: str, request: dict[str, Any], progress: bool) -> None:
     tag = request["model"]
     try:
-        stream = client.create(**request, stream=True)
-        if progress:
-            _show_create(tag, stream)
-        else:
-            last = None
-            for part in stream:
-                last = part
-            if last is None or last.status != "success":
-                raise PublishError(f"creating {tag} on {host} ended without success")
+        last = show_progress(tag, client.create(**request, stream=True), progress)
+        if last is None or last.status != "success":
+            raise PublishError(f"creating {tag} on {host} ended without success")
     except ollama.ResponseError as exc:
         code = f"HTTP {exc.status_code}" if exc.status_code > 0 else "mid-stream"
         raise PublishError(f"creating {tag} on {host} failed ({code}): {exc.error}") from exc
@@ -346,17 +339,11 @@ def _listed(client: ollama.Client, host: str, tag: str) -> tuple[str, int]:
     return found
 
 
-# -- progress --------------------------------------------------------------------------------
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                    TransferSpeedColumn(), console=Console(stderr=True))
-
-
 class _Bar:
     """An upload's progress bar (nothing when not `progress`), fed by `read`."""
 
     def __init__(self, progress: bool, name: str, size: int) -> None:
-        self.bar = _progress() if progress else None
+        self.bar = transfer_bars() if progress else None
         self.name = name
         self.size = size
 
@@ -377,20 +364,3 @@ class _Bar:
                 if self.bar is not None:
                     self.bar.advance(self.task, len(block))
 
-
-def _show_create(tag: str, stream: Iterable[ollama.ProgressResponse]) -> None:
-    """Render /api/create's progress: a bar per digest with a total, a line per status."""
-    last = None
-    with _progress() as bar:
-        tasks: dict[str, Any] = {}
-        status = ""
-        for last in stream:
-            if last.digest and last.total:
-                if last.digest not in tasks:
-                    tasks[last.digest] = bar.add_task(f"{tag}: {last.status}", total=last.total)
-                bar.update(tasks[last.digest], completed=last.completed or 0, total=last.total)
-            elif last.status and last.status != status:
-                status = last.status
-                bar.console.print(f"{tag}: {status}")
-    if last is None or last.status != "success":
-        raise PublishError(f"creating {tag} ended without success")

@@ -35,7 +35,8 @@ from orchestrator.gpu.plan import (
     size_text,
     warm_reservation,
 )
-from orchestrator.llm.client import LLMError, OllamaClient, Running, full_model_name
+from orchestrator.llm.client import LLMError, OllamaClient, full_model_name
+from orchestrator.llm.models import Running
 
 GROWTH_TOLERANCE = 256 * MIB  # a holding this much above the plan is a reload or a new model
 UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
@@ -108,7 +109,8 @@ class Tenancy:
         self.roles = list(dict.fromkeys(full_model_name(m) for m in roles))
         self.local = list(local) if local is not None else [
             c for c in self.clients if is_local(c.host)]
-        self.kv = {m: kv_bytes_per_token(self.clients[0].model_info(m)) for m in self.roles}
+        self.kv = {m: kv_bytes_per_token(self.clients[0].models.model_info(m))
+                   for m in self.roles}
         self.gpus = self.read()
         self.gpu = self._gpu(self.gpus)
 
@@ -128,7 +130,7 @@ class Tenancy:
         cache of `chains` parallel slots would leave a candidate under the floor."""
         if self.gpu is None:
             return {model: most for model, (_, most) in needs.items()}
-        weights = {m["name"]: m["size"] for m in self.clients[0].describe_models()}
+        weights = {m["name"]: m["size"] for m in self.clients[0].models.describe_models()}
         shapes = {m: ModelShape(m, weights.get(m, 0), self.kv.get(m)) for m in needs}
         d = self.demand
         ours = sum(h.size_vram for h in self.on_this_machine(self.holdings(self.clients))
@@ -146,10 +148,10 @@ class Tenancy:
             for model in self.roles:
                 now = self.find(client, model)
                 if now is not None and now.spilled:
-                    client.unload(model)
+                    client.models.unload(model)
                 with self.busy(f"loading {model} into Ollama at {client.host} (num_ctx "
                                f"{num_ctx[model]})"):
-                    client.load(model, num_ctx[model])
+                    client.models.load(model, num_ctx[model])
                 after = self.find(client, model)
                 if after is not None:
                     loaded.append(after)
@@ -168,9 +170,9 @@ class Tenancy:
             for model in self.roles:
                 with contextlib.suppress(LLMError):
                     if duration_seconds(keep_alive) == 0:
-                        client.unload(model)
+                        client.models.unload(model)
                     elif self.find(client, model) is not None:
-                        client.load(model, num_ctx[model], keep_alive)
+                        client.models.load(model, num_ctx[model], keep_alive)
 
     def find(self, client: OllamaClient, model: str) -> Holding | None:
         return next((h for h in self.holdings([client]) if h.model == model), None)
@@ -180,7 +182,7 @@ class Tenancy:
         several."""
         named = len(self.clients) > 1
         return [holding(r, client.host if named else "", self.kv.get(r.model))
-                for client in clients for r in client.running()]
+                for client in clients for r in client.models.running()]
 
     def on_this_machine(self, held: list[Holding]) -> list[Holding]:
         """The holdings of the servers on this machine, the ones on its GPUs."""

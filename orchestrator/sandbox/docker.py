@@ -25,30 +25,27 @@ Lifeline: the host stays attached to each container's stdin until it removes the
 the host process dies without cleaning up (SIGKILL, OOM killer), the engine closes that stdin and
 the runner (`--lifeline`) exits at once, freeing memory and GPU; `remove_orphans`, called by the
 next run, removes such containers and their host folders.
+
+A container's slot, log pump, lifeline and removal are `orchestrator.sandbox.containers`'.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import socket
 import tempfile
 import threading
 import time
 import uuid
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import docker
 import docker.errors
-import docker.models.containers
 import docker.types
 import requests
 
 from orchestrator.sandbox.base import (
-    LOG_TAIL_CHARS,
     PREDICTIONS_MAX_BYTES,
     READY_TIMEOUT,
     RESULT_MAX_BYTES,
@@ -59,6 +56,7 @@ from orchestrator.sandbox.base import (
     warmup_failure,
     write_job,
 )
+from orchestrator.sandbox.containers import LogPump, Registry, Slot, attach_lifeline, output_file
 from orchestrator.sandbox.engine import SandboxUnavailable, check_engine, connect, device_requests
 from orchestrator.sandbox.image import IMAGE, image_id
 from orchestrator.sandbox.orphans import (
@@ -68,7 +66,7 @@ from orchestrator.sandbox.orphans import (
     OUTPUT_FILES,
     process_labels,
 )
-from orchestrator.sandbox.pool import Footprint, PoolSize, Sizer, WarmPool
+from orchestrator.sandbox.pool import PoolSize, Sizer, WarmPool
 from orchestrator.store.files import read_capped
 
 SANDBOX_USER = "10001:10001"
@@ -77,7 +75,6 @@ LOG_DRAIN = 10.0  # seconds to wait for the log reader after the container stopp
 OOM_EVENT_WAIT = 5.0  # seconds a SIGKILLed container's late "oom" event is waited for
 FSIZE_LIMIT = 256 << 20  # largest file the candidate may write: bounds its disk use
 SHM_MAX = 1 << 30
-TAIL_BYTES = 4 * LOG_TAIL_CHARS
 # gVisor's own host threads (sentry, gofer, ptrace stubs: about 75 for an idle runner) count
 # against the container's pids cgroup; they are added to `limits.pids` under runsc.
 GVISOR_PIDS_EXTRA = 128
@@ -85,148 +82,6 @@ GVISOR_PIDS_EXTRA = 128
 
 class _Fault(Exception):
     """An infrastructure fault during one run: becomes Execution.sandbox_error."""
-
-
-class _LogPump(threading.Thread):
-    """Follows a container's stdout+stderr: byte count, tail, READY line, output cap."""
-
-    def __init__(self, container, cap: int) -> None:
-        super().__init__(daemon=True, name=f"sandbox-logs-{container.short_id}")
-        self.container, self.cap = container, cap
-        self.total = 0
-        self.over_limit = False
-        self.ready = threading.Event()
-        self.wake = threading.Event()  # READY seen, or the stream ended
-        self.ready_at: float | None = None
-        self.footprint = Footprint()
-        self._tail = bytearray()
-        self._line = bytearray()
-        self._stream = None
-        self._lock = threading.Lock()
-
-    def run(self) -> None:
-        try:
-            self._stream = self.container.logs(stream=True, follow=True)
-            for chunk in self._stream:
-                with self._lock:
-                    self.total += len(chunk)
-                    self._tail += chunk
-                    del self._tail[:-TAIL_BYTES]
-                if not self.ready.is_set():
-                    self._scan_ready(chunk)
-                if self.total > self.cap:
-                    self.over_limit = True
-                    with contextlib.suppress(Exception):
-                        self.container.kill()
-                    break
-        except Exception:  # the container went away, or the engine did
-            pass
-        finally:
-            self.close()
-            self.wake.set()
-
-    def _scan_ready(self, chunk: bytes) -> None:
-        self._line += chunk
-        *lines, rest = bytes(self._line).split(b"\n")
-        self._line = bytearray(rest[-256:])
-        ready = [line for line in lines if line.startswith(b"READY")]
-        if ready:
-            self.ready_at = time.perf_counter()
-            self.footprint = Footprint.parse(ready[0])
-            self.ready.set()
-            self.wake.set()
-
-    def close(self) -> None:
-        stream, self._stream = self._stream, None
-        if stream is not None:
-            with contextlib.suppress(Exception):
-                stream.close()
-
-    def tail(self) -> str:
-        with self._lock:
-            data = bytes(self._tail)
-        return data.decode("utf-8", "replace")[-LOG_TAIL_CHARS:]
-
-
-@dataclass
-class _Slot:
-    """One container with its host directories."""
-
-    job_dir: Path | None = None
-    out_dir: Path | None = None
-    container: object | None = None
-    pump: _LogPump | None = None
-    started_at: float = 0.0
-    started_wall: float = 0.0  # time.time() at start, for the engine's event log
-    error: str | None = None
-    timings: dict = field(default_factory=dict)
-    lifeline: socket.SocketIO | None = None  # the container's stdin, open while we live
-
-
-def _attach_lifeline(container: docker.models.containers.Container) -> socket.SocketIO:
-    """Attach to the (not yet started) container's stdin and keep the socket. The runner
-    (--lifeline) exits when its stdin closes: when we close this socket, or when the kernel does
-    because this process died, so a SIGKILLed host leaves no container holding its GPU."""
-    return container.attach_socket(params={"stdin": 1, "stream": 1})
-
-
-def _cut_lifeline(lifeline: socket.SocketIO) -> None:
-    """Close the attached socket itself (SocketIO.close() alone leaves it open)."""
-    sock = getattr(lifeline, "_sock", None)
-    with contextlib.suppress(OSError):
-        if sock is not None:
-            sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-        lifeline.close()
-
-
-class _Registry:
-    """The containers and directories of one DockerSandbox; cleaned at close() or exit."""
-
-    def __init__(self, client: docker.DockerClient, instance: str) -> None:
-        self.client, self.instance = client, instance
-        self.lock = threading.Lock()
-        self.slots: dict[int, _Slot] = {}
-        self.closed = False
-
-    def add(self, slot: _Slot) -> bool:
-        with self.lock:
-            if self.closed:
-                return False
-            self.slots[id(slot)] = slot
-            return True
-
-    def destroy(self, slot: _Slot) -> None:
-        with self.lock:
-            self.slots.pop(id(slot), None)
-        if slot.lifeline is not None:  # first: the runner then exits even if removal fails
-            _cut_lifeline(slot.lifeline)
-        if slot.container is not None:
-            with contextlib.suppress(docker.errors.NotFound):
-                try:
-                    slot.container.remove(force=True)
-                except docker.errors.APIError as e:
-                    if e.status_code != 409:  # 409: removal already in progress
-                        raise
-        if slot.pump is not None:
-            slot.pump.close()
-        for d in (slot.job_dir, slot.out_dir):
-            if d is not None:  # host-owned; the container could only write into two files
-                shutil.rmtree(d, ignore_errors=True)
-
-    def cleanup(self) -> None:
-        with self.lock:
-            self.closed = True
-            slots = list(self.slots.values())
-        for slot in slots:
-            with contextlib.suppress(Exception):
-                self.destroy(slot)
-        with contextlib.suppress(Exception):  # anything created but not yet recorded
-            for c in self.client.containers.list(
-                all=True, filters={"label": f"{LABEL_INSTANCE}={self.instance}"}
-            ):
-                with contextlib.suppress(Exception):
-                    c.remove(force=True)
 
 
 class DockerSandbox(Sandbox):
@@ -269,7 +124,7 @@ class DockerSandbox(Sandbox):
         self._ncpu = int(info.get("NCPU") or os.cpu_count() or 1)
         self._instance = uuid.uuid4().hex[:12]
         self._creator = process_labels()
-        self._registry = _Registry(self.client, self._instance)
+        self._registry = Registry(self.client, self._instance)
         self._finalizer = weakref.finalize(self, self._registry.cleanup)
         self._lock = threading.Lock()
         pool = pool or PoolSize()
@@ -283,7 +138,7 @@ class DockerSandbox(Sandbox):
         """Run one candidate in a fresh container; never raises for infrastructure faults
         (they come back as `sandbox_error`), except KeyboardInterrupt after cleaning up."""
         with self._lock:
-            slot: _Slot | None = None
+            slot: Slot | None = None
             teardown_error: str | None = None
             info: dict = {"runtime": self._runtime_name, "prewarmed": self._pool is not None}
             try:
@@ -381,7 +236,7 @@ class DockerSandbox(Sandbox):
             log_config=docker.types.LogConfig(
                 type="json-file", config={"max-size": str(log_max), "max-file": "2"}
             ),
-            # stdin is the runner's lifeline (`_attach_lifeline`). With stdin_open, detach=False
+            # stdin is the runner's lifeline (`attach_lifeline`). With stdin_open, detach=False
             # makes docker-py set StdinOnce: the engine closes the container's stdin when our
             # attached socket closes. create() itself never waits for the container.
             stdin_open=True,
@@ -396,9 +251,9 @@ class DockerSandbox(Sandbox):
             config["device_requests"] = requests_
         return config
 
-    def _new_slot(self, wait: bool, code: str | None = None, job: dict | None = None) -> _Slot:
+    def _new_slot(self, wait: bool, code: str | None = None, job: dict | None = None) -> Slot:
         """Create and start a container (job written first unless `wait`); errors in .error."""
-        slot = _Slot()
+        slot = Slot()
         if not self._registry.add(slot):
             slot.error = "the sandbox is closed"
             return slot
@@ -414,12 +269,12 @@ class DockerSandbox(Sandbox):
             config["mounts"] = [
                 docker.types.Mount("/job", str(slot.job_dir), type="bind", read_only=True),
                 docker.types.Mount("/data", str(self.data_dir), type="bind", read_only=True),
-                *(docker.types.Mount(f"/out/{name}", str(_output_file(slot.out_dir / name)),
+                *(docker.types.Mount(f"/out/{name}", str(output_file(slot.out_dir / name)),
                                      type="bind", read_only=False) for name in OUTPUT_FILES),
             ]
             t = time.perf_counter()
             slot.container = self.client.containers.create(**config)
-            slot.lifeline = _attach_lifeline(slot.container)
+            slot.lifeline = attach_lifeline(slot.container)
             slot.timings["create_s"] = round(time.perf_counter() - t, 3)
             if self._registry.closed:  # close() ran meanwhile (e.g. at exit)
                 self._registry.destroy(slot)
@@ -428,7 +283,7 @@ class DockerSandbox(Sandbox):
             slot.container.start()
             slot.started_at, slot.started_wall = time.perf_counter(), time.time()
             slot.timings["start_s"] = round(slot.started_at - t, 3)
-            slot.pump = _LogPump(slot.container, self.limits.output_bytes)
+            slot.pump = LogPump(slot.container, self.limits.output_bytes)
             slot.pump.start()
         except _Fault as e:
             slot.error = str(e)
@@ -445,7 +300,7 @@ class DockerSandbox(Sandbox):
             slot.error = f"cannot prepare the sandbox directories: {e}"
         return slot
 
-    def _hand_over(self, slot: _Slot, code: str, job: dict) -> None:
+    def _hand_over(self, slot: Slot, code: str, job: dict) -> None:
         """Give a pre-warmed container its job once it is READY (a cold one has it already);
         the timeout counts from `slot.started_at`. A pre-warmed one that ended before READY
         gets no job: its output tells why. Raises _Fault on faults."""
@@ -470,7 +325,7 @@ class DockerSandbox(Sandbox):
         write_job(slot.job_dir, code, job)
         slot.started_at = time.perf_counter()
 
-    def _supervise(self, slot: _Slot) -> Execution:
+    def _supervise(self, slot: Slot) -> Execution:
         """Wait for the container with the timeout; kill it past the timeout; read outputs."""
         container, pump = slot.container, slot.pump
         assert container is not None and pump is not None and slot.out_dir is not None
@@ -516,7 +371,7 @@ class DockerSandbox(Sandbox):
             info={"output_bytes": pump.total, "oom_killed": bool(state.get("OOMKilled"))},
         )
 
-    def _late_oom(self, container, slot: _Slot) -> bool:
+    def _late_oom(self, container, slot: Slot) -> bool:
         """Whether the engine logs an "oom" event for this SIGKILLed container within
         OOM_EVENT_WAIT. Docker sets State.OOMKilled when containerd's OOM event reaches it
         (moby daemon/monitor.go, ProcessEvent: EventOOM), and that event can come after the
@@ -530,13 +385,6 @@ class DockerSandbox(Sandbox):
             return next(iter(stream), None) is not None
         finally:
             stream.close()
-
-
-def _output_file(path: Path) -> Path:
-    """An empty file the container's uid may write (not replace: it is a bind mount)."""
-    os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
-    os.chmod(path, 0o666)  # owned by the host user; uid 10001 writes it as "other"
-    return path
 
 
 def _short(e: BaseException) -> str:

@@ -8,13 +8,8 @@ from pathlib import Path
 from string import Template
 
 from orchestrator.config import RunConfig
-from orchestrator.llm.client import (
-    CHARS_PER_TOKEN_GENEROUS,
-    auto_num_ctx,
-    full_model_name,
-    prompt_chars,
-    reply_tokens,
-)
+from orchestrator.llm.client import full_model_name, prompt_chars, reply_tokens
+from orchestrator.llm.models import CHARS_PER_TOKEN_GENEROUS, auto_num_ctx
 from orchestrator.resources import PROMPTS_DIR
 from orchestrator.search.diagnosis import field_chars
 from orchestrator.search.memory import Triple

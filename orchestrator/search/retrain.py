@@ -23,7 +23,7 @@ import numpy as np
 import orjson
 
 from orchestrator import outcomes as fc
-from orchestrator.analysis.report import num, pct, pval
+from orchestrator.analysis.format import num, pct, pval
 from orchestrator.config import RunConfig, for_resume
 from orchestrator.data.datasets import PreparedDataset
 from orchestrator.sandbox.base import Sandbox

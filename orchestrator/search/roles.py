@@ -48,7 +48,7 @@ class Roles:
 
     def fits(self, role: str, messages: list[dict]) -> bool:
         """Whether the role's prompt and reply fit its model's context length."""
-        return self._current().fits(self.models[role], messages, self.think.get(role))
+        return self._current().models.fits(self.models[role], messages, self.think.get(role))
 
     def generate(self, messages: list[dict], temperature: float | None = None) -> RoleCall:
         return self._call("generator", messages, temperature=temperature)
