@@ -11,9 +11,9 @@ import pytest
 from orchestrator.config import RunConfig
 from orchestrator.llm.client import auto_num_ctx, prompt_chars
 from orchestrator.search.diagnosis import field_chars
-from orchestrator.search.loop import OUTCOME_CHARS
 from orchestrator.search.memory import Triple
 from orchestrator.search.prompts import (
+    OUTCOME_CHARS,
     Attempt,
     GeneratorInput,
     PromptBook,
