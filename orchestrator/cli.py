@@ -47,6 +47,11 @@ def command(group: typer.Typer, name: str | None = None) -> Callable[[Callable],
 
 
 Opt = typer.Option
+RunsArg = Annotated[list[str], typer.Argument(help="Run directories or names.")]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")]
+ResultsDirOpt = Annotated[Path, Opt(help="Where run names are looked up.")]
+DataDirOpt = Annotated[str | None, Opt(help="Dataset cache directory.")]
+OllamaHostOpt = Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
 EDIT_CORPUS_HELP = ("The corpus answers as whole files (whole), or, for a candidate with a "
                     "base (the code it edited, or the best before it), as the edit of that "
                     "base in search-replace or udiff form, after a prompt of that format.")
@@ -67,7 +72,7 @@ def run(
         envvar="OLLAMA_HOST", help="Ollama server URL; repeat it for several servers (the "
         "chains are spread over them, and move off a server that goes down).")] = None,
     sandbox: Annotated[str | None, Opt(help="docker (default) or local.")] = None,
-    data_dir: Annotated[str | None, Opt(help="Dataset cache directory.")] = None,
+    data_dir: DataDirOpt = None,
     results_dir: Annotated[str | None, Opt(help="Where runs are written.")] = None,
     name: Annotated[str | None, Opt(help="Run name (directory under results).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the stopped run --name.")] = False,
@@ -166,7 +171,7 @@ def _pct(value: float | None) -> str:
 def data_prepare(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
     source: Annotated[Path | None, Opt("--from", help="Folder with the original files.")] = None,
-    data_dir: Annotated[str | None, Opt(help="Dataset cache directory.")] = None,
+    data_dir: DataDirOpt = None,
     force: Annotated[bool, Opt("--force", help="Rebuild an existing cache.")] = False,
 ) -> None:
     """Prepare NAME into the uint8 cache (download via torchvision, or --from DIR)."""
@@ -197,8 +202,8 @@ def sandbox_build(
 
 @command(app)
 def report(
-    runs: Annotated[list[str], typer.Argument(help="Run directories or names.")],
-    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    runs: RunsArg,
+    results_dir: ResultsDirOpt = Path("results"),
     window: Annotated[int, Opt(help="Iterations per statistics window.")] = 50,
     threshold: Annotated[float | None, Opt(help="Accuracy counted as good "
                                                 "(default per dataset).")] = None,
@@ -229,40 +234,31 @@ def report(
 
 def _cycles_report(root: Path, threshold: float | None, out_dir: Path | None,
                    as_json: bool) -> None:
-    from orchestrator.analysis.cycles import cycle_metrics, cycles_markdown, cycles_plot
-    from orchestrator.analysis.stats import default_threshold
-    from orchestrator.finetune.cycles import report_inputs
+    from orchestrator.analysis.cycles import write_cycles_report
+    from orchestrator.finetune.cycles import CyclesError, report_rows
 
-    inputs, settings = report_inputs(root)
-    if not inputs:
-        raise fail(f"no finished cycle in {root} yet")
-    if threshold is None:
-        threshold = settings.threshold
-    if threshold is None:
-        threshold = default_threshold(inputs[0]["dataset"])
-    rows = cycle_metrics(inputs, threshold, settings.tau)
+    try:
+        rows = report_rows(root, threshold)
+    except CyclesError as exc:
+        raise fail(str(exc)) from None
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    out = out_dir or root
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = cycles_markdown(rows)
-    (out / "cycles.md").write_text(markdown)
-    (out / "cycles.png").write_bytes(cycles_plot(rows))
+    markdown, files = write_cycles_report(rows, out_dir or root)
     print(markdown)
-    console.print(f"markdown: {out / 'cycles.md'}\nplot: {out / 'cycles.png'}", highlight=False)
+    console.print("\n".join(f"{kind}: {path}" for kind, path in files.items()), highlight=False)
 
 
 @command(app)
 def retrain(
-    run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")],
+    run_name: RunArg,
     top: Annotated[int, Opt(min=1, help="How many of the best distinct designs.")] = 10,
     epochs: Annotated[int, Opt(min=1, help="Training epochs of each.")] = 30,
     seeds: Annotated[int, Opt(min=1, help="Training seeds per design (run seed + 0, 1, ...).")]
     = 1,
     timeout: Annotated[float | None, Opt(help="Seconds per training (default: the run's "
                                               "timeout scaled by the epochs).")] = None,
-    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    results_dir: ResultsDirOpt = Path("results"),
 ) -> None:
     """Train the top designs of a run for longer (resumable): converged test accuracy per
     design, and how well the one-epoch proxy ranked them."""
@@ -292,11 +288,11 @@ def retrain(
 
 @command(app)
 def show(
-    run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")],
+    run_name: RunArg,
     iteration: Annotated[str, typer.Argument(help="Iteration number, or `best`.")],
     chain: Annotated[int | None, Opt(help="The chain, in a --parallel run (default: the "
                                           "first with that iteration).")] = None,
-    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    results_dir: ResultsDirOpt = Path("results"),
 ) -> None:
     """One iteration: code, outcome, triple, suggestions and prompts."""
     from orchestrator.analysis.report import render_show
@@ -322,12 +318,12 @@ def show(
 
 @command(app)
 def export(
-    runs: Annotated[list[str], typer.Argument(help="Run directories or names.")],
+    runs: RunsArg,
     best: Annotated[Path | None, Opt(help="Write the best Net as a standalone module.")] = None,
     corpus: Annotated[Path | None, Opt(help="Write the prompt/code corpus (JSONL).")] = None,
     threshold: Annotated[float | None, Opt(help="Corpus accuracy threshold.")] = None,
     edit_format: Annotated[str, Opt(help=EDIT_CORPUS_HELP)] = "whole",
-    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    results_dir: ResultsDirOpt = Path("results"),
 ) -> None:
     """Export the best architecture (--best) or a fine-tuning corpus (--corpus)."""
     from orchestrator.analysis.export import export_best
@@ -381,8 +377,7 @@ def finetune(
     base_tag: Annotated[str | None, Opt(help="Ollama model whose chat template and parameters "
                                              "the published one takes.")] = None,
     quantize: QuantizeOpt = "q4_K_M",
-    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
-    = None,
+    ollama_host: OllamaHostOpt = None,
     rank: RankOpt = 32, alpha: AlphaOpt = 32, epochs: EpochsOpt = 5, lr: LrOpt = 1e-5,
     load_in_4bit: FourBitOpt = False,
 ) -> None:
@@ -433,8 +428,7 @@ def cycles(
     tag_prefix: Annotated[str | None, Opt(help="Published tags are PREFIX:cN (default: the "
                                                "base tag's name + -nas).")] = None,
     quantize: QuantizeOpt = "q4_K_M",
-    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
-    = None,
+    ollama_host: OllamaHostOpt = None,
     results_dir: Annotated[Path, Opt(help="Where the cycles directory goes.")] = Path("results"),
     delete_superseded: Annotated[bool, Opt("--delete-superseded", help="Delete cycle N-1's "
                                            "Ollama tag once cycle N has published.")] = False,

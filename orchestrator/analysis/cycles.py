@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 from orchestrator.analysis import stats
 from orchestrator.analysis.report import FIG_DPI, FIG_SIZE, interval, num, pct
@@ -121,3 +122,14 @@ def cycles_plot(rows: list[dict]) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=FIG_DPI)
     return buf.getvalue()
+
+
+def write_cycles_report(rows: list[dict], out: Path) -> tuple[str, dict[str, Path]]:
+    """The table (cycles.md) and the plot (cycles.png) of `rows` in `out`: the table's text,
+    and each file by its kind."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "cycles.md", "plot": out / "cycles.png"}
+    markdown = cycles_markdown(rows)
+    files["markdown"].write_text(markdown)
+    files["plot"].write_bytes(cycles_plot(rows))
+    return markdown, files
