@@ -8,7 +8,7 @@ Evaluates the same reference nets (benchmarks/reference_nets.py) on the same dat
      (torch + torchvision, PIL transforms, DataLoader with 2 workers), run by an interpreter that
      has torchvision (--paper-python; found automatically, see README.md);
  (b) orchestrator: LocalSandbox (pre-warming) + orchestrator.search.evaluation.score, with the
-     job dict built by orchestrator.search.loop.job_for(), exactly as the search loop does;
+     job dict built by orchestrator.search.evaluation.job_for(), exactly as the search loop does;
      with
      `--sandbox docker`, DockerSandbox (the product's default) instead.
 Prints, per candidate, the critical-path seconds by phase, both accuracies and the (a)/(b) time
@@ -45,8 +45,7 @@ from orchestrator.data import datasets  # noqa: E402
 from orchestrator.sandbox import local as local_sandbox  # noqa: E402
 from orchestrator.sandbox.base import Limits  # noqa: E402
 from orchestrator.sandbox.local import LocalSandbox  # noqa: E402
-from orchestrator.search.evaluation import score  # noqa: E402
-from orchestrator.search.loop import job_for  # noqa: E402
+from orchestrator.search.evaluation import job_for, score  # noqa: E402
 
 PAPER_SCRIPT = Path(__file__).resolve().with_name("paper_evaluator.py")
 PAPER_PYTHONS = (REPO / ".cache" / "venv-bench" / "bin" / "python",

@@ -60,7 +60,7 @@ from orchestrator import outcomes as fc  # noqa: E402
 from orchestrator.config import EDIT_FORMATS  # noqa: E402
 from orchestrator.data import datasets  # noqa: E402
 from orchestrator.search.edits import render_edit  # noqa: E402
-from orchestrator.search.loop import CHAIN_SEED_STRIDE  # noqa: E402
+from orchestrator.search.roles import CHAIN_SEED_STRIDE  # noqa: E402
 from orchestrator.store.journal import Journal  # noqa: E402
 from tests import replies  # noqa: E402
 from tests.fake_ollama import CHARS_PER_TOKEN, FakeOllama, Reply, Throughput  # noqa: E402

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import math
-import os
-import platform
+import inspect
 import signal
 import sys
-from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -17,47 +14,12 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from orchestrator import __version__
-from orchestrator import outcomes as fc
 from orchestrator.analysis.format import pct
-from orchestrator.config import (
-    EDIT_FORMATS,
-    ConfigError,
-    RunConfig,
-    build,
-    for_resume,
-    load_toml,
-    plain_name,
-)
+from orchestrator.assembly import Stopped, UserError, run_search, sandbox_errors
+from orchestrator.config import EDIT_FORMATS, ConfigError, build, load_toml, plain_name
 from orchestrator.data import datasets
-from orchestrator.gpu.memory import candidates_gpu
-from orchestrator.gpu.plan import Plan
-from orchestrator.gpu.residency import Demand, PlanBroken, Tenancy, Watch, keep_alive_for
-from orchestrator.llm.client import (
-    GenerationOptions,
-    LLMError,
-    OllamaClient,
-    full_model_name,
-    takes_schema_format,
-)
-from orchestrator.llm.servers import Servers
+from orchestrator.llm.client import LLMError, OllamaClient, full_model_name
 from orchestrator.llm.text import printable
-from orchestrator.sandbox.base import READY_TIMEOUT, Limits, Sandbox, parse_size
-from orchestrator.sandbox.pool import PoolSize
-from orchestrator.search.diagnosis import bounded_schema
-from orchestrator.search.loop import (
-    CHAIN_SEED_STRIDE,
-    OUTCOME_CHARS,
-    InfrastructureDown,
-    NoveltyGate,
-    Search,
-    run_chains,
-    task_for,
-)
-from orchestrator.search.progress import Reporter, busy
-from orchestrator.search.prompts import PromptBook, context_needs, diagnosis_chars
-from orchestrator.search.roles import Roles
-from orchestrator.store.journal import Journal, JournalError
 from orchestrator.store.run import CONFIG_FILE, ITERATIONS_FILE
 
 app = typer.Typer(help="LLM-driven neural architecture search with feedback memory.",
@@ -69,23 +31,34 @@ app.add_typer(sandbox_app, name="sandbox")
 console = Console(stderr=True)
 
 
-class UserError(Exception):
-    """An error the user can fix; printed as one line, exit code 2."""
-
-
 def fail(message: str, code: int = 2) -> typer.Exit:
     console.print(f"[red]error:[/] {escape(printable(message))}", highlight=False,
                   soft_wrap=True)
     return typer.Exit(code)
 
 
+def command(group: typer.Typer, name: str | None = None) -> Callable[[Callable], Callable]:
+    """`group.command`, its help the docstring's paragraphs flowing (typer would keep the
+    docstring's line breaks in the list of commands)."""
+    def register(function: Callable) -> Callable:
+        paragraphs = inspect.cleandoc(function.__doc__ or "").split("\n\n")
+        return group.command(name, help="\n\n".join(" ".join(p.split()) for p in paragraphs))(
+            function)
+    return register
+
+
 Opt = typer.Option
+RunsArg = Annotated[list[str], typer.Argument(help="Run directories or names.")]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")]
+ResultsDirOpt = Annotated[Path, Opt(help="Where run names are looked up.")]
+DataDirOpt = Annotated[str | None, Opt(help="Dataset cache directory.")]
+OllamaHostOpt = Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
 EDIT_CORPUS_HELP = ("The corpus answers as whole files (whole), or, for a candidate with a "
                     "base (the code it edited, or the best before it), as the edit of that "
                     "base in search-replace or udiff form, after a prompt of that format.")
 
 
-@app.command()
+@command(app)
 def run(
     dataset: Annotated[str | None, Opt(help="cifar10, cifar100, svhn, mnist, fashionmnist, "
                                             "imagenette")] = None,
@@ -100,7 +73,7 @@ def run(
         envvar="OLLAMA_HOST", help="Ollama server URL; repeat it for several servers (the "
         "chains are spread over them, and move off a server that goes down).")] = None,
     sandbox: Annotated[str | None, Opt(help="docker (default) or local.")] = None,
-    data_dir: Annotated[str | None, Opt(help="Dataset cache directory.")] = None,
+    data_dir: DataDirOpt = None,
     results_dir: Annotated[str | None, Opt(help="Where runs are written.")] = None,
     name: Annotated[str | None, Opt(help="Run name (directory under results).")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue the stopped run --name.")] = False,
@@ -171,11 +144,18 @@ def run(
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         settings = load_toml(config) if config else {}
-        summary = start(settings, cli, resume)
+        summary = run_search(settings, cli, resume)
     except (ConfigError, datasets.DatasetError, LLMError, UserError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
-    except _sandbox_errors() as exc:
+    except sandbox_errors() as exc:
         raise fail(str(exc)) from None
+    except Stopped as stop:
+        again = f"orchestrator run --name {stop.name} --resume"
+        if stop.fault is None:  # Ctrl-C
+            console.print(f"\nstopped; {stop.saved} iterations are saved. Continue with: {again}")
+            raise typer.Exit(130) from None
+        raise fail(f"stopped: {stop.fault}. {stop.saved} iterations are saved; fix the cause, "
+                   f"then: {again}", code=3) from None
     lost = sum(summary["lost"].values())
     console.print(f"done: {summary['successful']}/{summary['iterations']} successful, "
                   f"best accuracy {pct(summary['best_accuracy'], 2)} "
@@ -184,357 +164,11 @@ def run(
                   highlight=False)
 
 
-def start(settings: dict, cli: dict, resume: bool) -> dict:
-    """Set up every part from the config, then run the chains; returns the summary.
-
-    Every --ollama-host is checked at start (version, models, num_ctx). One that does not
-    answer is an error naming it, not skipped: the user asked for it, a mistyped host should
-    not silently cost throughput, and the models are checked (or pulled) on each server before
-    the run relies on them. Once running, a server that goes down is failed over (Servers).
-    The role models are loaded before any candidate starts, and the GPU they share with the
-    candidates is planned (orchestrator/gpu/): a plan that cannot work stops here, before
-    anything is journaled."""
-    cfg, journal = _run_config(settings, cli, resume)
-    _require_tracking(cfg)
-    dataset = _dataset(cfg)
-    reporter = Reporter(cfg.iterations, console, chains=cfg.parallel)
-    keep_alive = keep_alive_for(cfg.keep_alive, longest_gap(cfg))
-    servers = Servers([OllamaClient(host, GenerationOptions(
-        temperature=cfg.temperature, top_p=cfg.top_p, num_predict=cfg.num_predict,
-        num_ctx=cfg.num_ctx, request_timeout=cfg.request_timeout, keep_alive=keep_alive,
-        think_tokens=cfg.think_tokens), on_warning=reporter.warn) for host in cfg.hosts()],
-        on_warning=reporter.warn)
-    versions = {client.host: client.check_server() for client in servers.clients}
-    ollama_version = min(versions.values(), key=takes_schema_format)  # an old one decides
-    diagnosis_format = _diagnosis_format(ollama_version, cfg.num_predict, reporter)
-    digests = _ensure_models(cfg, servers, reporter)
-    think = _think_per_role(cfg, servers.clients)
-    prompts = PromptBook(cfg.prompts_dir, cfg.edit_format)
-    tenancy = _tenancy(cfg, dataset, servers)
-    num_ctx = _num_ctx_start(cfg, dataset, prompts, journal, resume, tenancy,
-                             bounded=diagnosis_format != "json",
-                             thinking=_thinking_per_role(cfg, servers.clients, think))
-    with contextlib.ExitStack() as stack:
-        stack.callback(tenancy.release, num_ctx, cfg.keep_alive)  # after the run: as asked
-        plan = _settle(tenancy, num_ctx, reporter)
-        nodes = _ray_node_plans(cfg, tenancy, num_ctx, reporter) if cfg.executor == "ray" \
-            else {}
-        warm = plan.warm if plan.gpu else None
-        budgets = {node: node_plan.budget for node, node_plan in nodes.items()}
-        boxes = [stack.enter_context(box) for box in _sandboxes(cfg, dataset, warm, budgets)]
-        stored = {**cfg.to_dict(), "models": digests, "sandbox_info": boxes[0].describe(),
-                  "dataset_fingerprint": dataset.fingerprint, "version": __version__,
-                  "ollama_version": ollama_version, "num_ctx_per_model": num_ctx,
-                  "keep_alive_sent": keep_alive, "gpu_plan": plan.to_dict(),
-                  "python": platform.python_version()}
-        if nodes:
-            stored["gpu_plans_by_node"] = {node: p.to_dict() for node, p in nodes.items()}
-        if len(servers.clients) > 1:
-            stored["ollama_servers"] = versions
-        if resume:
-            journal.update_config({**journal.config(), **stored})
-        else:
-            journal.create(stored)
-        records = journal.load()
-        reporter.note(f"run {cfg.name}: {journal.root}; {planned_text(cfg)}")
-        novelty = _novelty_gate(cfg, journal, records)
-        watch = Watch(tenancy, plan, reporter.warn)
-        searches = [
-            Search(cfg, journal, Roles(servers, cfg.generator_model, cfg.improver_model,
-                                       cfg.seed + chain * CHAIN_SEED_STRIDE, digests,
-                                       diagnosis_format, think, chain),
-                   box, dataset, prompts, reporter, records, novelty, chain, watch)
-            for chain, box in enumerate(boxes)
-        ]
-        try:
-            with _tracker(cfg, journal, stored, reporter):
-                run_chains(searches)
-        except KeyboardInterrupt:
-            console.print(f"\nstopped; {journal.summary()['iterations']} iterations are saved. "
-                          f"Continue with: orchestrator run --name {cfg.name} --resume")
-            raise typer.Exit(130) from None
-        except (InfrastructureDown, PlanBroken, JournalError) as exc:
-            saved = journal.summary()["iterations"]
-            raise fail(f"stopped: {exc}. {saved} iterations are saved; fix the cause, then: "
-                       f"orchestrator run --name {cfg.name} --resume",
-                       code=3) from None
-    return journal.summary()
-
-
-def planned_text(cfg: RunConfig) -> str:
-    """What the run will evaluate, in the words of --iterations (per chain)."""
-    if cfg.parallel == 1:
-        return f"{cfg.iterations} iterations"
-    return (f"{cfg.parallel} chains x {cfg.iterations} iterations each = "
-            f"{cfg.parallel * cfg.iterations} evaluated designs")
-
-
-def longest_gap(cfg: RunConfig) -> float:
-    """The longest a role's model can wait between two calls of the run: an evaluation (every
-    repeat, and a crowded-out candidate's second try, each with its sandbox's warm-up) and the
-    other role's calls."""
-    return (cfg.repeats + 1) * (cfg.timeout + READY_TIMEOUT) + 2 * cfg.request_timeout
-
-
-def _tenancy(cfg: RunConfig, dataset: datasets.PreparedDataset, servers: Servers) -> Tenancy:
-    """The role models on the servers and the GPU the candidates train on (none under Ray:
-    its nodes' GPUs keep their share of each)."""
-    spec = dataset.spec
-    images = dataset.train_count + dataset.test_count
-    data_bytes = images * math.prod(spec.input_shape) + 8 * dataset.train_count  # labels int64
-    index = None if cfg.executor == "ray" else candidates_gpu(cfg.sandbox, cfg.gpus, cfg.device)
-    demand = Demand(index, cfg.parallel, cfg.warm_pool, data_bytes, parse_size(cfg.min_gpu_budget))
-    return Tenancy(servers.clients, [cfg.generator_model, cfg.improver_model], demand,
-                   busy=lambda text: busy(console, text))
-
-
-def _settle(tenancy: Tenancy, num_ctx: dict[str, int], reporter: Reporter) -> Plan:
-    """Load the role models and state the GPU plan; one that cannot work is refused (the
-    models it loaded are unloaded again, so that the next try finds the memory)."""
-    plan = tenancy.settle(num_ctx)
-    for line in plan.lines():
-        reporter.note(line)
-    refusal = plan.refusal()
-    if refusal:
-        tenancy.release(num_ctx, "0")
-        raise UserError(refusal)
-    return plan
-
-
-def _ray_node_plans(cfg: RunConfig, tenancy: Tenancy, num_ctx: dict[str, int],
-                    reporter: Reporter) -> dict[str, Plan]:
-    """The GPU plans of the Ray nodes that also run one of the servers (node id -> plan); one
-    that cannot work is refused, as on one machine."""
-    from orchestrator.gpu.nodes import plan_ray_nodes
-    from orchestrator.sandbox.cluster import connect
-
-    gpus = _ray_gpus(cfg, connect(cfg.ray_address))
-    plans = plan_ray_nodes(tenancy.clients, tenancy.roles, tenancy.demand, gpus, num_ctx,
-                           tenancy.busy)
-    for node, plan in plans.items():
-        reporter.note(f"Ray node {node[:12]}, which runs an Ollama server:")
-        for line in plan.lines():
-            reporter.note(f"  {line}")
-        refusal = plan.refusal()
-        if refusal:
-            tenancy.release(num_ctx, "0")
-            raise UserError(f"on Ray node {node[:12]}: {refusal}")
-    return plans
-
-
-def _require_tracking(cfg: RunConfig) -> None:
-    """--track mlflow without MLflow installed is a setup error, before anything starts."""
-    if cfg.track:
-        from orchestrator.store.tracking import TrackingUnavailable, require_mlflow
-
-        try:
-            require_mlflow()
-        except TrackingUnavailable as exc:
-            raise UserError(str(exc)) from None
-
-
-def _tracker(cfg: RunConfig, journal: Journal, settings: dict,
-             reporter: Reporter) -> contextlib.AbstractContextManager:
-    """The MLflow mirror of the journal around the search (--track mlflow), else nothing."""
-    if not cfg.track:
-        return contextlib.nullcontext()
-    from orchestrator.analysis.report import build_report
-    from orchestrator.store.run import read_run
-    from orchestrator.store.tracking import Tracker
-
-    def report(out: Path) -> None:
-        build_report([read_run(journal.root)], out_dir=out)
-
-    return Tracker(journal, settings, cfg.tracking_uri, cfg.name or journal.root.name,
-                   cfg.parallel, reporter.warn, report)
-
-
-def _num_ctx_start(cfg: RunConfig, dataset: datasets.PreparedDataset, prompts: PromptBook,
-                   journal: Journal, resume: bool, tenancy: Tenancy, bounded: bool,
-                   thinking: dict[str, bool]) -> dict[str, int]:
-    """Each model's num_ctx for the run, fixed on every server: the value a resumed run stored,
-    else as much as the prompts can need (a thinking role's trace too) and the GPU plan
-    affords (`Tenancy.fitted_num_ctx`); a configured num_ctx wins (set_num_ctx)."""
-    stored = (journal.config().get("num_ctx_per_model") or {}) if resume else {}
-    needs = context_needs(prompts, task_for(cfg, dataset), cfg, OUTCOME_CHARS,
-                          diagnosis_chars(cfg.num_predict, bounded), thinking)
-    fitted = {} if set(needs) <= set(stored) else tenancy.fitted_num_ctx(needs)
-    sizes = {model: stored.get(model) or fitted[model] for model in needs}
-    return [client.models.set_num_ctx(sizes) for client in tenancy.clients][0]
-
-
-def _ensure_models(cfg: RunConfig, servers: Servers, reporter: Reporter) -> dict[str, str]:
-    """Both models on every server (pulled where missing, unless --no-pull); model -> digest
-    on the first server. A model whose digest differs between servers is warned about: the
-    records name each call's server and its digest."""
-    models = [cfg.generator_model, cfg.improver_model]
-    for client in servers.clients:
-        servers.digests[client.host] = client.models.ensure_models(models, pull=not cfg.no_pull)
-    first, *others = servers.clients
-    digests = servers.digests[first.host]
-    for client in others:
-        for model in models:
-            if servers.digests[client.host][model] != digests[model]:
-                reporter.warn(f"{model} differs between {first.host} and {client.host} "
-                              "(another digest): pull the same version on every server for "
-                              "comparable calls")
-    return digests
-
-
-def _think_per_role(cfg: RunConfig, clients: list[OllamaClient]) -> dict[str, bool | None]:
-    """Each role's think option as sent, as set: true only where the model can think on every
-    server (asking one that cannot is a setting error); false to any model, which every
-    server accepts (server/routes.go, ChatHandler, refuses only true), so that no server's
-    thinking model thinks by default."""
-    think: dict[str, bool | None] = {}
-    for role, model, wanted in (("generator", cfg.generator_model, cfg.generator_think),
-                                ("improver", cfg.improver_model, cfg.improver_think)):
-        if wanted and not all(client.models.thinks(model) for client in clients):
-            raise UserError(f"{role}-think = true, but {model} cannot think (it is not a "
-                            f"reasoning model); drop the setting or choose one that is")
-        think[role] = wanted
-    return think
-
-
-def _thinking_per_role(cfg: RunConfig, clients: list[OllamaClient],
-                       think: dict[str, bool | None]) -> dict[str, bool]:
-    """Whether each role's model thinks with the think option sent (on any server: the num_ctx
-    fixed for all of them must hold its trace)."""
-    models = {"generator": cfg.generator_model, "improver": cfg.improver_model}
-    return {role: any(client.models.will_think(model, think[role]) for client in clients)
-            for role, model in models.items()}
-
-
-def _diagnosis_format(version: str, num_predict: int, reporter: Reporter) -> dict | str:
-    """The Improver's `format`: the diagnosis schema, or "json" for Ollama before 0.5."""
-    if takes_schema_format(version):
-        return bounded_schema(num_predict)
-    reporter.warn(f"Ollama {version} predates structured outputs (0.5): the diagnosis is asked "
-                  "as plain JSON; upgrade Ollama for schema-constrained replies")
-    return "json"
-
-
-def _run_config(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Journal]:
-    cfg, journal = _new_or_resumed(settings, cli, resume)
-    if cfg.track:  # stored absolute: a resume from another folder finds the same mirror
-        from orchestrator.store.tracking import resolve_uri
-
-        cfg.tracking_uri = resolve_uri(cfg.tracking_uri)
-    return cfg, journal
-
-
-def _new_or_resumed(settings: dict, cli: dict, resume: bool) -> tuple[RunConfig, Journal]:
-    if resume:
-        name = cli.get("name") or settings.get("name")
-        if not name:
-            raise UserError("--resume needs --name of the run to continue")
-        plain_name(name)
-        journal = Journal(Path(cli.get("results_dir") or settings.get("results_dir")
-                               or "results") / name)
-        if not journal.exists:
-            raise UserError(f"no run to resume at {journal.root}")
-        cfg, ignored = for_resume(journal.config(), {**settings, **cli})
-        if ignored:
-            console.print(f"[yellow]note:[/] a resumed run keeps its settings; ignored: "
-                          f"{', '.join(ignored)}")
-        return cfg, journal
-    cfg = build(settings, cli)
-    cfg.name = cfg.name or f"{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
-    journal = Journal(Path(cfg.results_dir) / cfg.name)
-    if journal.exists:
-        raise UserError(f"run {cfg.name} already exists in {cfg.results_dir}: pass --resume "
-                        "to continue it, or choose another --name")
-    return cfg, journal
-
-
-def _dataset(cfg: RunConfig) -> datasets.PreparedDataset:
-    return datasets.for_run(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples,
-                            cfg.seed, cfg.select_on, cfg.val_fraction, console.print)
-
-
-def _novelty_gate(cfg: RunConfig, journal: Journal, records: list[dict]) -> NoveltyGate:
-    """The run-wide novelty index, holding every candidate evaluated successfully so far."""
-    gate = NoveltyGate(cfg.novelty_tau)
-    for record in records:
-        if record["status"] == fc.OK:
-            gate.add(record.get("chain", 0), record["iteration"],
-                     (journal.root / record["code_file"]).read_text())
-    return gate
-
-
-def _sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset,
-               warm_gpu: int | None = None, budgets: dict[str, int] | None = None
-               ) -> list[Sandbox]:
-    """One sandbox per chain (each keeps its own pre-warmed candidate environment); `warm_gpu`
-    is the GPU memory the GPU plan set aside for all chains' warm sandboxes, `budgets` the
-    evaluations' GPU budgets on the Ray nodes it covers."""
-    # Chains share the cores: oversubscribed OpenMP threads slow every candidate down.
-    cpus = cfg.cpus or (max(1.0, (os.cpu_count() or 1) / cfg.parallel) if cfg.parallel > 1
-                        else None)
-    limits = Limits(timeout=cfg.timeout, memory=cfg.memory, cpus=cpus)
-    pool = PoolSize(depth=cfg.warm_pool, share=1 / cfg.parallel,
-                    gpu_bytes=None if warm_gpu is None else warm_gpu // cfg.parallel)
-    if cfg.executor == "ray":
-        return _ray_sandboxes(cfg, dataset, limits, budgets or {})
-    if cfg.sandbox == "local":
-        from orchestrator.sandbox.local import LocalSandbox
-
-        return [LocalSandbox(dataset.sandbox_dir, limits, cfg.device, pool, gpus=cfg.gpus)
-                for _ in range(cfg.parallel)]
-    from orchestrator.sandbox.docker import DockerSandbox
-    from orchestrator.sandbox.engine import check_engine, connect
-    from orchestrator.sandbox.image import ensure_image
-    from orchestrator.sandbox.orphans import remove_orphans
-
-    client = connect()
-    check_engine(client, gpus=cfg.gpus, runtime=cfg.runtime)
-    removed = remove_orphans(client)  # left by a run that was killed with SIGKILL
-    if removed:
-        console.print(f"removed {removed} sandbox container(s) of a killed run")
-    ensure_image(client, offline=cfg.offline_build)
-    return [DockerSandbox(dataset.sandbox_dir, limits, cfg.device, gpus=cfg.gpus,
-                          runtime=cfg.runtime, pool=pool, client=client)
-            for _ in range(cfg.parallel)]
-
-
-def _ray_sandboxes(cfg: RunConfig, dataset: datasets.PreparedDataset, limits: Limits,
-                   budgets: dict[str, int]) -> list[Sandbox]:
-    """One RaySandbox per chain; each node builds the configured sandbox for its tasks."""
-    from orchestrator.sandbox.cluster import NodeSpec, RaySandbox, connect
-
-    resources = connect(cfg.ray_address)
-    gpus = _ray_gpus(cfg, resources)
-    cpus = cfg.cpus or 1.0
-    console.print(f"Ray: {resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs; "
-                  f"{cpus:g} CPU and {gpus:g} GPU per evaluation", highlight=False)
-    node_limits = Limits(timeout=limits.timeout, memory=limits.memory, cpus=cpus)
-    spec = NodeSpec(cfg.sandbox, node_limits, cfg.device, cfg.runtime, cfg.warm_pool,
-                    cfg.offline_build)
-    return [RaySandbox(spec, dataset.sandbox_dir, dataset.fingerprint, gpus, cpus, budgets)
-            for _ in range(cfg.parallel)]
-
-
-def _ray_gpus(cfg: RunConfig, resources: dict) -> float:
-    """GPUs per evaluation: --ray-gpus, else 1 when the cluster has GPUs (and the candidates
-    may use them)."""
-    if cfg.ray_gpus is not None:
-        return cfg.ray_gpus
-    return 1.0 if resources.get("GPU", 0) >= 1 and cfg.device != "cpu" else 0.0
-
-
-def _sandbox_errors() -> tuple[type[Exception], ...]:
-    from orchestrator.sandbox.cluster import ClusterUnavailable
-    from orchestrator.sandbox.engine import SandboxUnavailable
-    from orchestrator.sandbox.image import ImageBuildError
-
-    return SandboxUnavailable, ImageBuildError, ClusterUnavailable
-
-
-@data_app.command("prepare")
+@command(data_app, "prepare")
 def data_prepare(
     name: Annotated[str, typer.Argument(help="Dataset name.")],
     source: Annotated[Path | None, Opt("--from", help="Folder with the original files.")] = None,
-    data_dir: Annotated[str | None, Opt(help="Dataset cache directory.")] = None,
+    data_dir: DataDirOpt = None,
     force: Annotated[bool, Opt("--force", help="Rebuild an existing cache.")] = False,
 ) -> None:
     """Prepare NAME into the uint8 cache (download via torchvision, or --from DIR)."""
@@ -546,7 +180,7 @@ def data_prepare(
                   f"images in {prepared.root} (fingerprint {prepared.fingerprint})")
 
 
-@sandbox_app.command("build")
+@command(sandbox_app, "build")
 def sandbox_build(
     offline: Annotated[bool, Opt("--offline", help="Build the base from Debian, no registry.")]
     = False,
@@ -563,10 +197,10 @@ def sandbox_build(
     console.print(f"sandbox image ready: {image_id}")
 
 
-@app.command()
+@command(app)
 def report(
-    runs: Annotated[list[str], typer.Argument(help="Run directories or names.")],
-    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    runs: RunsArg,
+    results_dir: ResultsDirOpt = Path("results"),
     window: Annotated[int, Opt(help="Iterations per statistics window.")] = 50,
     threshold: Annotated[float | None, Opt(help="Accuracy counted as good "
                                                 "(default per dataset).")] = None,
@@ -597,44 +231,36 @@ def report(
 
 def _cycles_report(root: Path, threshold: float | None, out_dir: Path | None,
                    as_json: bool) -> None:
-    from orchestrator.analysis.cycles import cycle_metrics, cycles_markdown, cycles_plot
-    from orchestrator.analysis.stats import default_threshold
-    from orchestrator.finetune.cycles import report_inputs
+    from orchestrator.analysis.cycles import write_cycles_report
+    from orchestrator.finetune.cycles import CyclesError, report_rows
 
-    inputs, settings = report_inputs(root)
-    if not inputs:
-        raise fail(f"no finished cycle in {root} yet")
-    if threshold is None:
-        threshold = settings.threshold
-    if threshold is None:
-        threshold = default_threshold(inputs[0]["dataset"])
-    rows = cycle_metrics(inputs, threshold, settings.tau)
+    try:
+        rows = report_rows(root, threshold)
+    except CyclesError as exc:
+        raise fail(str(exc)) from None
     if as_json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    out = out_dir or root
-    out.mkdir(parents=True, exist_ok=True)
-    markdown = cycles_markdown(rows)
-    (out / "cycles.md").write_text(markdown)
-    (out / "cycles.png").write_bytes(cycles_plot(rows))
+    markdown, files = write_cycles_report(rows, out_dir or root)
     print(markdown)
-    console.print(f"markdown: {out / 'cycles.md'}\nplot: {out / 'cycles.png'}", highlight=False)
+    console.print("\n".join(f"{kind}: {path}" for kind, path in files.items()), highlight=False)
 
 
-@app.command()
+@command(app)
 def retrain(
-    run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")],
+    run_name: RunArg,
     top: Annotated[int, Opt(min=1, help="How many of the best distinct designs.")] = 10,
     epochs: Annotated[int, Opt(min=1, help="Training epochs of each.")] = 30,
     seeds: Annotated[int, Opt(min=1, help="Training seeds per design (run seed + 0, 1, ...).")]
     = 1,
     timeout: Annotated[float | None, Opt(help="Seconds per training (default: the run's "
                                               "timeout scaled by the epochs).")] = None,
-    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    results_dir: ResultsDirOpt = Path("results"),
 ) -> None:
     """Train the top designs of a run for longer (resumable): converged test accuracy per
     design, and how well the one-epoch proxy ranked them."""
-    from orchestrator.search import retrain as rt
+    from orchestrator.assembly import retrain as train_longer
+    from orchestrator.search.retrain import RetrainError
     from orchestrator.store.run import read_run
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -646,22 +272,10 @@ def retrain(
         f" --timeout {timeout:g}" if timeout else "") + (
         f" --results-dir {results_dir}" if results_dir != Path("results") else "")
     try:
-        run = read_run(run_name, results_dir)
-        cfg = rt.retrain_config(run, epochs, timeout)
-        plan = rt.Plan(rt.top_designs(run, top), epochs, [cfg.seed + s for s in range(seeds)],
-                       cfg.select_on, cfg.epochs)
-        dataset = _dataset(cfg)
-        rt.check_dataset(run, dataset)
-        out = rt.retrain_dir(run)
-        say(f"retraining {len(plan.designs)} designs of {run.name} for {epochs} epochs, "
-            f"{seeds} seed(s) each: {out}")
-        with _sandboxes(cfg, dataset)[0] as box:
-            lines = rt.run_plan(plan, box, cfg, dataset, out / rt.JOURNAL_FILE, say,
-                                lambda text: busy(console, text))
-        text = rt.write_summary(out, rt.summarize(plan, lines, run.name))
-    except (rt.RetrainError, ConfigError, datasets.DatasetError, FileNotFoundError) as exc:
+        text = train_longer(read_run(run_name, results_dir), top, epochs, seeds, timeout, say)
+    except (RetrainError, ConfigError, datasets.DatasetError, FileNotFoundError) as exc:
         raise fail(str(exc)) from None
-    except _sandbox_errors() as exc:
+    except sandbox_errors() as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         say(f"\nstopped; the finished trainings are saved. Continue with: {again}")
@@ -669,13 +283,13 @@ def retrain(
     print(text, end="")
 
 
-@app.command()
+@command(app)
 def show(
-    run_name: Annotated[str, typer.Argument(metavar="RUN", help="Run directory or name.")],
+    run_name: RunArg,
     iteration: Annotated[str, typer.Argument(help="Iteration number, or `best`.")],
     chain: Annotated[int | None, Opt(help="The chain, in a --parallel run (default: the "
                                           "first with that iteration).")] = None,
-    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    results_dir: ResultsDirOpt = Path("results"),
 ) -> None:
     """One iteration: code, outcome, triple, suggestions and prompts."""
     from orchestrator.analysis.show import render_show
@@ -699,14 +313,14 @@ def show(
     print(printable(text))
 
 
-@app.command()
+@command(app)
 def export(
-    runs: Annotated[list[str], typer.Argument(help="Run directories or names.")],
+    runs: RunsArg,
     best: Annotated[Path | None, Opt(help="Write the best Net as a standalone module.")] = None,
     corpus: Annotated[Path | None, Opt(help="Write the prompt/code corpus (JSONL).")] = None,
     threshold: Annotated[float | None, Opt(help="Corpus accuracy threshold.")] = None,
     edit_format: Annotated[str, Opt(help=EDIT_CORPUS_HELP)] = "whole",
-    results_dir: Annotated[Path, Opt(help="Where run names are looked up.")] = Path("results"),
+    results_dir: ResultsDirOpt = Path("results"),
 ) -> None:
     """Export the best architecture (--best) or a fine-tuning corpus (--corpus)."""
     from orchestrator.analysis.export import export_best
@@ -726,12 +340,6 @@ def export(
             console.print(f"corpus: {count} examples in {corpus}", highlight=False)
     except (FileNotFoundError, ValueError) as exc:
         raise fail(str(exc)) from None
-
-
-def _lora(rank: int, alpha: int, epochs: float, lr: float, load_in_4bit: bool):
-    from orchestrator.finetune.train import LoraSettings
-
-    return LoraSettings(rank=rank, alpha=alpha, epochs=epochs, lr=lr, load_in_4bit=load_in_4bit)
 
 
 RankOpt = Annotated[int, Opt(help="LoRA rank.")]
@@ -755,7 +363,7 @@ QuantizeOpt = Annotated[str | None, Opt(
          "`none` keeps bf16).", callback=_quantize)]
 
 
-@app.command()
+@command(app)
 def finetune(
     corpus: Annotated[Path, typer.Argument(help="Prompt-code corpus (JSONL, `messages`).")],
     base_model: Annotated[str, Opt(help="Hugging Face id or folder of the base model (the "
@@ -766,19 +374,19 @@ def finetune(
     base_tag: Annotated[str | None, Opt(help="Ollama model whose chat template and parameters "
                                              "the published one takes.")] = None,
     quantize: QuantizeOpt = "q4_K_M",
-    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
-    = None,
+    ollama_host: OllamaHostOpt = None,
     rank: RankOpt = 32, alpha: AlphaOpt = 32, epochs: EpochsOpt = 5, lr: LrOpt = 1e-5,
     load_in_4bit: FourBitOpt = False,
 ) -> None:
     """LoRA fine-tune a base model on a corpus (resumes from --out), and optionally publish
     the merged model to Ollama."""
     from orchestrator.finetune.publish import merge, publish
-    from orchestrator.finetune.train import FinetuneError
+    from orchestrator.finetune.train import FinetuneError, LoraSettings
     from orchestrator.finetune.train import finetune as train
 
+    lora = LoraSettings(rank=rank, alpha=alpha, epochs=epochs, lr=lr, load_in_4bit=load_in_4bit)
     try:
-        result = train(base_model, corpus, out, _lora(rank, alpha, epochs, lr, load_in_4bit))
+        result = train(base_model, corpus, out, lora)
         console.print(f"adapter: {result.adapter_dir} (loss {result.train_loss:.4f}, "
                       f"{result.tokens_per_second:.0f} tokens/s)", highlight=False)
         if tag:
@@ -790,7 +398,7 @@ def finetune(
         raise fail(str(exc)) from None
 
 
-@app.command()
+@command(app)
 def cycles(
     name: Annotated[str, Opt(help="Cycles directory under --results-dir.")],
     config: Annotated[Path | None, Opt(help="TOML search settings of every cycle (as for "
@@ -817,8 +425,7 @@ def cycles(
     tag_prefix: Annotated[str | None, Opt(help="Published tags are PREFIX:cN (default: the "
                                                "base tag's name + -nas).")] = None,
     quantize: QuantizeOpt = "q4_K_M",
-    ollama_host: Annotated[str | None, Opt(envvar="OLLAMA_HOST", help="Ollama server URL.")]
-    = None,
+    ollama_host: OllamaHostOpt = None,
     results_dir: Annotated[Path, Opt(help="Where the cycles directory goes.")] = Path("results"),
     delete_superseded: Annotated[bool, Opt("--delete-superseded", help="Delete cycle N-1's "
                                            "Ollama tag once cycle N has published.")] = False,
@@ -834,7 +441,7 @@ def cycles(
     fine-tune, publish to Ollama, and search with the new model in the next cycle."""
     from orchestrator.finetune.corpus import CorpusError
     from orchestrator.finetune.cycles import Cycles, CyclesError, CycleSettings
-    from orchestrator.finetune.train import FinetuneError
+    from orchestrator.finetune.train import FinetuneError, LoraSettings
     from orchestrator.store.run import read_run
 
     def say(text: str) -> None:
@@ -856,7 +463,8 @@ def cycles(
                 tag_prefix=tag_prefix, quantize=None if quantize == "none" else quantize,
                 ollama_host=ollama_host or cfg.ollama_host, delete_superseded=delete_superseded,
                 edit_format=edit_format,
-                lora=_lora(rank, alpha, epochs, lr, load_in_4bit))
+                lora=LoraSettings(rank=rank, alpha=alpha, epochs=epochs, lr=lr,
+                                  load_in_4bit=load_in_4bit))
             runs = [read_run(r, results_dir) for r in from_run or []]
             cycles = Cycles.create(root, settings, config, seed_corpus, runs, say)
         done = cycles.run()
@@ -871,7 +479,7 @@ def cycles(
                   f"now {last['tag']}", highlight=False)
 
 
-@app.command()
+@command(app)
 def ui(
     results_dir: Annotated[Path, typer.Argument(help="Folder of runs to show.")] = Path("results"),
     host: Annotated[str, Opt(help="Address to listen on. Anything but loopback exposes every "
@@ -928,7 +536,7 @@ def models(
               f"{row['family']:<12} {role}")
 
 
-@models_app.command("pull")
+@command(models_app, "pull")
 def models_pull(ctx: typer.Context,
                 name: Annotated[str, typer.Argument(help="Model to pull.")]) -> None:
     """Pull a model onto the server, with progress."""

@@ -6,6 +6,7 @@ check that no traceback leaks); the others use typer's in-process CliRunner to s
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -175,6 +177,35 @@ def test_run_help_says_iterations_are_per_chain() -> None:
     text = flat(CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output)
     assert "Iterations per chain" in text and "--parallel P evaluates P times as many" in text
     assert "in total" not in text
+
+
+def commands(group: typer.core.TyperGroup, path: tuple[str, ...] = ()) -> list[tuple]:
+    """(the words that call it, the command) of every command and group under `group`."""
+    found = []
+    for name, command in group.commands.items():
+        found.append(((*path, name), command))
+        found += commands(command, (*path, name)) if hasattr(command, "commands") else []
+    return found
+
+
+def paragraphs(command: typer.core.TyperCommand) -> list[str]:
+    """The command's help (its docstring) as the user should read it: paragraphs, flowing."""
+    return [" ".join(p.split()) for p in inspect.cleandoc(command.help or "").split("\n\n")]
+
+
+def test_every_commands_help_flows_in_paragraphs_not_in_its_docstrings_lines() -> None:
+    """`orchestrator --help` lists each command's first paragraph, and `orchestrator CMD
+    --help` shows every paragraph, each on one line when the terminal is wide enough."""
+    wide = {"COLUMNS": "1000"}
+    for path, command in [((), typer.main.get_command(app)), *commands(
+            typer.main.get_command(app))]:
+        shown = CliRunner().invoke(app, [*path, "--help"], env=wide)
+        assert shown.exit_code == 0, shown.output
+        for paragraph in paragraphs(command):
+            assert paragraph in shown.output, (path, paragraph)
+        if hasattr(command, "commands"):  # a group lists its commands' first paragraphs
+            for name, sub in command.commands.items():
+                assert paragraphs(sub)[0] in shown.output, ((*path, name), shown.output)
 
 
 def test_invalid_setting_on_the_command_line(fashion_data_dir: Path, tmp_path: Path) -> None:

@@ -9,7 +9,12 @@ import matplotlib.image as mpimg
 import pytest
 from scipy import stats as sps
 
-from orchestrator.analysis.cycles import cycle_metrics, cycles_markdown, cycles_plot
+from orchestrator.analysis.cycles import (
+    cycle_metrics,
+    cycles_markdown,
+    cycles_plot,
+    write_cycles_report,
+)
 
 
 def rec(status: str, acc: float | None = None, similarity: float | None = None) -> dict:
@@ -130,3 +135,11 @@ def test_plot_is_a_png_of_sane_size() -> None:
     for rows in (cycle_metrics(CYCLES[:1], None), cycle_metrics(CYCLES[2:], 0.4), []):
         assert mpimg.imread(io.BytesIO(cycles_plot(rows)), format="png").shape[:2] == (550,
                                                                                        1000)
+
+
+def test_the_report_writes_the_table_and_the_plot(tmp_path) -> None:
+    rows = cycle_metrics(CYCLES, threshold=0.40)
+    markdown, files = write_cycles_report(rows, tmp_path / "out")
+    assert markdown == cycles_markdown(rows) == files["markdown"].read_text()
+    assert files["plot"].read_bytes() == cycles_plot(rows)
+    assert list(files) == ["markdown", "plot"]

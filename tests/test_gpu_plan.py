@@ -26,8 +26,13 @@ from orchestrator.gpu.plan import (
 )
 from orchestrator.gpu.residency import Demand, Tenancy, duration_seconds, keep_alive_for
 from orchestrator.llm.client import GenerationOptions, OllamaClient
-from orchestrator.search.loop import OUTCOME_CHARS
-from orchestrator.search.prompts import PromptBook, Task, context_needs, diagnosis_chars
+from orchestrator.search.prompts import (
+    OUTCOME_CHARS,
+    PromptBook,
+    Task,
+    context_needs,
+    diagnosis_chars,
+)
 from tests import replies
 from tests.fake_gpu import STAND_INS, SimulatedGPU
 from tests.fake_ollama import DEEPSEEK_CODER_67B, QWEN25_7B, FakeOllama, Reply

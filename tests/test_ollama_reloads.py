@@ -12,9 +12,9 @@ from orchestrator.config import RunConfig
 from orchestrator.llm.client import prompt_chars
 from orchestrator.llm.models import auto_num_ctx
 from orchestrator.search.diagnosis import field_chars
-from orchestrator.search.loop import OUTCOME_CHARS
 from orchestrator.search.memory import Triple
 from orchestrator.search.prompts import (
+    OUTCOME_CHARS,
     Attempt,
     GeneratorInput,
     PromptBook,

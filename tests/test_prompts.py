@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import io
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from orchestrator import outcomes as fc
+from orchestrator.assembly import novelty_gate, read_codes
 from orchestrator.config import RunConfig
 from orchestrator.data.datasets import SPECS, PreparedDataset
 from orchestrator.llm.client import OllamaClient
@@ -18,7 +20,7 @@ from orchestrator.sandbox.base import Limits
 from orchestrator.sandbox.local import LocalSandbox
 from orchestrator.sandbox.pool import PoolSize
 from orchestrator.search.evaluation import Outcome
-from orchestrator.search.loop import NoveltyGate, Search, generator_parts
+from orchestrator.search.loop import Search
 from orchestrator.search.memory import Triple
 from orchestrator.search.progress import Reporter
 from orchestrator.search.prompts import (
@@ -27,6 +29,7 @@ from orchestrator.search.prompts import (
     GeneratorInput,
     PromptBook,
     Task,
+    generator_parts,
 )
 from orchestrator.search.roles import Roles
 from orchestrator.store.journal import Journal
@@ -247,10 +250,30 @@ def make_search(tmp_path: Path, tiny_cache: Path):
         roles = Roles(OllamaClient(url, retries=1), "coder:test", "improver:test", config.seed)
         box = LocalSandbox(tiny_cache, Limits(timeout=10), "cpu", pool=PoolSize(depth=0))
         reporter = Reporter(config.iterations, Console(file=io.StringIO()))
+        codes = read_codes(journal, records)
         return Search(config, journal, roles, box, dataset, PromptBook(config.prompts_dir),
-                      reporter, records, NoveltyGate(config.novelty_tau))
+                      reporter, records, codes, novelty_gate(config.novelty_tau, records, codes))
 
     return make
+
+
+def test_a_resumed_chain_and_the_novelty_gate_read_each_code_once(
+        make_search, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: Counter[str] = Counter()
+    read_text = Path.read_text
+
+    def counted(path: Path, *args: object, **kwargs: object) -> str:
+        reads[path.name] += 1
+        return read_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", counted)
+    search = make_search()
+    assert {name: n for name, n in reads.items() if name.startswith("iter_")} == {
+        f"iter_{i:04d}.py": 1 for i in CODES}
+    assert search.state.codes == CODES
+    for i in (1, 3, 5):  # the successes, each its own nearest neighbour
+        assert search.novelty.check(CODES[i]) == {
+            "max_similarity": 1.0, "nearest_iteration": i, "nearest_chain": 0}
 
 
 def generator_user(search: Search) -> str:

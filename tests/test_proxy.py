@@ -24,8 +24,7 @@ from orchestrator.config import PRESETS, ConfigError, RunConfig, build, for_resu
 from orchestrator.data import datasets
 from orchestrator.sandbox.base import Execution, Limits
 from orchestrator.sandbox.local import LocalSandbox
-from orchestrator.search.evaluation import score
-from orchestrator.search.loop import job_for
+from orchestrator.search.evaluation import job_for, score
 from orchestrator.store.records import summarize
 from tests import replies
 from tests.helpers import flat, tiny_job, write_tiny_cache

@@ -12,6 +12,7 @@ fine-tuning loss. The statistics are `stats.window_summary` over the cycle's rec
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from orchestrator.analysis import stats
 from orchestrator.analysis.format import figure, interval, num, pct, png_bytes
@@ -114,3 +115,14 @@ def cycles_plot(rows: list[dict]) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8, framealpha=0.85)
     return png_bytes(fig)
+
+
+def write_cycles_report(rows: list[dict], out: Path) -> tuple[str, dict[str, Path]]:
+    """The table (cycles.md) and the plot (cycles.png) of `rows` in `out`: the table's text,
+    and each file by its kind."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "cycles.md", "plot": out / "cycles.png"}
+    markdown = cycles_markdown(rows)
+    files["markdown"].write_text(markdown)
+    files["plot"].write_bytes(cycles_plot(rows))
+    return markdown, files

@@ -45,9 +45,8 @@ from orchestrator.outcomes import OK
 from orchestrator.resources import PROMPTS_DIR
 from orchestrator.search.edits import WHOLE, render_edit
 from orchestrator.search.evaluation import Outcome
-from orchestrator.search.loop import describe
 from orchestrator.search.novelty import TAU, NoveltyIndex
-from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
+from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task, describe
 from orchestrator.store.files import append_line, cut_torn_tail, fsync_dir, write_atomic
 from orchestrator.store.records import accuracy_of, best_record, lost, record_chain
 from orchestrator.store.run import Run, read_records

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import orjson
 
+from orchestrator.analysis.cycles import cycle_metrics
+from orchestrator.analysis.stats import default_threshold
 from orchestrator.config import EDIT_FORMATS
 from orchestrator.finetune.corpus import Corpus, seed_pairs
 from orchestrator.finetune.publish import Published
@@ -126,16 +128,22 @@ class CycleLog:
         return record
 
 
-def report_inputs(root: Path) -> tuple[list[dict], CycleSettings]:
-    """The finished cycles of a cycles directory, each with its search's records, as
-    `analysis.cycles.cycle_metrics` takes them."""
+def report_rows(root: Path, threshold: float | None) -> list[dict]:
+    """NNGPT's per-cycle table rows (`analysis.cycles.cycle_metrics`) of the finished cycles of a
+    cycles directory; `threshold` defaults to the cycles' own, else the dataset's."""
     cycles = Cycles.open(root, say=lambda _: None)
     inputs = []
     for record in cycles.log.records:
         if record["step"] == "cycle":
             run = read_run(root / record["run"])
             inputs.append({**record, "records": run.records, "dataset": run.dataset})
-    return inputs, cycles.settings
+    if not inputs:
+        raise CyclesError(f"no finished cycle in {root} yet")
+    if threshold is None:
+        threshold = cycles.settings.threshold
+    if threshold is None:
+        threshold = default_threshold(inputs[0]["dataset"])
+    return cycle_metrics(inputs, threshold, cycles.settings.tau)
 
 
 def _die_with_parent() -> None:

@@ -17,8 +17,9 @@ import re
 from dataclasses import dataclass
 
 from orchestrator.config import EDIT_FORMATS, RunConfig
-from orchestrator.outcomes import EDIT_ERROR, EXTRACT_ERROR
+from orchestrator.outcomes import DUPLICATE, EDIT_ERROR, EXTRACT_ERROR, INFRASTRUCTURE_CLASSES, OK
 from orchestrator.search.extract import check_code, extract_code, normalize_text
+from orchestrator.search.prompts import Attempt, GeneratorInput
 
 WHOLE, SEARCH_REPLACE, UDIFF = EDIT_FORMATS
 DEFAULT_THRESHOLD = RunConfig.edit_match_threshold  # difflib ratio, whitespace removed
@@ -328,3 +329,27 @@ def _search_replace(old: list[str], new: list[str], group: list[tuple]) -> str:
     i2, j2 = group[-1][2], group[-1][4]
     search, replace = "\n".join(old[i1:i2]), "\n".join(new[j1:j2])
     return f"<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE"
+
+
+def edit_base(given: GeneratorInput, last: dict | None) -> Attempt | None:
+    """The code an edit changes: the last attempt's after it failed (not as a duplicate or
+    by an infrastructure fault), else the reference, else the last attempt's; None before
+    there is any code (a first architecture is written whole)."""
+    failed = last is not None and last["status"] not in ({OK, DUPLICATE} | INFRASTRUCTURE_CLASSES)
+    if failed and given.current is not None:
+        return given.current
+    return given.reference or given.current
+
+
+
+def edit_info(edit_format: str, edit: Applied | None, edit_file: str | None) -> dict:
+    """What the record keeps of the edit: the format, how the reply was read ("edit" or
+    "whole"; None without a reply), the iteration it edited, its blocks, whether it applied,
+    its size in lines (the edit's, or the whole code's), and the file of its raw blocks.
+    The reply's tokens are the generator's completion_tokens."""
+    if edit is None:
+        return {"format": edit_format, "kind": None}
+    text = edit.edit if edit.kind == "edit" else (edit.code or "")
+    return {"format": edit_format, "kind": edit.kind, "base_iteration": edit.base,
+            "blocks": edit.blocks, "applied": edit.applied,
+            "lines": text.count("\n") + 1 if text else 0, "file": edit_file}

@@ -9,7 +9,10 @@ import numpy as np
 import orjson
 
 from orchestrator import outcomes as fc
-from orchestrator.sandbox.base import Execution
+from orchestrator.config import RunConfig
+from orchestrator.data.datasets import PreparedDataset
+from orchestrator.gpu.plan import CANDIDATES_GPU_SHARE
+from orchestrator.sandbox.base import Execution, Sandbox
 
 MESSAGE_CHARS = 2000
 TRACEBACK_CHARS = 4000
@@ -194,3 +197,66 @@ def load_predictions(data: bytes | None, count: int, num_classes: int) -> np.nda
     if count and (array.min() < 0 or array.max() >= num_classes):
         raise ValueError(f"class indices outside [0, {num_classes})")
     return array.astype(np.int64)
+
+
+PLACE_KEYS = ("node", "host", "gpu_ids")  # where a cluster evaluation ran (text)
+
+
+def gpu_share(config: RunConfig) -> float | None:
+    """The GPU memory share of one candidate where no GPU plan gives it a budget: the
+    candidates' part of the GPU, split between the chains that share it, or the fraction of a
+    GPU Ray gives each task; None for a whole GPU."""
+    if config.executor == "ray":
+        gpus = config.ray_gpus
+        return round(CANDIDATES_GPU_SHARE * gpus, 3) if gpus and gpus < 1 else None
+    return round(CANDIDATES_GPU_SHARE / config.parallel, 3) if config.parallel > 1 else None
+
+
+
+def job_for(config: RunConfig, dataset: PreparedDataset, seed: int | None = None,
+            epochs: int | None = None, gpu_budget: int | None = None) -> dict:
+    """The sandbox job of the run's protocol (another training seed or schedule when given);
+    with a GPU plan's `gpu_budget` (bytes), that is the candidate's GPU memory limit, else its
+    share of the GPU."""
+    spec = dataset.spec
+    return {
+        "input_shape": list(spec.input_shape), "num_classes": spec.num_classes,
+        "mean": list(spec.mean), "std": list(spec.std), "crop_padding": 4,
+        "flip": spec.flip, "epochs": epochs or config.epochs, "batch_size": config.batch_size,
+        "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
+        "seed": config.seed if seed is None else seed, "device": config.device,
+        "precision": config.precision, "validate_batch": 2, "max_params": config.max_params,
+        "gpu_memory_fraction": None if gpu_budget else gpu_share(config),
+        "gpu_memory_budget": gpu_budget,
+    }
+
+
+
+def evaluate(sandbox: Sandbox, code: str, job: dict, dataset: PreparedDataset,
+             labels: np.ndarray) -> Outcome:
+    """One training of `code` in the sandbox, scored on the host against `labels` (the
+    dataset's evaluation labels), with the sandbox's measurements among its metrics."""
+    try:
+        execution = sandbox.run(code, job)
+    except Exception as exc:  # a sandbox bug must not end the search or blame the design
+        execution = Execution(None, 0.0, sandbox_error=f"sandbox failed: {exc!r}")
+    outcome = score(execution, labels, dataset.spec.num_classes, dataset.val_count)
+    outcome.metrics.update({k: v for k, v in execution.info.items()
+                            if isinstance(v, int | float) or k in PLACE_KEYS})
+    return outcome
+
+
+
+def averaged(outcomes: list[Outcome]) -> Outcome:
+    """One outcome for successful repeats: mean accuracies, the first's metrics, each
+    repeat's accuracies kept."""
+    def mean(values: list[float | None]) -> float | None:
+        return None if None in values else sum(values) / len(values)
+
+    first = outcomes[0]
+    return Outcome(
+        fc.OK, accuracy=mean([o.accuracy for o in outcomes]), metrics=first.metrics,
+        phase=first.phase, test_accuracy=mean([o.test_accuracy for o in outcomes]),
+        val_accuracy=mean([o.val_accuracy for o in outcomes]),
+        repeats={"accuracies": [o.accuracy for o in outcomes],
+                 "test_accuracies": [o.test_accuracy for o in outcomes]})

@@ -7,45 +7,38 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from orchestrator import outcomes as fc
 from orchestrator.config import RunConfig
 from orchestrator.data.datasets import PreparedDataset
-from orchestrator.gpu.plan import CANDIDATES_GPU_SHARE
 from orchestrator.gpu.residency import Watch
-from orchestrator.sandbox.base import Execution, Sandbox
+from orchestrator.sandbox.base import Sandbox
 from orchestrator.search.diagnosis import Diagnosis
-from orchestrator.search.edits import Applied, apply_reply
-from orchestrator.search.evaluation import Outcome, failure, key_traceback_line, score
+from orchestrator.search.edits import Applied, apply_reply, edit_base, edit_info
+from orchestrator.search.evaluation import Outcome, averaged, evaluate, failure, job_for
 from orchestrator.search.memory import FeedbackMemory, Triple, remembered
 from orchestrator.search.progress import Reporter
-from orchestrator.search.prompts import Attempt, GeneratorInput, PromptBook, Task
+from orchestrator.search.prompts import (
+    Attempt,
+    GeneratorInput,
+    PromptBook,
+    describe,
+    generator_parts,
+    task_for,
+)
 from orchestrator.search.roles import RoleCall, Roles
 from orchestrator.store.journal import Journal
 from orchestrator.store.record import IterationRecord
 from orchestrator.store.records import best_of, lost
 
-OUTCOME_CHARS = 600
+if TYPE_CHECKING:
+    from orchestrator.search.novelty import NoveltyGate  # datasketch: loaded by the assembly
+
 FIRST_TRIPLE = ("none yet: first architecture", "write a first architecture for the task")
 NO_DIAGNOSIS = ("no diagnosis available", "none: improve on the reference architecture")
-CHAIN_SEED_STRIDE = 1_000_000  # chain c draws LLM seeds from run seed + c * stride + counter
 TEMPERATURE_NUDGE = 0.1  # added per regeneration of a rejected near-duplicate
 FAULT_STREAK = 5  # this many infrastructure faults in a row stop the run (resumable)
-
-
-PLACE_KEYS = ("node", "host", "gpu_ids")  # where a cluster evaluation ran (text)
-
-
-def gpu_share(config: RunConfig) -> float | None:
-    """The GPU memory share of one candidate where no GPU plan gives it a budget: the
-    candidates' part of the GPU, split between the chains that share it, or the fraction of a
-    GPU Ray gives each task; None for a whole GPU."""
-    if config.executor == "ray":
-        gpus = config.ray_gpus
-        return round(CANDIDATES_GPU_SHARE * gpus, 3) if gpus and gpus < 1 else None
-    return round(CANDIDATES_GPU_SHARE / config.parallel, 3) if config.parallel > 1 else None
 
 
 class InfrastructureDown(RuntimeError):
@@ -101,46 +94,15 @@ class SearchState:
             self.diagnosis = diagnosis
 
     @classmethod
-    def rebuild(cls, journal: Journal, records: list[dict], history_size: int) -> SearchState:
+    def rebuild(cls, records: list[dict], codes: dict[str, str], history_size: int
+                ) -> SearchState:
+        """The state after `records`, with `codes` holding each record's code by its file."""
         state = cls(memory=FeedbackMemory(history_size))
         for record in records:
-            code_file = record.get("code_file")
-            code = (journal.root / code_file).read_text() if code_file else None
+            code = codes.get(record.get("code_file"))
             reply = record.get("suggestions")
             state.add(record, code, Diagnosis(**reply) if reply else None)
         return state
-
-
-def task_for(config: RunConfig, dataset: PreparedDataset) -> Task:
-    """What the prompts tell both roles about the task."""
-    spec = dataset.spec
-    protocol = {k: getattr(config, k) for k in ("epochs", "lr", "momentum", "weight_decay",
-                                                "batch_size")}
-    return Task(dataset.name, tuple(spec.input_shape), spec.num_classes, protocol,
-                config.max_params)
-
-
-class NoveltyGate:
-    """The run-wide novelty index, shared by the chains (datasketch's LSH is not thread-safe)."""
-
-    def __init__(self, tau: float) -> None:
-        from orchestrator.search.novelty import (
-            NoveltyIndex,  # datasketch (and scipy): import only when running
-        )
-
-        self.index = NoveltyIndex(tau=tau)
-        self._lock = threading.Lock()
-
-    def check(self, code: str) -> dict:
-        with self._lock:
-            similarity, key = self.index.query(code)
-        chain, iteration = key if isinstance(key, tuple) else (0, key)
-        return {"max_similarity": round(similarity, 4), "nearest_iteration": iteration,
-                "nearest_chain": chain}
-
-    def add(self, chain: int, iteration: int, code: str) -> None:
-        with self._lock:
-            self.index.add(iteration if chain == 0 else (chain, iteration), code)
 
 
 class Search:
@@ -150,8 +112,8 @@ class Search:
 
     def __init__(self, config: RunConfig, journal: Journal, roles: Roles, sandbox: Sandbox,
                  dataset: PreparedDataset, prompts: PromptBook, reporter: Reporter,
-                 records: list[dict], novelty: NoveltyGate, chain: int = 0,
-                 watch: Watch | None = None) -> None:
+                 records: list[dict], codes: dict[str, str], novelty: NoveltyGate,
+                 chain: int = 0, watch: Watch | None = None) -> None:
         self.config, self.journal, self.roles, self.sandbox = config, journal, roles, sandbox
         self.dataset, self.prompts, self.reporter = dataset, prompts, reporter
         self.novelty, self.chain, self.watch = novelty, chain, watch
@@ -159,7 +121,7 @@ class Search:
         self.labels = dataset.test_labels()
         self.task = task_for(config, dataset)
         mine = [r for r in records if r.get("chain", 0) == chain]
-        self.state = SearchState.rebuild(journal, mine, config.history_size)
+        self.state = SearchState.rebuild(mine, codes, config.history_size)
         roles.calls = self.state.llm_calls
 
     def run(self, stop: threading.Event | None = None) -> None:
@@ -420,53 +382,6 @@ class Search:
         }
 
 
-def job_for(config: RunConfig, dataset: PreparedDataset, seed: int | None = None,
-            epochs: int | None = None, gpu_budget: int | None = None) -> dict:
-    """The sandbox job of the run's protocol (another training seed or schedule when given);
-    with a GPU plan's `gpu_budget` (bytes), that is the candidate's GPU memory limit, else its
-    share of the GPU."""
-    spec = dataset.spec
-    return {
-        "input_shape": list(spec.input_shape), "num_classes": spec.num_classes,
-        "mean": list(spec.mean), "std": list(spec.std), "crop_padding": 4,
-        "flip": spec.flip, "epochs": epochs or config.epochs, "batch_size": config.batch_size,
-        "lr": config.lr, "momentum": config.momentum, "weight_decay": config.weight_decay,
-        "seed": config.seed if seed is None else seed, "device": config.device,
-        "precision": config.precision, "validate_batch": 2, "max_params": config.max_params,
-        "gpu_memory_fraction": None if gpu_budget else gpu_share(config),
-        "gpu_memory_budget": gpu_budget,
-    }
-
-
-def evaluate(sandbox: Sandbox, code: str, job: dict, dataset: PreparedDataset,
-             labels: np.ndarray) -> Outcome:
-    """One training of `code` in the sandbox, scored on the host against `labels` (the
-    dataset's evaluation labels), with the sandbox's measurements among its metrics."""
-    try:
-        execution = sandbox.run(code, job)
-    except Exception as exc:  # a sandbox bug must not end the search or blame the design
-        execution = Execution(None, 0.0, sandbox_error=f"sandbox failed: {exc!r}")
-    outcome = score(execution, labels, dataset.spec.num_classes, dataset.val_count)
-    outcome.metrics.update({k: v for k, v in execution.info.items()
-                            if isinstance(v, int | float) or k in PLACE_KEYS})
-    return outcome
-
-
-def averaged(outcomes: list[Outcome]) -> Outcome:
-    """One outcome for successful repeats: mean accuracies, the first's metrics, each
-    repeat's accuracies kept."""
-    def mean(values: list[float | None]) -> float | None:
-        return None if None in values else sum(values) / len(values)
-
-    first = outcomes[0]
-    return Outcome(
-        fc.OK, accuracy=mean([o.accuracy for o in outcomes]), metrics=first.metrics,
-        phase=first.phase, test_accuracy=mean([o.test_accuracy for o in outcomes]),
-        val_accuracy=mean([o.val_accuracy for o in outcomes]),
-        repeats={"accuracies": [o.accuracy for o in outcomes],
-                 "test_accuracies": [o.test_accuracy for o in outcomes]})
-
-
 def run_chains(searches: list[Search]) -> None:
     """Run the chains side by side (one thread each); Ctrl-C stops them all between steps."""
     if len(searches) == 1:
@@ -497,46 +412,6 @@ def run_chains(searches: list[Search]) -> None:
         raise errors[0]
 
 
-def edit_base(given: GeneratorInput, last: dict | None) -> Attempt | None:
-    """The code an edit changes: the last attempt's after it failed (not as a duplicate or
-    by an infrastructure fault), else the reference, else the last attempt's; None before
-    there is any code (a first architecture is written whole)."""
-    failed = last is not None and last["status"] not in (
-        {fc.OK, fc.DUPLICATE} | fc.INFRASTRUCTURE_CLASSES)
-    if failed and given.current is not None:
-        return given.current
-    return given.reference or given.current
-
-
-def edit_info(edit_format: str, edit: Applied | None, edit_file: str | None) -> dict:
-    """What the record keeps of the edit: the format, how the reply was read ("edit" or
-    "whole"; None without a reply), the iteration it edited, its blocks, whether it applied,
-    its size in lines (the edit's, or the whole code's), and the file of its raw blocks.
-    The reply's tokens are the generator's completion_tokens."""
-    if edit is None:
-        return {"format": edit_format, "kind": None}
-    text = edit.edit if edit.kind == "edit" else (edit.code or "")
-    return {"format": edit_format, "kind": edit.kind, "base_iteration": edit.base,
-            "blocks": edit.blocks, "applied": edit.applied,
-            "lines": text.count("\n") + 1 if text else 0, "file": edit_file}
-
-
-def generator_parts(given: GeneratorInput) -> list[tuple[str, Callable[[], object]]]:
-    """What a Generator prompt can do without, least important first: the extended prompt's
-    top architectures (lowest-ranked first) and recent attempts (oldest first), then the last
-    attempt's code (unless an edit changes it). The reference and the suggestions always
-    stay."""
-    parts: list[tuple[str, Callable[[], object]]] = [
-        (f"top architecture (iteration {a.iteration})", lambda a=a: given.top.remove(a))
-        for a in reversed(given.top)]
-    parts += [(f"recent attempt (iteration {a.iteration})",
-               lambda a=a: given.previous.remove(a)) for a in given.previous]
-    if given.current is not None and given.current is not given.edit:
-        parts.append((f"the last attempt's code (iteration {given.current.iteration})",
-                      lambda: setattr(given, "current", None)))
-    return parts
-
-
 def fault_of(record: dict) -> str | None:
     """The infrastructure fault of an iteration, if it had one: its status, or the Prompt
     Improver's failure."""
@@ -547,13 +422,3 @@ def fault_of(record: dict) -> str | None:
     return None
 
 
-def describe(outcome: Outcome) -> str:
-    """An outcome in one line, for prompts and triples."""
-    if outcome.ok:
-        return f"accuracy {outcome.accuracy:.2%}"
-    error = outcome.error or {}
-    text = f"failed with {outcome.status}: {error.get('message', '')}".strip()
-    where = key_traceback_line(error.get("traceback", ""))
-    if where and where not in text:
-        text += f" [{where}]"
-    return text[:OUTCOME_CHARS]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import threading
 import tokenize
 from collections.abc import Hashable, Iterable
 from pathlib import Path
@@ -201,3 +202,21 @@ def _corpus_entries(file: Path) -> Iterable[tuple[str, str]]:
             if isinstance(msg, dict) and msg.get("role") == "assistant":
                 yield f"{file}:{n + 1}", str(msg.get("content", ""))
 
+
+class NoveltyGate:
+    """The run-wide novelty index, shared by the chains (datasketch's LSH is not thread-safe)."""
+
+    def __init__(self, tau: float) -> None:
+        self.index = NoveltyIndex(tau=tau)
+        self._lock = threading.Lock()
+
+    def check(self, code: str) -> dict:
+        with self._lock:
+            similarity, key = self.index.query(code)
+        chain, iteration = key if isinstance(key, tuple) else (0, key)
+        return {"max_similarity": round(similarity, 4), "nearest_iteration": iteration,
+                "nearest_chain": chain}
+
+    def add(self, chain: int, iteration: int, code: str) -> None:
+        with self._lock:
+            self.index.add(iteration if chain == 0 else (chain, iteration), code)

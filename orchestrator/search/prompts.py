@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
 from orchestrator.config import RunConfig
+from orchestrator.data.datasets import PreparedDataset
 from orchestrator.llm.client import full_model_name, prompt_chars, reply_tokens
 from orchestrator.llm.models import CHARS_PER_TOKEN_GENEROUS, auto_num_ctx
 from orchestrator.resources import PROMPTS_DIR
 from orchestrator.search.diagnosis import field_chars
+from orchestrator.search.evaluation import Outcome, key_traceback_line
 from orchestrator.search.memory import Triple
 
 TEMPLATES = ("generator_system", "generator", "improver_system", "improver")
 # The Generator's template per edit format, used once there is code to edit (before, the
 # whole-file template asks for a first architecture).
 EDIT_TEMPLATES = {"search-replace": "generator_search_replace", "udiff": "generator_udiff"}
+OUTCOME_CHARS = 600  # the most one outcome line (`describe`) holds
 
 
 @dataclass
@@ -196,3 +199,42 @@ def diagnosis_chars(num_predict: int, bounded: bool) -> int:
     unlimited num_predict), as long as a reply can be."""
     bound = field_chars(num_predict) if bounded else None
     return 2 * bound if bound else reply_tokens(num_predict) * CHARS_PER_TOKEN_GENEROUS
+
+
+def task_for(config: RunConfig, dataset: PreparedDataset) -> Task:
+    """What the prompts tell both roles about the task."""
+    spec = dataset.spec
+    protocol = {k: getattr(config, k) for k in ("epochs", "lr", "momentum", "weight_decay",
+                                                "batch_size")}
+    return Task(dataset.name, tuple(spec.input_shape), spec.num_classes, protocol,
+                config.max_params)
+
+
+
+def generator_parts(given: GeneratorInput) -> list[tuple[str, Callable[[], object]]]:
+    """What a Generator prompt can do without, least important first: the extended prompt's
+    top architectures (lowest-ranked first) and recent attempts (oldest first), then the last
+    attempt's code (unless an edit changes it). The reference and the suggestions always
+    stay."""
+    parts: list[tuple[str, Callable[[], object]]] = [
+        (f"top architecture (iteration {a.iteration})", lambda a=a: given.top.remove(a))
+        for a in reversed(given.top)]
+    parts += [(f"recent attempt (iteration {a.iteration})",
+               lambda a=a: given.previous.remove(a)) for a in given.previous]
+    if given.current is not None and given.current is not given.edit:
+        parts.append((f"the last attempt's code (iteration {given.current.iteration})",
+                      lambda: setattr(given, "current", None)))
+    return parts
+
+
+
+def describe(outcome: Outcome) -> str:
+    """An outcome in one line, for prompts and triples."""
+    if outcome.ok:
+        return f"accuracy {outcome.accuracy:.2%}"
+    error = outcome.error or {}
+    text = f"failed with {outcome.status}: {error.get('message', '')}".strip()
+    where = key_traceback_line(error.get("traceback", ""))
+    if where and where not in text:
+        text += f" [{where}]"
+    return text[:OUTCOME_CHARS]

@@ -27,8 +27,7 @@ from orchestrator.analysis.format import num, pct, pval
 from orchestrator.config import RunConfig, for_resume
 from orchestrator.data.datasets import PreparedDataset
 from orchestrator.sandbox.base import Sandbox
-from orchestrator.search.evaluation import Outcome
-from orchestrator.search.loop import evaluate, job_for
+from orchestrator.search.evaluation import Outcome, evaluate, job_for
 from orchestrator.store.files import append_line, cut_torn_tail, write_atomic
 from orchestrator.store.records import (
     accuracy_of,

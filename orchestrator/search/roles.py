@@ -13,6 +13,8 @@ from orchestrator.search.diagnosis import (
     parse_diagnosis,
 )
 
+CHAIN_SEED_STRIDE = 1_000_000  # chain c draws LLM seeds from run seed + c * stride + counter
+
 
 @dataclass
 class RoleCall:
