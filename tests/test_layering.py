@@ -13,10 +13,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "orchestrator"
 CONTRACTS = ROOT / "docs" / "contracts.md"
 LOOP = "orchestrator.search.loop"
-LOOP_IMPORTERS = {"orchestrator/cli.py", "orchestrator/assembly.py"}
+LOOP_IMPORTERS = {"orchestrator/assembly.py"}
 ENTRY_POINT = ("__main__", "cli")  # `python -m orchestrator` runs cli.main: allowed in a layer
 MAX_LINES = 500  # no module over this
-CLI_LINES = 450  # cli.py under this
+CLI_LINES = 450  # each command module under this
 
 
 def parts_section() -> str:
@@ -128,6 +128,7 @@ def test_no_module_is_over_500_lines():
     assert not long, f"modules over {MAX_LINES} lines:\n" + "\n".join(long)
 
 
-def test_cli_stays_under_450_lines():
-    n = line_count(PACKAGE / "cli.py")
-    assert n < CLI_LINES, f"orchestrator/cli.py has {n} lines; it stays under {CLI_LINES}"
+def test_each_command_module_stays_under_450_lines():
+    long = [f"{rel(path)}: {n} lines" for path in sorted((PACKAGE / "cli").glob("*.py"))
+            if (n := line_count(path)) >= CLI_LINES]
+    assert not long, f"command modules of {CLI_LINES} lines or more:\n" + "\n".join(long)
