@@ -217,6 +217,36 @@ def test_the_run_page_needs_no_journal_and_has_it_read_for_its_own_request(
     assert ui.get("/runs/nothing").status_code == 404
 
 
+def test_the_cycle_collector_is_back_on_after_a_run_is_read_even_when_reading_fails(
+        tmp_path, monkeypatch):
+    """Reading a journal pauses Python's cycle collector (for speed); it must never stay off."""
+    import gc
+
+    from orchestrator.ui import data
+
+    synthetic_run(tmp_path, "long", 30)
+    runs = data.Runs(tmp_path)
+    assert gc.isenabled()
+    runs.detail("long")
+    assert gc.isenabled()
+
+    def broken(*args, **kwargs):
+        assert not gc.isenabled()  # paused while the journal is parsed
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(data, "read_records_from", broken)
+    synthetic_run(tmp_path, "other", 3)
+    with pytest.raises(OSError):
+        runs.detail("other")
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        runs.detail("long")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_the_server_keeps_a_bounded_number_of_records_parsed(tmp_path):
     from orchestrator.ui.data import Runs
 

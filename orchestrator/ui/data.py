@@ -13,11 +13,14 @@ after every iteration.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import statistics
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -72,6 +75,20 @@ def _slim(rec: dict) -> dict:
     if isinstance(rec.get("error"), dict):
         rec["error"] = {k: v for k, v in rec["error"].items() if k != "traceback"}
     return rec
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector paused while a journal's records are parsed and worked out:
+    they hold no cycles, and the collector's passes over the millions of new objects took a
+    third of the time of reading a 10,000-iteration journal."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 class WindowMemo:
@@ -194,7 +211,7 @@ class Runs:
     def detail(self, name: str, window: int | None = None, since: int = 0) -> dict:
         """`run_detail` of run `name`, with what is kept of it: its window statistics, table
         rows and (while its files do not change) aggregates are not worked out again."""
-        with self._lock:
+        with self._lock, _collector_paused():
             run = self._get(name)
             parsed = self._cache[name]
             return run_detail(run, name, window, since, parsed.memo, parsed.table,
@@ -252,7 +269,8 @@ class Runs:
         starts = before.starts if grew else []
         record_warnings = before.record_warnings if grew else []
         offset, lines = before.read[1:] if grew else (0, 0)
-        chunk = read_records_from(journal, offset, lines, record_warnings, keep=_slim)
+        with _collector_paused():
+            chunk = read_records_from(journal, offset, lines, record_warnings, keep=_slim)
         warnings: list[str] = []
         config, summary = read_meta(path, warnings)
         torn = [f"{ITERATIONS_FILE}:{chunk.lines + 1}: torn last line skipped"
