@@ -214,6 +214,12 @@ def test_the_run_page_needs_no_journal_and_has_it_read_for_its_own_request(
     data_ = ui.get("/api/runs/long?window=10").json()  # the page's request: nothing anew
     assert data_["iterations"] == 30 and read == ["unreadable", "long"]
     assert ui.app.state.runs.memo("long").computed == 3
+    details: list[str] = []
+    detail = data.run_detail
+    monkeypatch.setattr(data, "run_detail", lambda run, name, *rest: (
+        details.append(name), detail(run, name, *rest))[1])
+    assert ui.get("/runs/long?window=10").status_code == 200
+    assert details == []  # held as it is: nothing worked out ahead of the page's request
     assert ui.get("/runs/nothing").status_code == 404
 
 

@@ -119,6 +119,8 @@ def create_app(results_dir: Path, poll: float = 1.0, hosts: list[str] | None = N
                                                                    "max_compare": MAX_RUNS})
 
     def prefetch_detail(name: str, window: int | None) -> None:
+        if runs.current(name):  # held as it is: the page's own request is quick
+            return
         with contextlib.suppress(KeyError, OSError):  # gone since: the page's request says so
             runs.detail(name, window)
 

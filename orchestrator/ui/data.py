@@ -184,6 +184,13 @@ class Runs:
         return Run(path=self.root / name, config=config, summary=summary, records=[],
                    warnings=warnings)
 
+    def current(self, name: str) -> bool:
+        """Whether run `name` is held parsed as its files are now."""
+        with self._lock:
+            parsed = self._cache.get(name)
+            return parsed is not None and parsed.signature == self._files_signature(
+                self.root / name)
+
     def get(self, name: str) -> Run:
         """The run called `name`; KeyError for anything that is not a run directory's name
         (so no path can be smuggled through it)."""
